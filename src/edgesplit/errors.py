@@ -1,0 +1,38 @@
+"""Exceptions raised by edgesplit.
+
+Every error a user can cause derives from :class:`EdgesplitError`; the CLI turns it into one line on
+stderr and exit code 2, and library callers can catch it in one place::
+
+    EdgesplitError            anything the user can fix: a name, a file, a shape, an option
+    ├── ModelNotFound         a model name no source knows (suggests close names)
+    ├── WeightsError          a weights file that cannot be read or does not fit the model
+    ├── InputShapeError       a malformed --input-shape / --input-size
+    ├── TraceError            a model that neither torch.fx nor torch.export can trace
+    └── CutNotFound           a cut name or pattern that matches no cut (lists what exists)
+"""
+
+from __future__ import annotations
+
+
+class EdgesplitError(Exception):
+    """Base class: an error the user can fix, with a message that says how."""
+
+
+class ModelNotFound(EdgesplitError):
+    """The model name is not known to any model source."""
+
+
+class WeightsError(EdgesplitError):
+    """A weights file is unreadable, is not a state_dict, or does not fit the model."""
+
+
+class InputShapeError(EdgesplitError):
+    """An input shape or size that cannot be parsed or is not positive."""
+
+
+class TraceError(EdgesplitError):
+    """The model cannot be turned into a graph by torch.fx nor by torch.export."""
+
+
+class CutNotFound(EdgesplitError):
+    """A cut name or pattern that matches no cut of the analysed model."""
