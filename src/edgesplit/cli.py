@@ -66,6 +66,18 @@ def analyze(model: str, weights: str | None, input_size: int | None, input_shape
         console.print(f"wrote {plot_path}")
 
 
+@cli.command()
+@click.argument("pattern", required=False)
+@click.option("--timm", "timm_models", is_flag=True, help="list timm models instead (needs edgesplit[timm])")
+def models(pattern: str | None, timm_models: bool) -> None:
+    """List the model names MODEL accepts, optionally those containing PATTERN."""
+    from edgesplit.models import model_names
+
+    for name in model_names(timm_models):
+        if pattern is None or pattern in name:
+            click.echo(name)
+
+
 def _print_analysis(result, weights: str, show_all: bool, elapsed: float) -> None:  # type: ignore[no-untyped-def]
     counts = result.counts()
     shape = "×".join(map(str, result.input_shape))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,17 @@ def _classification_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def model_names(timm_models: bool = False) -> list[str]:
+    """The names ``load_model`` accepts: torchvision classifiers and the pretrained Lite0, or timm's."""
+    if not timm_models:
+        return sorted(_classification_names() + [PRETRAINED_LITE0])
+    try:
+        import timm
+    except ImportError:
+        raise EdgesplitError("timm models need timm: pip install 'edgesplit[timm]'") from None
+    return [f"timm:{n}" for n in timm.list_models()]
+
+
 @SOURCES.register("torchvision")
 def _torchvision(name: str) -> _Built:
     import torchvision
@@ -158,8 +170,10 @@ def _torchvision(name: str) -> _Built:
     names = _classification_names()
     if name not in names:
         raise ModelNotFound(unknown_name_message("model", name, names + [PRETRAINED_LITE0]) +
-                            "; other sources: timm:NAME, package.module:factory")
-    module = torchvision.models.get_model(name, weights=None)
+                            "; list them with edgesplit models; other sources: timm:NAME, package.module:factory")
+    with warnings.catch_warnings():  # googlenet/inception nag about their random initialisation
+        warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
+        module = torchvision.models.get_model(name, weights=None)
     crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
     return _Built(module, (3, crop, crop), pretrained=False)
 
@@ -172,7 +186,8 @@ def _timm(name: str) -> _Built:
     except ImportError:
         raise EdgesplitError("timm models need timm: pip install 'edgesplit[timm]'") from None
     if not timm.is_model(name):
-        raise ModelNotFound(unknown_name_message("timm model", name, timm.list_models()))
+        raise ModelNotFound(unknown_name_message("timm model", name, timm.list_models()) +
+                            "; list them with edgesplit models --timm")
     module = timm.create_model(name, pretrained=False)
     input_size = module.pretrained_cfg.get("input_size") if getattr(module, "pretrained_cfg", None) else None
     shape = tuple(input_size) if input_size else (3, DEFAULT_RESOLUTION, DEFAULT_RESOLUTION)

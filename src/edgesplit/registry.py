@@ -54,5 +54,6 @@ def unknown_name_message(kind: str, name: str, known: object) -> str:
     message = f"unknown {kind} {name!r}"
     if close:
         message += "; did you mean " + " or ".join(repr(c) for c in close) + "?"
-    shown = ", ".join(names[:40]) + (f", … ({len(names)} in all)" if len(names) > 40 else "")
-    return f"{message} (known: {shown})"
+    if len(names) > 20:
+        return f"{message} ({len(names)} known)"
+    return f"{message} (known: {', '.join(names)})"

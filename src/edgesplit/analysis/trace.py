@@ -55,13 +55,24 @@ def trace(model: nn.Module, example: torch.Tensor) -> tuple[fx.GraphModule, str]
             examples = (torch.cat([example, example]),)
             with _quiet_torch_logs():
                 exported = torch.export.export(model, examples, dynamic_shapes=({0: batch},), strict=False)
-            return exported.module(), "torch.export"
+            return _plain(exported), "torch.export"
         except Exception as export_exc:
             place = f"module {where[0]!r} ({where[1]})" if where and where[0] else \
                 f"{type(model).__name__}.forward"
             raise TraceError(
                 f"cannot trace {place}: torch.fx: {_first_line(fx_exc)}; torch.export: "
                 f"{_first_line(export_exc)}; {REMEDIES}") from export_exc
+
+
+def _plain(exported: torch.export.ExportedProgram) -> fx.GraphModule:
+    """The exported graph with positional inputs and, for a single-tensor result, an unwrapped output."""
+    gm = exported.module()
+    gm.graph.set_codegen(fx.graph.CodeGen())
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    if exported.call_spec.out_spec.is_leaf() and len(output.args[0]) == 1:
+        output.args = (output.args[0][0],)
+    gm.recompile()
+    return gm
 
 
 @contextlib.contextmanager

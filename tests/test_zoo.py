@@ -1,0 +1,73 @@
+"""Every architecture the issue names: traced, cut, and split exactly (random weights, seeded)."""
+
+import pytest
+import torch
+
+from edgesplit.analysis import analyze
+from edgesplit.models import load_model
+from edgesplit.split import check_exact
+
+SMALL = (3, 64, 64)
+NATIVE = (3, 224, 224)
+slow = pytest.mark.slow
+
+ZOO = [
+    pytest.param("efficientnet_b0", SMALL),
+    *(pytest.param(f"efficientnet_b{i}", SMALL, marks=slow) for i in range(1, 8)),
+    pytest.param("efficientnet_v2_s", SMALL),
+    pytest.param("efficientnet_v2_m", SMALL, marks=slow),
+    pytest.param("efficientnet_v2_l", SMALL, marks=slow),
+    pytest.param("mobilenet_v2", SMALL),
+    pytest.param("mobilenet_v3_small", SMALL),
+    pytest.param("mobilenet_v3_large", SMALL),
+    pytest.param("resnet18", SMALL),
+    pytest.param("resnet50", SMALL),
+    pytest.param("resnext50_32x4d", SMALL),
+    pytest.param("regnet_x_400mf", SMALL),
+    pytest.param("regnet_y_400mf", SMALL),
+    pytest.param("densenet121", SMALL),
+    pytest.param("convnext_tiny", SMALL),
+    pytest.param("shufflenet_v2_x1_0", SMALL),
+    pytest.param("squeezenet1_0", SMALL),
+    pytest.param("mnasnet1_0", SMALL),
+    pytest.param("vgg16", SMALL, marks=slow),
+    pytest.param("alexnet", SMALL),
+    pytest.param("googlenet", SMALL),
+    pytest.param("vit_b_16", NATIVE, marks=slow),
+    pytest.param("swin_t", SMALL),
+    pytest.param("maxvit_t", NATIVE, marks=slow),
+    pytest.param("timm:tf_efficientnet_lite0", SMALL),
+    pytest.param("timm:mobilenetv3_large_100", SMALL),
+    pytest.param("timm:resnet50", SMALL),
+    pytest.param("timm:convnext_tiny", SMALL),
+    pytest.param("timm:vit_small_patch16_224", NATIVE),
+    pytest.param("efficientnet_lite0_pretrained", NATIVE),
+]
+
+
+def _sample(cuts, n=8):
+    """Up to ``n`` cuts spread along the depth, plus every record-low one."""
+    step = max(1, len(cuts) // n)
+    return sorted({*cuts[::step], *(c for c in cuts if c.record_low)}, key=lambda c: c.index)
+
+
+@pytest.mark.parametrize("name,shape", ZOO)
+def test_zoo_model_is_cut_and_split_exactly(name, shape):
+    loaded = load_model(name)
+    analysis = analyze(loaded.module, shape, name)
+    counts = analysis.counts()
+    natural = analysis.natural_bottlenecks()
+    assert counts["cuts"] > 10
+    assert natural, f"{name} has no natural bottleneck"
+    assert min(c.ratio for c in natural) < 0.25  # deep features are always much smaller than the input
+    assert counts["record_low"] >= 1 and counts["pareto"] >= 2
+    first = analysis.cuts[0]
+    assert first.ratio == 1.0 and first.head_flops == 0 and first.tail_flops > 0
+    assert first.tail_params == sum(p.numel() for p in loaded.module.parameters())
+
+    checked = check_exact(analysis, _sample(natural))
+    with torch.inference_mode():
+        x = torch.randn(1, *shape, generator=torch.Generator().manual_seed(0))
+        scale = loaded.module(x).abs().max().item()
+    diffs = [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None]
+    assert diffs and max(diffs) <= 1e-6 * max(1.0, scale), (name, diffs)
