@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -57,13 +59,25 @@ def analyze(model: str, weights: str | None, input_size: int | None, input_shape
     elapsed = time.perf_counter() - start
     _print_analysis(result, loaded.weights, show_all, elapsed)
     if json_path:
-        Path(json_path).write_text(json.dumps(result.to_dict(), indent=1) + "\n")
-        console.print(f"wrote {json_path}")
+        with _output(json_path) as path:
+            path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
     if plot_path:
         from edgesplit.plots import plot_ratios
 
-        plot_ratios(result, plot_path)
-        console.print(f"wrote {plot_path}")
+        with _output(plot_path) as path:
+            plot_ratios(result, path)
+
+
+@contextlib.contextmanager
+def _output(name: str) -> Iterator[Path]:
+    """Create the parent folder, report the file written, and turn OS errors into one clear line."""
+    path = Path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield path
+    except OSError as exc:
+        raise EdgesplitError(f"cannot write {name}: {exc.strerror or exc}") from exc
+    console.print(f"wrote {name}")
 
 
 @cli.command()
