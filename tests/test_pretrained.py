@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchvision
 import torchvision.transforms.functional as F
+from skimage import data as skimage_data
 
 from edgesplit import analyze, split
 from edgesplit.models import load_model
 
-skimage_data = pytest.importorskip("skimage.data")
 CATEGORIES = torchvision.models.EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"]
 
 
