@@ -8,7 +8,8 @@ stderr and exit code 2, and library callers can catch it in one place::
     ├── WeightsError          a weights file that cannot be read or does not fit the model
     ├── InputShapeError       a malformed --input-shape / --input-size
     ├── TraceError            a model that neither torch.fx nor torch.export can trace
-    └── CutNotFound           a cut name or pattern that matches no cut (lists what exists)
+    ├── CutNotFound           a cut name or pattern that matches no cut (lists what exists)
+    └── TraceFileError        a network or load trace file that is malformed (names the line)
 """
 
 from __future__ import annotations
@@ -36,3 +37,7 @@ class TraceError(EdgesplitError):
 
 class CutNotFound(EdgesplitError):
     """A cut name or pattern that matches no cut of the analysed model."""
+
+
+class TraceFileError(EdgesplitError):
+    """A network-rate or server-load trace file that cannot be read or is malformed."""
