@@ -6,8 +6,9 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.console import Console
@@ -25,11 +26,30 @@ def cli() -> None:
     the tail on an edge server."""
 
 
+def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """MODEL and the options that say which weights and which input."""
+    for option in reversed([
+        click.argument("model"),
+        click.option("--weights", type=click.Path(dir_okay=False),
+                     help="state_dict file (loaded with weights_only=True)"),
+        click.option("--input-size", type=int, help="square input resolution, e.g. 224"),
+        click.option("--input-shape", help="C,H,W without batch, e.g. 3,224,224 (default: the model's native)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def _analysis(model: str, weights: str | None, input_size: int | None, input_shape: str | None):  # type: ignore[no-untyped-def]
+    from edgesplit.analysis import analyze as analyze_model
+    from edgesplit.models import load_model, parse_input_shape
+
+    loaded = load_model(model, weights)
+    shape = parse_input_shape(input_shape, input_size, loaded.native_input_shape)
+    return loaded, analyze_model(loaded.module, shape, name=model)
+
+
 @cli.command()
-@click.argument("model")
-@click.option("--weights", type=click.Path(dir_okay=False), help="state_dict file (loaded with weights_only=True)")
-@click.option("--input-size", type=int, help="square input resolution, e.g. 224")
-@click.option("--input-shape", help="C,H,W without batch, e.g. 3,224,224 (default: the model's native)")
+@model_options
 @click.option("--match", "match", metavar="REGEX",
               help="keep only cuts at outputs of modules whose qualified or class name fully matches")
 @click.option("--check", is_flag=True, help="verify tail(head(x)) == model(x) at every natural bottleneck")
@@ -44,14 +64,10 @@ def analyze(model: str, weights: str | None, input_size: int | None, input_shape
     MODEL: a torchvision name (efficientnet_b0), timm:NAME, package.module:factory, or
     efficientnet_lite0_pretrained (real ImageNet weights).
     """
-    from edgesplit.analysis import analyze as analyze_model
-    from edgesplit.models import load_model, parse_input_shape
     from edgesplit.split import check_exact
 
     start = time.perf_counter()
-    loaded = load_model(model, weights)
-    shape = parse_input_shape(input_shape, input_size, loaded.native_input_shape)
-    result = analyze_model(loaded.module, shape, name=model)
+    loaded, result = _analysis(model, weights, input_size, input_shape)
     if match is not None:
         result = result.select(match)
     if check:
@@ -78,6 +94,162 @@ def _output(name: str) -> Iterator[Path]:
     except OSError as exc:
         raise EdgesplitError(f"cannot write {name}: {exc.strerror or exc}") from exc
     console.print(f"wrote {name}")
+
+
+@cli.command()
+@model_options
+@click.option("--role", type=click.Choice(["device", "server"]), required=True,
+              help="device: head times at batch 1; server: tail times per batch size")
+@click.option("--batch-sizes", help="comma-separated (default: 1 for device, 1,2,4,8 for server)")
+@click.option("--cuts", "cut_spec", default="natural", show_default=True,
+              help="natural | all | pareto | record-low | NAME,NAME,...")
+@click.option("--repeats", type=click.IntRange(1), default=10, show_default=True, help="timed runs at batch 1")
+@click.option("--method", type=click.Choice(["per-node", "flops"]), default="per-node", show_default=True,
+              help="per-node: measure every node; flops: measure the whole model, estimate each side from FLOPs")
+@click.option("--slowdown", type=float, default=1.0, show_default=True,
+              help="multiply every time (emulation: 8 for a small ARM board, 0.1 for a GPU server)")
+@click.option("--threads", type=click.IntRange(1), help="torch threads (default: torch's choice)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
+def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
+            batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
+            threads: int | None, out_path: str) -> None:
+    """Measure head and tail time of every chosen cut of MODEL on this machine."""
+    import torch
+    from rich.progress import Progress
+
+    from edgesplit.profile import iter_batch_sizes, measure
+
+    if threads:
+        torch.set_num_threads(threads)
+    sizes = tuple(iter_batch_sizes(batch_sizes or ("1" if role == "device" else "1,2,4,8")))
+    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    cuts = _choose_cuts(analysis, cut_spec)
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
+        result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
+                         slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text))
+    table = Table(title=f"{model} · {role} profile · {method} · slowdown {slowdown:g} · "
+                        f"{result.machine['torch_threads']} threads")
+    for column in ("cut", "c", *(f"head ms b{b}" for b in sizes[:1]), *(f"tail ms b{b}" for b in sizes)):
+        table.add_column(column, justify="left" if column == "cut" else "right")
+    whole = result.model_s
+    table.add_row("(whole model)", "", f"{whole[sizes[0]].median_s * 1e3:.2f}",
+                  *(f"{whole[b].median_s * 1e3:.2f}" for b in sizes), style="bold")
+    input_elements = analysis.input_elements
+    for c in result.cuts.values():
+        table.add_row(c.name, f"{c.elements / input_elements:.4f}", f"{c.head_s[sizes[0]].median_s * 1e3:.2f}",
+                      *(f"{c.tail_s[b].median_s * 1e3:.2f}" for b in sizes))
+    console.print(table)
+    codecs = ", ".join(f"{k} {v['bytes'] / 1024:.1f} KiB" for k, v in result.input_codecs.items())
+    console.print(f"input for offload: {codecs}")
+    with _output(out_path) as path:
+        result.save(path)
+
+
+def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
+    if spec == "natural":
+        return analysis.natural_bottlenecks()
+    if spec == "all":
+        return list(analysis.cuts)
+    if spec == "pareto":
+        return [c for c in analysis.cuts if c.pareto and c.single_tensor]
+    if spec == "record-low":
+        return [c for c in analysis.cuts if c.record_low]
+    return [analysis.cut(name.strip()) for name in spec.split(",")]
+
+
+@cli.command()
+@click.option("--device-profile", required=True, type=click.Path(dir_okay=False), help="from edgesplit profile --role device")
+@click.option("--server-profile", required=True, type=click.Path(dir_okay=False), help="from edgesplit profile --role server")
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False),
+              help="uplink trace: mahimahi, 2-column time_s Mbit/s, or CSV time_s,mbps")
+@click.option("--policies", default="dsc,oracle,best-static,local,offload,offload:jpeg90", show_default=True)
+@click.option("--estimator", default="harmonic", show_default=True, help="last | ewma[:A] | harmonic[:N] | robust[:N]")
+@click.option("--fps", type=float, default=2.0, show_default=True, help="request rate")
+@click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
+@click.option("--rtt-ms", type=float, default=40.0, show_default=True)
+@click.option("--deadline-ms", type=float, help="count requests slower than this as misses")
+@click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
+@click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
+@click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
+@click.option("--private", is_flag=True, help="the raw input never leaves the device: no offload")
+@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, fp16, int8)")
+@click.option("--codecs", default="fp32", show_default=True, help="codecs for the crossing tensor: fp32,fp16,int8")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write every request as CSV")
+@click.option("--plot", "plot_prefix", help="write PREFIX-timeline.png and PREFIX-cdf.png")
+def simulate(device_profile: str, server_profile: str, trace_path: str, policies: str, estimator: str,
+             fps: float, arrivals: str, rtt_ms: float, deadline_ms: float | None, start_s: float,
+             duration_s: float | None, load_trace: str | None, private: bool, lossy: bool, codecs: str,
+             seed: int, json_path: str | None, csv_path: str | None, plot_prefix: str | None) -> None:
+    """Replay an uplink trace through each policy and compare their latency."""
+    from edgesplit.sim.run import Scenario, run_policies
+
+    scenario = Scenario.from_files(
+        device_profile, server_profile, trace_path, load_trace=load_trace, codecs=tuple(codecs.split(",")),
+        private=private, lossy=lossy, estimator=estimator, fps=fps, arrivals=arrivals, rtt_ms=rtt_ms,
+        deadline_ms=deadline_ms, start_s=start_s, duration_s=duration_s, seed=seed)
+    result = run_policies(scenario, [p.strip() for p in policies.split(",") if p.strip()])
+    table = Table(title=f"{scenario.trace.name} · mean {scenario.trace.mean_bps() / 1e6:.2f} Mbit/s · "
+                        f"{scenario.trace.duration_s:.0f} s · {fps:g} fps · RTT {rtt_ms:g} ms · estimator "
+                        f"{estimator} (MAPE {result.estimator_mape:.1f} %)" if result.estimator_mape is not None
+                  else f"{scenario.trace.name}")
+    for column in ("policy", "mean ms", "p50 ms", "p95 ms", "p99 ms", "miss", "mean KiB", "most chosen"):
+        table.add_column(column, justify="left" if column in ("policy", "most chosen") else "right")
+    for name, summary in result.summaries.items():
+        top = ", ".join(f"{k} ×{v}" for k, v in list(summary["cuts"].items())[:2])
+        table.add_row(name, f"{summary['mean_ms']:.1f}", f"{summary['p50_ms']:.1f}", f"{summary['p95_ms']:.1f}",
+                      f"{summary['p99_ms']:.1f}", f"{summary['miss_rate']:.1%}", f"{summary['mean_bytes'] / 1024:.1f}",
+                      top)
+    console.print(table)
+    if json_path:
+        with _output(json_path) as path:
+            path.write_text(json.dumps(result.to_dict(), indent=1) + "\n")
+    if csv_path:
+        with _output(csv_path) as path:
+            result.write_csv(path)
+    if plot_prefix:
+        from edgesplit.sim.plots import plot_cdf, plot_timeline
+
+        with _output(f"{plot_prefix}-timeline.png") as path:
+            plot_timeline(result.runs, scenario.trace.name, path)
+        with _output(f"{plot_prefix}-cdf.png") as path:
+            plot_cdf(result.runs, scenario.trace.name, path)
+
+
+@cli.command()
+@click.option("--device-profile", required=True, type=click.Path(dir_okay=False))
+@click.option("--server-profile", required=True, type=click.Path(dir_okay=False))
+@click.option("--rtt-ms", type=float, default=40.0, show_default=True, help="RTT of the realistic variant")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write both grids' summaries as JSON")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the maps and gain heatmaps (PNG)")
+def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str | None,
+         plot_path: str | None) -> None:
+    """The paper's experiment: best option over 1–127 MB/s × batch 1–62, as published (fp32 splits, raw
+    offload, no RTT), then with RTT and JPEG offload turned on."""
+    from edgesplit.profile import load_profile
+    from edgesplit.sim.grid import plot_grids, sweep
+
+    device, server = load_profile(device_profile), load_profile(server_profile)
+    results = [sweep(device, server, title="paper's assumptions (no RTT, raw offload)"),
+               sweep(device, server, rtt_s=rtt_ms / 1000, jpeg=True, title=f"RTT {rtt_ms:g} ms, JPEG offload")]
+    table = Table(title=f"{device.model}: best option over {results[0].best.size} scenarios "
+                        "(1–127 MB/s × batch 1–62)")
+    for column in ("variant", "split wins", "local wins", "offload wins", "most often best"):
+        table.add_column(column, justify="left" if column in ("variant", "most often best") else "right")
+    for result in results:
+        top = ", ".join(f"{n} {c / result.best.size:.0%}" for n, c in list(result.best_counts().items())[:3])
+        table.add_row(result.title, f"{result.share('split'):.1%}", f"{result.share('local'):.1%}",
+                      f"{result.share('offload'):.1%}", top)
+    console.print(table)
+    if json_path:
+        with _output(json_path) as path:
+            data = {"rates_MBps": [1, 127], "batch_sizes": [1, 62], "variants": [r.to_dict() for r in results]}
+            path.write_text(json.dumps(data, indent=1) + "\n")
+    if plot_path:
+        with _output(plot_path) as path:
+            plot_grids(results, str(path))
 
 
 @cli.command()

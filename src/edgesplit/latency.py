@@ -1,0 +1,136 @@
+"""The one latency model, shared by the simulator, the grid and the live client.
+
+    T(option) = head_device + encode + bytes / uplink_rate + RTT + queue_wait + tail_server(batch)
+                + decode + result_bytes / downlink_rate
+
+An :class:`Option` is one way to serve a request: ``local`` (the whole model on the device, nothing sent),
+``offload`` (the input leaves the device: raw uint8 or JPEG) or ``split`` (head on the device, one codec for
+the crossing tensor, tail on the server). :func:`build_options` turns a device and a server profile into
+the options; :func:`latency` prices one of them for a link and a server state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from edgesplit.codecs import SPLIT_CODECS
+from edgesplit.errors import EdgesplitError
+from edgesplit.profile import Profile, ProfileError
+
+Kind = Literal["local", "offload", "split"]
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """What the link offers (or is believed to offer) now."""
+
+    uplink_bps: float
+    rtt_s: float = 0.0
+    downlink_bps: float = math.inf
+
+
+@dataclass(frozen=True)
+class ServerState:
+    """What the server reports: how long a new request would wait, and the batch it would run in."""
+
+    queue_wait_s: float = 0.0
+    batch_size: int = 1
+
+
+@dataclass(frozen=True)
+class Option:
+    """One way to serve a request, with every cost that does not depend on the link or the load."""
+
+    name: str  # "local", "offload:jpeg90", "split:add_1:fp32"
+    kind: Kind
+    cut: str | None
+    codec: str
+    head_s: float  # device compute before sending (the whole model for local)
+    encode_s: float
+    bytes: int
+    decode_s: float
+    tail_s: dict[int, float]  # server compute per batch size (empty for local)
+    result_bytes: int
+    exact: bool  # the answer equals the whole model's on the uncompressed input
+
+    def tail_at(self, batch_size: int) -> float:
+        return interpolate_batch(self.tail_s, batch_size) if self.tail_s else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "cut": self.cut, "codec": self.codec, "bytes": self.bytes,
+                "head_s": self.head_s, "tail_s_batch1": self.tail_at(1)}
+
+
+def interpolate_batch(seconds: dict[int, float], batch_size: int) -> float:
+    """Time at ``batch_size`` from times at profiled sizes: linear between neighbours; beyond the largest,
+    the largest's time per item; below the smallest, the smallest's time."""
+    sizes = sorted(seconds)
+    if batch_size in seconds:
+        return seconds[batch_size]
+    if batch_size < sizes[0]:
+        return seconds[sizes[0]]
+    if batch_size > sizes[-1]:
+        return seconds[sizes[-1]] * batch_size / sizes[-1]
+    upper = next(b for b in sizes if b > batch_size)
+    lower = max(b for b in sizes if b < batch_size)
+    share = (batch_size - lower) / (upper - lower)
+    return seconds[lower] + (seconds[upper] - seconds[lower]) * share
+
+
+def latency(option: Option, link: LinkState, server: ServerState) -> float:
+    """Seconds from the request to its answer on the device, if the link and the load stay as given."""
+    if option.kind == "local":
+        return option.head_s
+    return (option.head_s + option.encode_s + option.bytes * 8 / link.uplink_bps + link.rtt_s
+            + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
+            + option.result_bytes * 8 / link.downlink_bps)
+
+
+def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = None,
+                  codecs: tuple[str, ...] = ("fp32",), jpeg: bool = True, private: bool = False) -> list[Option]:
+    """Every option both profiles can price: local, offload (raw, JPEG) and each cut × codec.
+
+    ``private`` drops offload: the raw input never leaves the device.
+    """
+    if (device.model, device.input_shape) != (server.model, server.input_shape):
+        raise ProfileError(f"the device profile is of {device.model} {list(device.input_shape)} but the server "
+                           f"profile of {server.model} {list(server.input_shape)}")
+    for codec in codecs:
+        SPLIT_CODECS.get(codec)
+    options = [Option("local", "local", None, "-", device.tail_s(None, 1), 0.0, 0, 0.0, {}, 0, True)]
+    if not private:
+        for name, entry in server.input_codecs.items():
+            if name != "raw" and not jpeg:
+                continue
+            encode = device.input_codecs.get(name, entry)["encode_s"]
+            options.append(Option(
+                f"offload:{name}", "offload", None, name, 0.0, encode, int(round(entry["bytes"])),
+                entry["decode_s"], {b: t.median_s for b, t in server.model_s.items()}, server.output_bytes,
+                exact=name == "raw"))
+    names = cuts if cuts is not None else [n for n in device.cuts if n in server.cuts]
+    for name in names:
+        head, tail = device.cut(name), server.cut(name)
+        if head.index == 0:
+            continue  # the input itself: that is offload:raw, priced with the input codecs
+        for codec_name in codecs:
+            codec = SPLIT_CODECS.get(codec_name)
+            encode = head.codec_s.get(codec_name, {}).get("encode_s", 0.0)
+            decode = tail.codec_s.get(codec_name, {}).get("decode_s", 0.0)
+            options.append(Option(
+                f"split:{name}:{codec_name}", "split", name, codec_name, device.head_s(name), encode,
+                head.elements * codec.bytes_per_element, decode,
+                {b: t.median_s for b, t in tail.tail_s.items()}, server.output_bytes, codec.exact))
+    if len(options) == 1 and private:
+        raise EdgesplitError("with --private and no cut in both profiles, local is the only option")
+    return options
+
+
+def find_option(options: list[Option], name: str) -> Option:
+    for option in options:
+        if option.name == name:
+            return option
+    from edgesplit.registry import unknown_name_message
+
+    raise EdgesplitError(unknown_name_message("option", name, [o.name for o in options]))

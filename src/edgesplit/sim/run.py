@@ -1,0 +1,90 @@
+"""Run several policies over the same scenario (profiles, trace, workload) and summarise them."""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from edgesplit.estimators import make_estimator
+from edgesplit.latency import LinkState, Option, build_options
+from edgesplit.policies import allowed_options, make_policy
+from edgesplit.profile import load_profile, require_batch_sizes
+from edgesplit.sim.loop import Request, SimConfig, Workload, simulate, summarize
+from edgesplit.traces import LoadTrace, RateTrace, read_load_trace, read_trace
+
+SUMMARY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "cuts")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Everything a run needs except the policy."""
+
+    options: list[Option]
+    allowed: list[Option]  # what dynamic policies may pick
+    trace: RateTrace
+    workload: Workload
+    config: SimConfig
+    estimator: str
+    load: LoadTrace | None = None
+
+    @classmethod
+    def from_files(cls, device_profile: str, server_profile: str, trace_path: str, *, load_trace: str | None = None,
+                   codecs: tuple[str, ...] = ("fp32",), private: bool = False, lossy: bool = False,
+                   estimator: str = "harmonic", fps: float = 2.0, arrivals: str = "periodic",
+                   rtt_ms: float = 40.0, deadline_ms: float | None = None, start_s: float = 0.0,
+                   duration_s: float | None = None, seed: int = 0) -> Scenario:
+        device, server = load_profile(device_profile), load_profile(server_profile)
+        config = SimConfig(rtt_s=rtt_ms / 1000, deadline_s=deadline_ms / 1000 if deadline_ms else None)
+        require_batch_sizes(server, config.max_batch_size)
+        options = build_options(device, server, codecs=codecs, private=private)
+        trace = read_trace(trace_path)
+        if start_s or duration_s:
+            trace = trace.segment(start_s, duration_s or trace.duration_s - start_s)
+        make_estimator(estimator)  # fail early on a bad spec
+        return cls(options, allowed_options(options, private, lossy), trace,
+                   Workload(fps=fps, arrivals=arrivals, seed=seed),  # type: ignore[arg-type]
+                   config,
+                   estimator, read_load_trace(load_trace) if load_trace else None)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    trace: str
+    runs: dict[str, list[Request]]
+    summaries: dict[str, dict[str, Any]]
+    estimator_mape: float | None  # of the estimator as the dsc client used it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trace": self.trace,
+                "policies": {n: {k: s[k] for k in SUMMARY_KEYS} for n, s in self.summaries.items()},
+                "estimator_mape": self.estimator_mape}
+
+    def write_csv(self, path: str | os.PathLike[str]) -> None:
+        names = [f.name for f in fields(Request)]
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["policy", *names])
+            for policy, records in self.runs.items():
+                for r in records:
+                    writer.writerow([policy, *(getattr(r, n) for n in names)])
+
+
+def run_policies(scenario: Scenario, policies: list[str]) -> Comparison:
+    """Simulate each policy on the same scenario (same arrivals, same trace, same background load)."""
+    mean_link = LinkState(scenario.trace.mean_bps(), scenario.config.rtt_s, scenario.config.downlink_bps)
+    built = [make_policy(spec, mean_link) for spec in policies]  # fail before any run on a bad name
+    runs: dict[str, list[Request]] = {}
+    summaries: dict[str, dict[str, Any]] = {}
+    mape: float | None = None
+    for spec, policy in zip(policies, built):
+        estimator = make_estimator(scenario.estimator)
+        dynamic = spec in ("dsc", "oracle", "best-static")
+        records = simulate(policy, estimator, scenario.options, scenario.allowed if dynamic else scenario.options,
+                           scenario.trace, scenario.workload, scenario.config, scenario.load)
+        runs[spec] = records
+        summaries[spec] = summarize(records, scenario.config.deadline_s)
+        if spec == "dsc" or mape is None:
+            mape = estimator.mape() if spec == "dsc" or mape is None else mape
+    return Comparison(scenario.trace.name, runs, summaries, mape)

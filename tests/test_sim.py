@@ -1,0 +1,414 @@
+"""The trace-driven simulator: exact latencies on hand-made traces, FIFO device and uplink, what the
+estimator may know and when, probes, the batching server, and the summary."""
+
+from __future__ import annotations
+
+import bisect
+import math
+import statistics
+from collections.abc import Iterator
+
+import pytest
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.estimators import LastSample, make_estimator
+from edgesplit.latency import LinkState, Option, ServerState, latency
+from edgesplit.policies import Decision, Policy, State, make_policy
+from edgesplit.sim import Request, SimConfig, Workload, simulate, summarize
+from edgesplit.sim.server import BatchingServer, Served, _Job
+from edgesplit.traces import LoadTrace, RateTrace
+
+MBPS = 1e6
+
+LOCAL = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
+# 40000 B up; the server decodes for 2 ms and runs the model (10 ms alone, 20 ms for 4, 30 ms for 8); 4000 B back
+RAW = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 40_000, 0.002, {1: 0.01, 4: 0.02, 8: 0.03}, 4000, True)
+SPLIT = Option("split:c:fp32", "split", "c", "fp32", 0.03, 0.0, 10_000, 0.0, {1: 0.008, 4: 0.016}, 4000, True)
+OPTIONS = [LOCAL, RAW, SPLIT]
+CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS)
+
+
+def run(policy: str | Policy, trace: RateTrace, *, fps: float = 2.0, duration_s: float | None = None,
+        options: list[Option] = OPTIONS, config: SimConfig = CONFIG, estimator: str = "last",
+        load: LoadTrace | None = None, arrivals: str = "periodic", seed: int = 0) -> list[Request]:
+    if isinstance(policy, str):
+        policy = make_policy(policy, LinkState(trace.mean_bps(), config.rtt_s, config.downlink_bps))
+    return simulate(policy, make_estimator(estimator), options, options, trace,
+                    Workload(fps, arrivals, duration_s, seed), config, load)  # type: ignore[arg-type]
+
+
+class Script(Policy):
+    """A test policy that plays a fixed sequence of options (not pure: for driving the loop only)."""
+
+    name = "script"
+
+    def __init__(self, *names: str) -> None:
+        self._names: Iterator[str] = iter(names)
+
+    def choose(self, state: State, options: list[Option]) -> Decision:
+        name = next(self._names)
+        return Decision(next(o for o in options if o.name == name), 0.0)
+
+
+# --- one request: the simulator agrees with the latency model -------------------------------------
+
+
+@pytest.mark.parametrize("option", OPTIONS, ids=lambda o: o.name)
+def test_a_lone_request_at_a_constant_rate_takes_what_the_model_says(option):
+    records = run(f"static:{option.name}", RateTrace.constant(8 * MBPS), fps=1.0, duration_s=1.0)
+    assert len(records) == 1
+    r = records[0]
+    expected = latency(option, LinkState(8 * MBPS, 0.04, 32 * MBPS), ServerState())
+    assert r.latency_s == pytest.approx(expected, rel=1e-12)
+    # the model's prediction used the prior, 2 Mbit/s: the link was not known yet
+    assert r.predicted_s == pytest.approx(latency(option, LinkState(2 * MBPS, 0.04, 32 * MBPS), ServerState()))
+    assert (r.index, r.arrival_s, r.option, r.kind, r.cut, r.bytes) == (
+        0, 0.0, option.name, option.kind, option.cut, option.bytes)
+    assert (r.true_bps, r.estimated_bps) == (8 * MBPS, 2 * MBPS)
+    if option.kind == "local":
+        assert (r.upload_s, r.queue_s, r.tail_s, r.batch_size) == (0.0, 0.0, 0.0, 0)
+    else:
+        assert r.upload_s == pytest.approx(option.bytes * 8 / 8e6)
+        assert r.queue_s == 0.0 and r.batch_size == 1
+        assert r.tail_s == pytest.approx(option.tail_at(1) + option.decode_s)
+
+
+def test_the_lone_offload_request_term_by_term():
+    (r,) = run("offload", RateTrace.constant(8 * MBPS), fps=1.0, duration_s=1.0)
+    # 40000 B at 8 Mbit/s 0.04 + rtt 0.04 + tail 0.01 + decode 0.002 + 4000 B at 32 Mbit/s 0.001
+    assert r.latency_s == pytest.approx(0.093, abs=1e-12)
+
+
+def test_a_transfer_across_a_rate_change_takes_the_integrated_time():
+    # 1 Mbit/s for 1 s, then 3 Mbit/s; the head ends at 0.5 s: 2 Mbit = 0.5 Mbit by 1 s + 1.5 Mbit in 0.5 s
+    step = RateTrace("step", (0.0, 1.0), (1 * MBPS, 3 * MBPS), 2.0)
+    option = Option("split:c:fp32", "split", "c", "fp32", 0.5, 0.0, 250_000, 0.0, {1: 0.1}, 0, True)
+    (r,) = run("static:c", step, fps=0.5, options=[LOCAL, option])
+    assert r.upload_s == pytest.approx(1.0, abs=1e-12)
+    assert r.latency_s == pytest.approx(0.5 + 1.0 + 0.04 + 0.1, abs=1e-12)
+    assert r.true_bps == 1 * MBPS  # the rate when it was decided
+
+
+def test_a_transfer_across_an_outage_waits_it_out():
+    outage = RateTrace("outage", (0.0, 1.0, 2.0), (1 * MBPS, 0.0, 1 * MBPS), 3.0)
+    option = Option("split:c:fp32", "split", "c", "fp32", 0.5, 0.0, 125_000, 0.0, {1: 0.1}, 0, True)
+    (r,) = run("static:c", outage, fps=0.5, duration_s=2.0, options=[LOCAL, option])
+    assert r.upload_s == pytest.approx(2.0, abs=1e-12)  # 0.5 Mbit, 1 s of nothing, 0.5 Mbit
+
+
+def test_the_next_estimate_is_the_integrated_goodput():
+    step = RateTrace("step", (0.0, 1.0), (1 * MBPS, 3 * MBPS), 2.0)
+    option = Option("split:c:fp32", "split", "c", "fp32", 0.5, 0.0, 250_000, 0.0, {1: 0.1}, 0, True)
+    records = run("static:c", step, fps=0.5, duration_s=4.0, options=[LOCAL, option])
+    assert [r.estimated_bps for r in records] == [2 * MBPS, pytest.approx(2 * MBPS)]  # prior, then 2 Mbit / 1 s
+    assert records[1].upload_s == pytest.approx(1.0)  # the trace repeats: the same crossing at 2.5 s
+
+
+# --- arrivals ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fps, duration, count", [(2.0, 3.0, 6), (2.5, 4.0, 10), (4.0, 2.5, 10), (0.5, 1.0, 1),
+                                                   (2.5, 1.0, 3), (100.0, 0.29, 29)])
+def test_periodic_arrivals(fps, duration, count):
+    times = Workload(fps).times(duration)  # every k / fps before the end
+    assert len(times) == count and all(t < duration for t in times)
+    assert times == pytest.approx([k / fps for k in range(count)])
+
+
+def test_the_simulation_covers_one_pass_over_the_trace_by_default():
+    records = run("local", RateTrace.constant(8 * MBPS, duration_s=3.0), fps=2.0)
+    assert [r.arrival_s for r in records] == [0.0, 0.5, 1.0, 1.5, 2.0, 2.5]
+    assert [r.index for r in records] == list(range(6))
+    assert len(run("local", RateTrace.constant(8 * MBPS, duration_s=3.0), fps=2.0, duration_s=7.5)) == 15
+
+
+def test_poisson_arrivals_are_seeded_and_have_the_right_rate():
+    workload = Workload(10.0, "poisson", seed=7)
+    times = workload.times(1000.0)
+    assert times == Workload(10.0, "poisson", seed=7).times(1000.0)  # reproducible
+    assert times != Workload(10.0, "poisson", seed=8).times(1000.0)
+    assert all(0 < a < b < 1000 for a, b in zip(times, times[1:]))
+    assert len(times) / 1000 == pytest.approx(10.0, rel=0.03)  # 10000 expected, sd 100
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert statistics.fmean(gaps) == pytest.approx(0.1, rel=0.03)
+    assert statistics.stdev(gaps) == pytest.approx(0.1, rel=0.05)  # exponential: sd = mean
+
+
+def test_poisson_arrivals_in_the_simulation():
+    first = run("dsc", RateTrace.constant(8 * MBPS, 50.0), fps=4.0, arrivals="poisson", seed=3)
+    again = run("dsc", RateTrace.constant(8 * MBPS, 50.0), fps=4.0, arrivals="poisson", seed=3)
+    assert first == again
+    assert [r.arrival_s for r in first] == Workload(4.0, "poisson", seed=3).times(50.0)
+
+
+def test_a_non_positive_fps_is_an_error():
+    with pytest.raises(EdgesplitError, match="--fps must be positive, got 0"):
+        Workload(0).times(10.0)
+
+
+# --- the device, the uplink and the estimator -------------------------------------------------------
+
+
+def test_the_device_queues_requests_first_come_first_served():
+    slow = Option("local", "local", None, "-", 0.3, 0.0, 0, 0.0, {}, 0, True)
+    records = run("local", RateTrace.constant(8 * MBPS, 2.0), fps=5.0, options=[slow, RAW])
+    # each request waits 0.3 - 0.2 s longer than the one before it
+    assert [r.latency_s for r in records] == pytest.approx([0.3 + 0.1 * k for k in range(10)], abs=1e-12)
+
+
+def test_the_uplink_queues_transfers_first_come_first_served():
+    # 40000 B take 0.16 s at 2 Mbit/s but a request arrives every 0.1 s: each waits 0.06 s more for the link
+    records = run("offload", RateTrace.constant(2 * MBPS, 1.0), fps=10.0)
+    alone = 0.16 + 0.04 + 0.012 + 0.001
+    assert [r.latency_s for r in records] == pytest.approx([alone + 0.06 * k for k in range(10)], abs=1e-12)
+    assert all(r.upload_s == pytest.approx(0.16) for r in records)  # the wait is not the transfer
+    assert all(r.queue_s == 0.0 for r in records)  # the server keeps up
+
+
+def test_the_estimator_learns_only_from_answers_that_came_back():
+    # a request every 0.05 s, each answered 0.093 s after it starts: request 1 is decided before request 0's
+    # answer is back, so it still sees the prior; request 2 sees request 0's goodput
+    records = run("offload", RateTrace.constant(8 * MBPS, 0.5), fps=20.0)
+    assert [r.estimated_bps for r in records[:4]] == [2 * MBPS, 2 * MBPS, pytest.approx(8 * MBPS),
+                                                      pytest.approx(8 * MBPS)]
+    prior = latency(RAW, LinkState(2 * MBPS, 0.04, 32 * MBPS), ServerState())
+    assert [r.predicted_s for r in records[:3]] == pytest.approx([prior, prior, 0.093])
+
+
+def test_the_estimate_follows_the_last_completed_transfer():
+    # 8 Mbit/s until 0.5 s, then 4 Mbit/s: each answer is back before the next request (every 0.25 s)
+    step = RateTrace("step", (0.0, 0.5), (8 * MBPS, 4 * MBPS), 1.0)
+    records = run("offload", step, fps=4.0)
+    assert [r.true_bps for r in records] == [8 * MBPS, 8 * MBPS, 4 * MBPS, 4 * MBPS]
+    assert [r.estimated_bps for r in records] == pytest.approx([2 * MBPS, 8 * MBPS, 8 * MBPS, 4 * MBPS])
+
+
+def test_probes_teach_a_device_that_runs_locally():
+    # a probe is 16000 B: 0.016 s at 8 Mbit/s, known after the rtt (0.056 s); the next probe once the newest
+    # sample is over 1 s old (at 1.1 s, still 8 Mbit/s; at 2.2 s, now 4 Mbit/s, known at 2.272 s)
+    step = RateTrace("step", (0.0, 2.0), (8 * MBPS, 4 * MBPS), 4.0)
+    quick = Option("local", "local", None, "-", 0.05, 0.0, 0, 0.0, {}, 0, True)
+    records = run("local", step, fps=10.0, duration_s=3.0, options=[quick, RAW])
+    assert [r.estimated_bps for r in records] == pytest.approx([2 * MBPS] + [8 * MBPS] * 22 + [4 * MBPS] * 7)
+    assert all(r.latency_s == pytest.approx(0.05) for r in records)  # probing costs the requests nothing
+
+
+def test_no_probe_without_a_stale_sample():
+    records = run("local", RateTrace.constant(8 * MBPS, 3.0), fps=10.0,
+                  config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+    assert {r.estimated_bps for r in records} == {2 * MBPS}  # no probe: the prior throughout
+
+
+def test_answers_known_at_the_same_instant_are_both_learnt():
+    # request 0 offloads 1 Mbit at 4 Mbit/s (0.25 s) and is answered at 0.625 s; request 1 runs locally at
+    # 0.25 s and sends a 0.5 Mbit probe (0.125 s) known at 0.625 s too: both samples are 4 Mbit/s
+    offload = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 125_000, 0.0, {1: 0.125}, 0, True)
+    local = Option("local", "local", None, "-", 0.25, 0.0, 0, 0.0, {}, 0, True)
+    config = SimConfig(rtt_s=0.25, prior_bps=2 * MBPS, probe_bytes=62_500)
+    records = run(Script("offload:raw", "local", "local", "local"), RateTrace.constant(4 * MBPS), fps=4.0,
+                  options=[local, offload], config=config)
+    assert records[0].latency_s == 0.625
+    assert [r.estimated_bps for r in records] == [2 * MBPS, 2 * MBPS, 2 * MBPS, 4 * MBPS]
+
+
+# --- the batching server ----------------------------------------------------------------------------
+
+
+def tail(base: float, per_item: float):
+    return lambda b: base + per_item * b
+
+
+def enqueue(server: BatchingServer, arrival_s: float, key: str, tail_time) -> _Job:
+    """Queue a job without running the server (serve() always runs until its job is done)."""
+    job = _Job(arrival_s, key, tail_time, ours=True)
+    bisect.insort(server._queue, job)
+    return job
+
+
+def test_jobs_for_the_same_key_run_as_one_batch():
+    server = BatchingServer(8, None, 0.0, tail(0, 0))
+    a, b = enqueue(server, 0.0, "k", tail(0.1, 0.05)), enqueue(server, 0.0, "k", tail(0.1, 0.05))
+    served = server.serve(0.0, "k", tail(0.1, 0.05))
+    assert served == Served(queue_s=0.0, tail_s=pytest.approx(0.25), done_s=pytest.approx(0.25), batch_size=3)
+    assert (a.start_s, a.done_s, a.batch_size) == (0.0, pytest.approx(0.25), 3)
+    assert (b.start_s, b.done_s, b.batch_size) == (0.0, pytest.approx(0.25), 3)
+    assert server.free_at == pytest.approx(0.25)
+
+
+def test_batches_are_at_most_max_batch_size():
+    server = BatchingServer(2, None, 0.0, tail(0, 0))
+    a, b = enqueue(server, 0.0, "k", tail(0.1, 0.05)), enqueue(server, 0.0, "k", tail(0.1, 0.05))
+    served = server.serve(0.0, "k", tail(0.1, 0.05))
+    assert (a.batch_size, b.batch_size, a.done_s) == (2, 2, pytest.approx(0.2))
+    assert served == Served(pytest.approx(0.2), pytest.approx(0.15), pytest.approx(0.35), 1)
+
+
+def test_different_keys_run_as_separate_batches_first_come_first_served():
+    server = BatchingServer(8, None, 0.0, tail(0, 0))
+    a = enqueue(server, 0.0, "a", tail(0.1, 0.0))
+    b = enqueue(server, 0.01, "b", tail(0.2, 0.0))
+    served = server.serve(0.02, "c", tail(0.3, 0.0))
+    assert (a.start_s, a.done_s, a.batch_size) == (0.0, 0.1, 1)
+    assert (b.start_s, b.done_s, b.batch_size) == (0.1, pytest.approx(0.3), 1)
+    assert served == Served(pytest.approx(0.28), pytest.approx(0.3), pytest.approx(0.6), 1)
+
+
+def test_a_later_job_joins_the_oldest_jobs_batch():
+    # x keeps the server busy until 1 s; then the oldest waiting job is a, and c (same key) joins its batch
+    # ahead of b; a job that arrives after a batch started waits for the next one
+    server = BatchingServer(8, None, 0.0, tail(0, 0))
+    server.serve(0.0, "x", tail(1.0, 0.0))
+    a, b = enqueue(server, 0.1, "a", tail(0.1, 0.1)), enqueue(server, 0.2, "b", tail(0.5, 0.0))
+    served = server.serve(0.3, "a", tail(0.1, 0.1))
+    assert served == Served(pytest.approx(0.7), pytest.approx(0.3), pytest.approx(1.3), 2)
+    assert (a.start_s, a.done_s, a.batch_size) == (1.0, pytest.approx(1.3), 2)
+    late = server.serve(1.2, "b", tail(0.5, 0.0))  # b has waited since 0.2 s: they run together at 1.3 s
+    assert (b.start_s, b.batch_size) == (pytest.approx(1.3), 2)
+    assert late == Served(pytest.approx(0.1), 0.5, pytest.approx(1.8), 2)
+
+
+def test_state_reports_the_remaining_and_the_queued_work():
+    server = BatchingServer(2, None, 0.0, tail(0, 0))
+    assert server.state(0.0) == ServerState(0.0, 1)
+    server.serve(0.0, "x", tail(1.0, 0.0))
+    assert server.state(0.4) == ServerState(pytest.approx(0.6), 1)  # the batch in progress
+    enqueue(server, 0.5, "a", tail(0.1, 0.1))
+    enqueue(server, 0.6, "b", tail(0.5, 0.0))
+    enqueue(server, 0.7, "a", tail(0.1, 0.1))
+    enqueue(server, 0.75, "a", tail(0.1, 0.1))
+    # 0.2 s left of x, then a in batches of at most 2 (0.3 s + 0.2 s), and b (0.5 s)
+    assert server.state(0.8) == ServerState(pytest.approx(0.2 + 0.3 + 0.2 + 0.5), 1)
+    # at 1.1 s the first a batch (a at 0.5 and 0.7) has run for 0.1 s: 0.2 s of it left, then b, then a
+    assert server.state(1.1) == ServerState(pytest.approx(0.2 + 0.5 + 0.2), 1)
+    assert server.state(5.0) == ServerState(0.0, 1)  # everything has run by then
+
+
+def test_background_load_is_seeded():
+    def serve_all(seed: int) -> list[Served]:
+        server = BatchingServer(4, LoadTrace.constant(10), 5.0, tail(0.01, 0.005), seed=seed)
+        return [server.serve(0.1 * k, "ours", tail(0.01, 0.005)) for k in range(50)]
+
+    assert serve_all(1) == serve_all(1)
+    assert serve_all(1) != serve_all(2)
+
+
+def test_no_background_without_load():
+    for load in (None, LoadTrace.constant(0)):
+        server = BatchingServer(4, load, 5.0, tail(0.01, 0.005))
+        served = [server.serve(0.1 * k, "ours", tail(0.01, 0.005)) for k in range(20)]
+        assert all(s == Served(0.0, pytest.approx(0.015), pytest.approx(0.1 * k + 0.015), 1)
+                   for k, s in enumerate(served))
+
+
+def test_a_loaded_server_makes_requests_wait():
+    trace = RateTrace.constant(8 * MBPS, 20.0)
+    quiet = run("offload", trace, fps=5.0)
+    # 30 other clients at 5 fps: 150 whole-model requests a second, batched up to 8 (30 ms a batch)
+    busy = run("offload", trace, fps=5.0, load=LoadTrace.constant(30),
+               config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0))
+    assert all(r.queue_s == 0.0 for r in quiet)
+    assert sum(r.queue_s > 0 for r in busy) > len(busy) / 2
+    assert statistics.fmean(r.latency_s for r in busy) > statistics.fmean(r.latency_s for r in quiet) + 0.005
+    for r in busy:  # the latency is the sum of its parts
+        assert r.latency_s == pytest.approx(r.upload_s + 0.04 + r.queue_s + r.tail_s + 0.001)
+
+
+def test_dsc_comes_back_when_a_load_spike_ends():
+    # 40 other clients for the first second, then none; offload (0.093 s) beats local (0.1 s) on an idle server.
+    # The probes' answers report the load: busy at first (dsc stays local), idle from the probe at 1.2 s on
+    spike = LoadTrace("spike", (0.0, 1.0), (40.0, 0.0), 10.0)
+    records = run("dsc", RateTrace.constant(8 * MBPS, 10.0), fps=5.0, duration_s=4.0, load=spike,
+                  options=[LOCAL, RAW], config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0))
+    assert [r.option for r in records if r.arrival_s < 1.3] == ["local"] * 7
+    after = [r for r in records if r.arrival_s > 1.3]
+    assert [r.option for r in after] == ["offload:raw"] * 13
+    assert [r.latency_s for r in after] == pytest.approx([0.093] * 13)
+
+
+# --- policies over a changing link ------------------------------------------------------------------
+
+
+ALTERNATING = RateTrace("alternating", (0.0, 5.0), (1 * MBPS, 100 * MBPS), 10.0)  # local, then offload wins
+
+
+def mean_ms(policy: str) -> float:
+    records = run(policy, ALTERNATING, fps=2.0, duration_s=40.0, options=[LOCAL, RAW])
+    return summarize(records)["mean_ms"]
+
+
+def test_dynamic_split_beats_both_static_options_and_the_oracle_beats_it():
+    local, offload, dsc, oracle = (mean_ms(p) for p in ("local", "offload", "dsc", "oracle"))
+    assert local == pytest.approx(100.0)
+    # offload: 0.373 s at 1 Mbit/s, 0.0562 s at 100 Mbit/s (but a transfer that meets the drop is slower)
+    assert offload > (373 + 56.2) / 2
+    assert oracle <= dsc < min(local, offload)
+    # the oracle picks the best option for the rate at each request: half 100 ms, half 56.2 ms
+    assert oracle == pytest.approx((100 + 56.2) / 2, abs=1e-9)
+
+
+def test_dsc_switches_with_the_link():
+    # local from the start (prior 2 Mbit/s); probes at 0, 1.5, 3, 4.5 s see 1 Mbit/s (16000 B: 0.128 s + rtt);
+    # the one at 6 s sees 100 Mbit/s, known at 6.041 s: offload from 6.5 s; the request at 10 s still offloads
+    # (into the drop: 0.32 s up) and its goodput, 1 Mbit/s, sends dsc back to local at 10.5 s
+    records = run("dsc", ALTERNATING, fps=2.0, duration_s=20.0, options=[LOCAL, RAW])
+    period = ["local"] * 13 + ["offload:raw"] * 7
+    assert [r.option for r in records] == period + ["offload:raw"] + period[1:]
+    assert records[20].latency_s == pytest.approx(0.373)
+    assert [r.estimated_bps for r in records[12:15]] == pytest.approx([1 * MBPS, 100 * MBPS, 100 * MBPS])
+
+
+# --- summarize --------------------------------------------------------------------------------------
+
+
+def record(index: int, latency_s: float, option: str = "local", bytes_: int = 0) -> Request:
+    return Request(index, index * 0.5, option, option.partition(":")[0], None, bytes_, 0.1, latency_s, 1e6, 1e6,
+                   0.0, 0.0, 0.0, 0)
+
+
+def test_summarize_exact_statistics():
+    records = [record(0, 0.4, "split:c:fp32", 1000), record(1, 0.1), record(2, 1.0, "offload:raw", 4000),
+               record(3, 0.2), record(4, 0.3, "split:c:fp32", 1000)]
+    summary = summarize(records, deadline_s=0.35)
+    assert summary == {
+        "mean_ms": pytest.approx(400.0),
+        "p50_ms": pytest.approx(300.0),
+        "p95_ms": pytest.approx(880.0),  # position 3.8 of [100, 200, 300, 400, 1000]: 400 + 0.8 × 600
+        "p99_ms": pytest.approx(976.0),  # position 3.96
+        "miss_rate": 0.4,  # 0.4 s and 1.0 s
+        "mean_bytes": 1200.0,
+        "count": 5,
+        "cuts": {"split:c:fp32": 2, "local": 2, "offload:raw": 1},
+    }
+    assert list(summary["cuts"]) == ["split:c:fp32", "local", "offload:raw"]  # most used first, ties in order
+
+
+def test_summarize_without_a_deadline_misses_nothing():
+    summary = summarize([record(0, 5.0), record(1, 7.0)])
+    assert summary["miss_rate"] == 0.0
+    assert (summary["mean_ms"], summary["p50_ms"], summary["p99_ms"]) == (6000.0, 6000.0, pytest.approx(6980.0))
+
+
+def test_summarize_of_one_request():
+    summary = summarize([record(0, 0.25)], deadline_s=0.25)
+    assert summary["p50_ms"] == summary["p95_ms"] == summary["p99_ms"] == summary["mean_ms"] == 250.0
+    assert summary["miss_rate"] == 0.0  # exactly on the deadline is in time
+
+
+def test_summarize_of_nothing_is_an_error():
+    with pytest.raises(EdgesplitError, match="no request arrived"):
+        summarize([])
+
+
+def test_request_to_dict():
+    assert record(2, 0.3, "offload:raw", 40).to_dict() == {
+        "index": 2, "arrival_s": 1.0, "option": "offload:raw", "kind": "offload", "cut": None, "bytes": 40,
+        "predicted_s": 0.1, "latency_s": 0.3, "true_bps": 1e6, "estimated_bps": 1e6, "upload_s": 0.0,
+        "queue_s": 0.0, "tail_s": 0.0, "batch_size": 0}
+
+
+def test_the_estimator_is_reset_for_each_run():
+    estimator = LastSample()
+    estimator.update(123.0)
+    policy = make_policy("dsc", LinkState(8 * MBPS))
+    records = simulate(policy, estimator, OPTIONS, OPTIONS, RateTrace.constant(8 * MBPS), Workload(2.0), CONFIG)
+    assert records[0].estimated_bps == 2 * MBPS  # the prior, not the stale 123 bit/s
