@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import time
+import io
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 from edgesplit.errors import EdgesplitError
 
@@ -37,29 +38,13 @@ def lite_normalize(image: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg_encode(image: torch.Tensor, quality: int) -> bytes:
-    return encode_jpeg(image, quality=quality).numpy().tobytes()
+    """A uint8 (3, H, W) tensor as JPEG bytes (Pillow, libjpeg)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def jpeg_decode(data: bytes) -> torch.Tensor:
-    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8))
-
-
-def measure_jpeg(images: list[torch.Tensor], quality: int, repeats: int = 5) -> dict[str, float]:
-    """Mean compressed size and median encode/decode time of ``images`` at JPEG ``quality``."""
-    sizes, encode, decode = [], [], []
-    for image in images:
-        for _ in range(repeats):
-            start = time.perf_counter()
-            data = jpeg_encode(image, quality)
-            encode.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            jpeg_decode(data)
-            decode.append(time.perf_counter() - start)
-        sizes.append(len(data))
-    return {"bytes": sum(sizes) / len(sizes), "encode_s": _median(encode), "decode_s": _median(decode)}
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    """JPEG bytes back to a uint8 (3, H, W) tensor."""
+    with Image.open(io.BytesIO(data)) as decoded:
+        return torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1)

@@ -1,0 +1,118 @@
+"""profile → simulate → grid from the command line, and every mistake as one line with exit code 2."""
+
+import json
+
+import pytest
+
+from test_cli import run
+
+
+@pytest.fixture(scope="module")
+def profiles(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("profiles")
+    mp = pytest.MonkeyPatch()
+    import sys
+
+    from edgesplit.cli import main
+
+    for role, extra in (("device", ["--slowdown", "20", "--batch-sizes", "1,2,4,8,16,32,64"]),
+                        ("server", ["--batch-sizes", "1,2,4,8,16,32,64"])):
+        mp.setattr(sys, "argv", ["edgesplit", "profile", "toy_models:toy", "--input-shape", "3,8,8", "--role", role,
+                                 "--repeats", "3", "--cuts", "all", "--out", str(folder / f"{role}.json"), *extra])
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+    mp.undo()
+    return folder
+
+
+def _trace(folder, text):
+    path = folder / "trace.tsv"
+    path.write_text(text)
+    return str(path)
+
+
+STEPS = "0 0.2\n5 20\n10 0.2\n15 20\n"  # Mbit/s: alternately slow and fast, 20 s
+
+
+def test_simulate_writes_the_documented_json_csv_and_plots(profiles, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "sim.json"
+    code, stdout, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                            "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, STEPS),
+                            "--policies", "dsc,oracle,best-static,local,offload", "--fps", "5", "--json", str(out),
+                            "--csv", str(tmp_path / "req.csv"), "--plot", str(tmp_path / "sim"))
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert list(data) == ["trace", "policies", "estimator_mape"]
+    assert list(data["policies"]) == ["dsc", "oracle", "best-static", "local", "offload"]
+    for summary in data["policies"].values():
+        assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "cuts"]
+        assert sum(summary["cuts"].values()) == 100  # 20 s at 5 fps
+    assert data["policies"]["local"]["cuts"] == {"local": 100}
+    assert data["policies"]["offload"]["mean_bytes"] == 192
+    assert data["policies"]["oracle"]["mean_ms"] <= data["policies"]["local"]["mean_ms"]
+    assert isinstance(data["estimator_mape"], float)
+    assert len((tmp_path / "req.csv").read_text().splitlines()) == 1 + 5 * 100
+    for suffix in ("timeline", "cdf"):
+        assert (tmp_path / f"sim-{suffix}.png").read_bytes()[:4] == b"\x89PNG"
+    assert "dsc" in stdout and "mean ms" in stdout
+
+
+def test_grid_runs_the_papers_sweep_and_the_realistic_one(profiles, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "grid.json"
+    code, stdout, err = run(monkeypatch, capsys, "grid", "--device-profile", str(profiles / "device.json"),
+                            "--server-profile", str(profiles / "server.json"), "--json", str(out),
+                            "--plot", str(tmp_path / "grid.png"))
+    assert code == 0, err
+    variants = json.loads(out.read_text())["variants"]
+    assert [v["scenarios"] for v in variants] == [127 * 62, 127 * 62]
+    for v in variants:
+        assert sum(v["share"].values()) == pytest.approx(1.0)
+        assert sum(v["best_counts"].values()) == 127 * 62
+    assert "offload:jpeg90" not in variants[0]["best_counts"]  # the paper's variant sends raw input only
+    assert (tmp_path / "grid.png").stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("trace,message", [
+    ("0 1\n1 x\n", "line 2"),
+    ("0 1\n1 -2\n", "line 2"),
+    ("0 1\n2 1\n1 1\n", "line 3"),
+    ("", "no samples"),
+])
+def test_bad_traces(profiles, monkeypatch, capsys, tmp_path, trace, message):
+    code, out, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                         "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, trace))
+    assert code == 2 and err.startswith("edgesplit: error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--policies", "dcs"], "unknown policy 'dcs'; did you mean 'dsc'"),
+    (["--policies", "static:nope"], "unknown option 'split:nope:fp32'"),
+    (["--estimator", "harmonik"], "unknown estimator 'harmonik'; did you mean 'harmonic'"),
+    (["--estimator", "ewma:2"], "ewma"),
+    (["--codecs", "fp8"], "unknown codec 'fp8'"),
+])
+def test_bad_policy_estimator_and_codec_names(profiles, monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                       "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, STEPS), *args)
+    assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_profiles_that_do_not_fit(profiles, monkeypatch, capsys, tmp_path):
+    data = json.loads((profiles / "server.json").read_text())
+    data["batch_sizes"] = [1, 2]
+    data["model_s"] = {k: v for k, v in data["model_s"].items() if k in ("1", "2")}
+    small = tmp_path / "small.json"
+    small.write_text(json.dumps(data))
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                       "--server-profile", str(small), "--trace", _trace(tmp_path, STEPS))
+    assert code == 2 and "goes up to batch size 2 but 8 is needed" in err
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"format": "edgesplit-profile/1", "model": "x"}')
+    code, _, err = run(monkeypatch, capsys, "grid", "--device-profile", str(broken),
+                       "--server-profile", str(profiles / "server.json"))
+    assert code == 2 and "broken.json is a malformed profile" in err
+    code, _, err = run(monkeypatch, capsys, "grid", "--device-profile", str(tmp_path / "none.json"),
+                       "--server-profile", str(profiles / "server.json"))
+    assert code == 2 and "cannot read profile" in err

@@ -1,0 +1,62 @@
+"""Measuring profiles on a real (tiny) model: composition, estimation, slowdown, codecs."""
+
+import pytest
+
+from edgesplit import analyze
+from edgesplit.errors import EdgesplitError
+from edgesplit.profile import FORMAT, load_profile, measure
+from toy_models import Toy
+
+SHAPE = (3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return analyze(Toy().eval(), SHAPE, "toy_models:toy")
+
+
+def test_per_node_profile_covers_every_cut_and_batch_size(toy, tmp_path):
+    cuts = list(toy.cuts)
+    profile = measure(toy, cuts, role="server", batch_sizes=(1, 2), repeats=5, warmup=1)
+    assert list(profile.cuts) == [c.name for c in cuts] and profile.batch_sizes == (1, 2)
+    for c in profile.cuts.values():
+        for b in (1, 2):
+            head, tail = c.head_s[b], c.tail_s[b]
+            assert head.repeats == tail.repeats == 5
+            assert head.source == tail.source == "measured"
+            assert 0 <= head.p10_s <= head.median_s <= head.p90_s
+    first, last = profile.cuts["x"], profile.cuts["view"]
+    assert first.head_s[1].median_s <= last.head_s[1].median_s and last.tail_s[1].median_s <= first.tail_s[1].median_s
+    assert profile.cuts["conv1"].elements == 64
+    assert profile.output_bytes == 5 * 4  # the logits, fp32
+    assert profile.input_codecs["raw"]["bytes"] == 192
+    assert set(profile.input_codecs) == {"raw", "jpeg75", "jpeg90"} and profile.input_codecs["jpeg90"]["bytes"] > 0
+    assert set(profile.cuts["pool"].codec_s) == {"fp16", "int8"}
+    path = tmp_path / "p.json"
+    profile.save(path)
+    assert load_profile(path) == profile
+    assert profile.to_dict()["format"] == FORMAT
+
+
+def test_flops_method_is_marked_estimated_and_splits_by_flops(toy):
+    profile = measure(toy, list(toy.cuts), role="device", batch_sizes=(1,), method="flops", repeats=3)
+    conv1, whole = profile.cuts["conv1"], profile.model_s[1]
+    assert conv1.head_s[1].source == "estimated" and whole.source == "measured"
+    c = toy.cut("conv1")
+    assert conv1.head_s[1].median_s == pytest.approx(whole.median_s * c.head_flops / (c.head_flops + c.tail_flops))
+    assert conv1.head_s[1].median_s + conv1.tail_s[1].median_s == pytest.approx(whole.median_s)
+
+
+def test_slowdown_scales_times_and_is_recorded(toy):
+    profile = measure(toy, [toy.cut("add")], role="device", batch_sizes=(1,), method="flops", repeats=3, slowdown=8)
+    assert profile.slowdown == 8.0
+    assert profile.cuts["add"].elements == 64  # sizes are not scaled
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"method": "guess"}, "unknown profiling method 'guess'; known: per-node, flops"),
+    ({"slowdown": 0}, "--slowdown must be positive, got 0"),
+])
+def test_bad_profiling_arguments(toy, kwargs, message):
+    with pytest.raises(EdgesplitError, match=message):
+        measure(toy, [toy.cut("add")], role="device", batch_sizes=(1,), **kwargs)
