@@ -1,0 +1,149 @@
+"""What the paper's method is worth on real uplink traces: dsc against oracle, best-static, local, offload.
+
+EfficientNet-B0 (random weights, seed 0) is profiled here once, per node, at batch sizes 1, 2, 4, 8. The
+server runs at the measured speed (and, in a second variant, 10x faster: --slowdown 0.1, a GPU edge
+server); the device is this machine slowed 8x (emulating a small ARM board: B0 takes ~0.4 s). Every
+mahimahi uplink trace and the first 20 Norway HSDPA traces (sorted by name) are replayed at 2 requests
+per second, 40 ms RTT, with and without --private.
+
+    python benchmarks/policies.py [--estimator harmonic] [--profile FILE] [--traces ../shared/traces]
+                                  [--out benchmarks/results/policies.json]
+
+Prints one table per variant and writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from edgesplit import analyze, load_model
+from edgesplit.latency import LinkState, build_options
+from edgesplit.policies import allowed_options, make_policy
+from edgesplit.estimators import make_estimator
+from edgesplit.profile import load_profile, measure, with_slowdown
+from edgesplit.sim import SimConfig, Workload, simulate, summarize
+from edgesplit.traces import read_trace
+
+POLICIES = ["dsc", "oracle", "best-static", "local", "offload", "offload:jpeg90"]
+DYNAMIC = {"dsc", "oracle", "best-static"}
+DEVICE_SLOWDOWN = 8.0
+console = Console(width=200)
+
+
+def traces(root: Path) -> list[Path]:
+    mahimahi = sorted((root / "mahimahi").glob("*.up"))
+    norway = sorted((root / "norway-hsdpa").glob("*.tsv"))[:20]
+    return mahimahi + norway
+
+
+def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) -> dict:
+    trace = read_trace(path)
+    config = SimConfig(rtt_s=0.04)
+    mean_link = LinkState(trace.mean_bps(), config.rtt_s, config.downlink_bps)
+    row = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6, "duration_s": trace.duration_s}
+    for spec in POLICIES:
+        if private and spec.startswith("offload"):
+            continue
+        estimator = make_estimator(estimator_spec)
+        records = simulate(make_policy(spec, mean_link), estimator, options,
+                           allowed if spec in DYNAMIC else options, trace, Workload(fps=2.0), config)
+        summary = summarize(records)
+        summary["latencies_ms"] = [r.latency_s * 1000 for r in records]
+        if spec == "dsc":
+            row["estimator_mape"] = estimator.mape()
+        row[spec] = summary
+    oracle_cuts = row["oracle"]["cuts"]
+    top, count = next(iter(oracle_cuts.items()))
+    row["dominant"] = top if count / sum(oracle_cuts.values()) >= 0.95 else None
+    return row
+
+
+def report(title: str, rows: list[dict], private: bool) -> dict:
+    baselines = ["local"] if private else ["local", "offload"]
+    table = Table(title=title)
+    for column in ("trace", "Mbit/s", "dsc ms", "oracle", "best-static", *baselines,
+                   *([] if private else ["jpeg90"]), "dsc/oracle", "dsc/best-st", "dsc/min(base)",
+                   "p95 dsc/bst", "MAPE %", "oracle's choice"):
+        table.add_column(column, justify="left" if column in ("trace", "oracle's choice") else "right")
+    for row in rows:
+        base = min(row[b]["mean_ms"] for b in baselines)
+        dominant = f"dominated by {row['dominant']}" if row["dominant"] else \
+            ", ".join(f"{k} {v}" for k, v in list(row["oracle"]["cuts"].items())[:2])
+        table.add_row(row["trace"], f"{row['mean_mbps']:.2f}", f"{row['dsc']['mean_ms']:.0f}",
+                      f"{row['oracle']['mean_ms']:.0f}", f"{row['best-static']['mean_ms']:.0f}",
+                      *(f"{row[b]['mean_ms']:.0f}" for b in baselines),
+                      *([] if private else [f"{row['offload:jpeg90']['mean_ms']:.0f}"]),
+                      f"{row['dsc']['mean_ms'] / row['oracle']['mean_ms']:.3f}",
+                      f"{row['dsc']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
+                      f"{row['dsc']['mean_ms'] / base:.3f}",
+                      f"{row['dsc']['p95_ms'] / row['best-static']['p95_ms']:.3f}",
+                      f"{row['estimator_mape']:.0f}" if row["estimator_mape"] is not None else "-", dominant)
+    pooled = {p: statistics.fmean(v for row in rows for v in row[p]["latencies_ms"])
+              for p in ["dsc", "oracle", "best-static", *baselines]}
+    overall = {
+        "mean_ms": pooled,
+        "dsc_over_oracle": pooled["dsc"] / pooled["oracle"],
+        "dsc_over_best_static": pooled["dsc"] / pooled["best-static"],
+        "dsc_over_min_baseline": pooled["dsc"] / min(pooled[b] for b in baselines),
+        "traces_where_dsc_beats_best_static_mean": sum(r["dsc"]["mean_ms"] <= r["best-static"]["mean_ms"] for r in rows),
+        "traces_where_dsc_beats_best_static_p95": sum(r["dsc"]["p95_ms"] <= r["best-static"]["p95_ms"] for r in rows),
+        "traces": len(rows),
+    }
+    table.add_row("overall (all requests)", "", f"{pooled['dsc']:.0f}", f"{pooled['oracle']:.0f}",
+                  f"{pooled['best-static']:.0f}", *(f"{pooled[b]:.0f}" for b in baselines),
+                  *([] if private else [""]), f"{overall['dsc_over_oracle']:.3f}",
+                  f"{overall['dsc_over_best_static']:.3f}", f"{overall['dsc_over_min_baseline']:.3f}", "", "", "",
+                  style="bold")
+    console.print(table)
+    console.print(f"dsc ≤ best-static: mean on {overall['traces_where_dsc_beats_best_static_mean']}/{len(rows)} "
+                  f"traces, p95 on {overall['traces_where_dsc_beats_best_static_p95']}/{len(rows)}\n")
+    for row in rows:
+        for p in POLICIES:
+            row.get(p, {}).pop("latencies_ms", None)
+    return {"title": title, "overall": overall, "traces": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "policies.json")
+    parser.add_argument("--estimator", default="harmonic", help="estimator spec for dsc (default harmonic)")
+    parser.add_argument("--profile", type=Path, help="reuse this measured profile (written on first use)")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    if args.profile and args.profile.exists():
+        measured = load_profile(args.profile)
+    else:
+        loaded = load_model("efficientnet_b0")
+        analysis = analyze(loaded.module, loaded.native_input_shape, "efficientnet_b0")
+        measured = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1, 2, 4, 8),
+                           repeats=10)
+        if args.profile:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            measured.save(args.profile)
+    device = with_slowdown(measured, DEVICE_SLOWDOWN)
+    console.print(f"profiled in {time.perf_counter() - started:.0f} s: B0 whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
+                  f"here, {device.model_s[1].median_s * 1e3:.0f} ms on the emulated device")
+    results = []
+    for server_name, server in (("server at measured speed", measured),
+                                ("server 10x faster (--slowdown 0.1)", with_slowdown(measured, 0.1))):
+        for private in (False, True):
+            options = build_options(device, server, private=private)
+            allowed = allowed_options(options, private, lossy=False)
+            rows = [run_trace(path, options, allowed, private, args.estimator) for path in traces(args.traces)]
+            title = f"EfficientNet-B0, device 8x slower than this machine, {server_name}" + (", --private" if private else "")
+            results.append(report(title, rows, private))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"profile": measured.to_dict(), "variants": results}, indent=1) + "\n")
+    console.print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
