@@ -379,3 +379,11 @@ def test_with_slowdown_composes():
     assert with_slowdown(with_slowdown(device_profile(), 2.0), 3.0).slowdown == 6.0
     assert with_slowdown(with_slowdown(device_profile(), 2.0), 0.5).model_s == device_profile().model_s
     assert with_slowdown(with_slowdown(device_profile(), 2.0), 0.5).slowdown == 1.0
+
+
+@pytest.mark.parametrize("head_s,added_s", [(0.1, 0.0), (0.01, 0.03), (0.0, 0.04)])
+def test_uplink_backlog_counts_only_where_the_head_does_not_hide_it(head_s, added_s):
+    option = Option("split:c:fp32", "split", "c", "fp32", head_s, 0.0, 8_000, 0.0, {1: 0.01}, 0, True)
+    free = LinkState(8e6)
+    busy = LinkState(8e6, backlog_bytes=40_000)  # 0.04 s of the device's earlier bytes still queued
+    assert latency(option, busy, ServerState()) - latency(option, free, ServerState()) == pytest.approx(added_s)

@@ -3,6 +3,9 @@
     T(option) = head_device + encode + bytes / uplink_rate + RTT + queue_wait + tail_server(batch)
                 + decode + result_bytes / downlink_rate
 
+(plus, when the device's earlier uploads are still queued on the uplink, the part of that backlog that
+the head's computation does not hide).
+
 An :class:`Option` is one way to serve a request: ``local`` (the whole model on the device, nothing sent),
 ``offload`` (the input leaves the device: raw uint8 or JPEG) or ``split`` (head on the device, one codec for
 the crossing tensor, tail on the server). :func:`build_options` turns a device and a server profile into
@@ -29,6 +32,7 @@ class LinkState:
     uplink_bps: float
     rtt_s: float = 0.0
     downlink_bps: float = math.inf
+    backlog_bytes: float = 0.0  # the device's own earlier bytes still queued on the uplink
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,9 @@ def latency(option: Option, link: LinkState, server: ServerState) -> float:
     """Seconds from the request to its answer on the device, if the link and the load stay as given."""
     if option.kind == "local":
         return option.head_s
-    return (option.head_s + option.encode_s + option.bytes * 8 / link.uplink_bps + link.rtt_s
+    ready = option.head_s + option.encode_s
+    uplink_wait = max(0.0, link.backlog_bytes * 8 / link.uplink_bps - ready)
+    return (ready + uplink_wait + option.bytes * 8 / link.uplink_bps + link.rtt_s
             + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
             + option.result_bytes * 8 / link.downlink_bps)
 

@@ -109,8 +109,10 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
         pending = [p for p in pending if p[0] > now]
         estimate = estimator.predict() or config.prior_bps
         true_bps = trace.rate_at(now)
-        actual = LinkState(max(true_bps, 1.0), config.rtt_s, config.downlink_bps)  # 1 bit/s stands for an outage
-        state = State(LinkState(estimate, config.rtt_s, config.downlink_bps), reported, actual, server.state(now))
+        backlog = trace.delivered_bits(now, uplink_free) / 8 if uplink_free > now else 0.0  # the device knows
+        actual = LinkState(max(true_bps, 1.0), config.rtt_s, config.downlink_bps, backlog)  # 1 bit/s: an outage
+        state = State(LinkState(estimate, config.rtt_s, config.downlink_bps, backlog), reported, actual,
+                      server.state(now))
         decision = policy.choose(state, allowed)
         option = decision.option
         upload = queue = tail = 0.0
