@@ -23,24 +23,35 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 
 
-EXAMPLES = [line for block in BLOCKS for line in block.splitlines() if line.startswith("edgesplit ")]
+EXAMPLE_BLOCKS = [[line for line in block.splitlines() if line.startswith("edgesplit ")] for block in BLOCKS]
+EXAMPLE_BLOCKS = [lines for lines in EXAMPLE_BLOCKS if lines]
+SHARED = ROOT.parent / "shared"
 
 
-@pytest.mark.parametrize("line", EXAMPLES)
-def test_usage_example_runs(line, monkeypatch, tmp_path, capsys):
-    monkeypatch.chdir(tmp_path)
-    if "--weights my_resnet18.pt" in line:
-        import torch
+@pytest.mark.parametrize("lines", [pytest.param(b, marks=pytest.mark.slow) if any("--batch-sizes" in line for line in b)
+                                   else b for b in EXAMPLE_BLOCKS], ids=lambda lines: lines[0][:60])
+def test_usage_examples_run_in_order(lines, monkeypatch, tmp_path, capsys):
+    """Each block's commands run one after the other in one folder, beside a link to ../shared."""
+    work = tmp_path / "work"
+    work.mkdir()
+    if SHARED.exists():
+        (tmp_path / "shared").symlink_to(SHARED)
+    elif any("../shared" in line for line in lines):
+        pytest.skip(f"{SHARED} is missing: the examples read its traces")
+    monkeypatch.chdir(work)
+    for line in lines:
+        if "--weights my_resnet18.pt" in line:
+            import torch
 
-        from edgesplit.models import load_model
+            from edgesplit.models import load_model
 
-        torch.save(load_model("resnet18").module.state_dict(), tmp_path / "my_resnet18.pt")
-    monkeypatch.setattr(sys, "argv", shlex.split(line))
-    try:
-        main()
-    except SystemExit as exc:
-        assert exc.code in (0, None), capsys.readouterr().err
-    assert capsys.readouterr().out
+            torch.save(load_model("resnet18").module.state_dict(), work / "my_resnet18.pt")
+        monkeypatch.setattr(sys, "argv", shlex.split(line))
+        try:
+            main()
+        except SystemExit as exc:
+            assert exc.code in (0, None), (line, capsys.readouterr().err)
+        assert capsys.readouterr().out, line
 
 
 def test_python_example_runs(capsys):

@@ -187,6 +187,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
             progress(f"batch size {batch_size}")
         x = example_input(graph.model, analysis.input_shape, batch_size)
         n_repeats = max(3, repeats // max(1, batch_size // 4)) if batch_size > 1 else repeats
+        warmup = min(warmup, 1) if batch_size >= 16 else warmup  # large batches warm up in one run
         whole = _time_calls(lambda: graph.model(x), n_repeats, warmup)
         model_s[batch_size] = Timing.of(whole)
         flops_per_s[batch_size] = total_flops * batch_size / statistics.median(whole) if total_flops else 0.0
