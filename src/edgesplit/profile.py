@@ -187,8 +187,8 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
             progress(f"batch size {batch_size}")
         x = example_input(graph.model, analysis.input_shape, batch_size)
         n_repeats = max(3, repeats // max(1, batch_size // 4)) if batch_size > 1 else repeats
-        warmup = min(warmup, 1) if batch_size >= 16 else warmup  # large batches warm up in one run
-        whole = _time_calls(lambda: graph.model(x), n_repeats, warmup)
+        n_warmup = min(warmup, 1) if batch_size >= 16 else warmup  # large batches warm up in one run
+        whole = _time_calls(lambda: graph.model(x), n_repeats, n_warmup)
         model_s[batch_size] = Timing.of(whole)
         flops_per_s[batch_size] = total_flops * batch_size / statistics.median(whole) if total_flops else 0.0
         if method == "flops":
@@ -197,7 +197,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
                 head[c.name][batch_size] = _estimate(c.head_flops * batch_size, rate, model_s[batch_size])
                 tail[c.name][batch_size] = _estimate(c.tail_flops * batch_size, rate, model_s[batch_size])
             continue
-        timed = _time_nodes(graph.gm, x, n_repeats, warmup)
+        timed = _time_nodes(graph.gm, x, n_repeats, n_warmup)
         # the interpreter costs a few microseconds per node that compiled code does not: take off an equal
         # share per node so the sums compose to the whole model as it really runs
         overhead = max(0.0, statistics.median(sum(r.values()) for r in timed) - model_s[batch_size].median_s)
