@@ -163,7 +163,7 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], name: str | None = N
 
 def _annotate(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> CutGraph:
     nodes = list(gm.graph.nodes)
-    static = frozenset(n.name for n in nodes if _is_static(n, set()))
+    static = _static_nodes(nodes)
     values, flops = record(gm, example)
     values_b2 = record_shapes_on_meta(gm, torch.cat([example, example]))
     shape_kinds: dict[str, ShapeKind] = {}
@@ -180,16 +180,15 @@ def _annotate(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> Cu
     return CutGraph(model, gm, static, values, shape_kinds, batch_dims, example)
 
 
-def _is_static(n: fx.Node, seen: set[str]) -> bool:
-    """Depends on parameters and constants only (recomputable on either side)."""
-    if n.op == "placeholder":
-        return False
-    if n.op == "get_attr":
-        return True
-    if n.op in ("output", "call_module"):
-        return False
-    inputs = n.all_input_nodes
-    return all(_is_static(i, seen) for i in inputs) if inputs else n.op == "call_function"
+def _static_nodes(nodes: list[fx.Node]) -> frozenset[str]:
+    """Nodes that depend on parameters and constants only (recomputable on either side), in one pass
+    over the topologically ordered graph."""
+    static: set[str] = set()
+    for n in nodes:
+        inputs = n.all_input_nodes
+        if n.op == "get_attr" or (n.op == "call_function" and all(i.name in static for i in inputs)):
+            static.add(n.name)
+    return frozenset(static)
 
 
 def _batch_dim(v1: NodeValue, v2: NodeValue | None) -> int | None:
