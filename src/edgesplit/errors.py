@@ -9,7 +9,9 @@ stderr and exit code 2, and library callers can catch it in one place::
     ├── InputShapeError       a malformed --input-shape / --input-size
     ├── TraceError            a model that neither torch.fx nor torch.export can trace
     ├── CutNotFound           a cut name or pattern that matches no cut (lists what exists)
-    └── TraceFileError        a network or load trace file that is malformed (names the line)
+    ├── TraceFileError        a network or load trace file that is malformed (names the line)
+    ├── ProfileError          a profile file that is malformed or lacks a cut or batch size needed
+    └── FrameError            a wire frame that is malformed, oversized or not for this model (HTTP 4xx)
 """
 
 from __future__ import annotations
@@ -41,3 +43,11 @@ class CutNotFound(EdgesplitError):
 
 class TraceFileError(EdgesplitError):
     """A network-rate or server-load trace file that cannot be read or is malformed."""
+
+
+class ProfileError(EdgesplitError):
+    """A profile file that is missing, malformed, or lacks a cut or batch size that is needed."""
+
+
+class FrameError(EdgesplitError):
+    """A wire frame that cannot be accepted; the message names the field and the allowed values."""

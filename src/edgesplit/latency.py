@@ -18,9 +18,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from edgesplit.codecs import SPLIT_CODECS
+from edgesplit.codec import SPLIT_CODECS
 from edgesplit.errors import EdgesplitError
-from edgesplit.profile import Profile, ProfileError
+from edgesplit.errors import ProfileError
+from edgesplit.profile import Profile
 
 Kind = Literal["local", "offload", "split"]
 

@@ -26,17 +26,13 @@ import torch
 from torch import fx
 
 from edgesplit.analysis import Analysis, Cut, example_input
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import EdgesplitError, ProfileError
 from edgesplit.images import PHOTOS, fit, jpeg_decode, jpeg_encode, lite_normalize, photo
 
 FORMAT = "edgesplit-profile/1"
 Role = Literal["device", "server"]
 Source = Literal["measured", "estimated"]
 SPLIT_CODECS = ("fp32", "fp16", "int8")
-
-
-class ProfileError(EdgesplitError):
-    """A profile file that is missing, malformed, or lacks a cut or batch size that is needed."""
 
 
 @dataclass(frozen=True)
@@ -264,11 +260,11 @@ def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int) 
 
 def _split_codec_times(cut: Cut, graph: Any) -> dict[str, dict[str, float]]:
     """Time to turn the crossing tensor into fp16 / int8 (affine) and back, at batch 1."""
-    from edgesplit.codecs import dequantize_int8, quantize_int8
+    from edgesplit.codec import dequantize_int8, quantize_int8
 
-    x = torch.randn(cut.shapes[0]) if cut.shapes else torch.zeros(1)
+    x = torch.randn(cut.shapes[0]).numpy() if cut.shapes else torch.zeros(1).numpy()
     steps: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
-        "fp16": (lambda: x.half(), lambda h: h.float()),
+        "fp16": (lambda: x.astype("float16"), lambda h: h.astype("float32")),
         "int8": (lambda: quantize_int8(x), lambda q: dequantize_int8(*q)),
     }
     out: dict[str, dict[str, float]] = {}

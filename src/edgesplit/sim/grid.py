@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from edgesplit.latency import interpolate_batch
-from edgesplit.profile import Profile, ProfileError, require_batch_sizes
+from edgesplit.errors import ProfileError
+from edgesplit.profile import Profile, require_batch_sizes
 
 PAPER_RATES_MBPS = np.arange(1, 128, dtype=float)  # megabytes per second, as in the paper
 PAPER_BATCH_SIZES = np.arange(1, 63)

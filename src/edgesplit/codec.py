@@ -1,0 +1,298 @@
+"""The wire format: versioned binary frames that carry one tensor, never pickled.
+
+A frame is a 32-byte header, the shape, codec parameters, then the payload (all little-endian)::
+
+    offset  size  field
+    0       4     magic b"ESPL"
+    4       1     version (1)
+    5       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8
+    6       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image)
+    7       1     compression of the payload: 0 none, 1 zstd, 2 lz4
+    8       1     ndim (1..8)
+    9       1     flags (0)
+    10      2     cut id (uint16; 65535 = the model's output)
+    12      8     model id (the first 8 bytes of the model's SHA-256, see GET /v1/model)
+    20      4     payload length in bytes (as sent)
+    24      4     decoded length in bytes (after decompression; bounds every allocation)
+    28      4     CRC-32 of the payload
+    32      4×n   shape (uint32 each, batch first)
+    ...     8     int8 codec only: scale (float32), zero point (int32)
+    ...           payload
+
+:func:`decode_frame` checks everything before it allocates: sizes against :class:`Limits`, the shape
+against the declared lengths, the checksum, then (given an :class:`Expectation`) the model id, the cut,
+the per-sample shape and the dtype. Decompression is bounded by the declared decoded length, so a
+decompression bomb fails instead of filling memory. Only numpy is needed (a device without torch can
+speak it). ``docs/wire.md`` is the reference.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgesplit.errors import EdgesplitError, FrameError
+from edgesplit.registry import Registry
+
+MAGIC = b"ESPL"
+VERSION = 1
+OUTPUT_CUT = 0xFFFF
+MAX_NDIM = 8
+_HEADER = struct.Struct("<4sBBBBBBH8sIII")
+_AFFINE = struct.Struct("<fi")
+DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1")}
+DTYPE_CODES = {v: k for k, v in DTYPES.items()}
+CODECS = {0: "raw", 1: "int8", 2: "jpeg"}
+COMPRESSIONS = {0: "none", 1: "zstd", 2: "lz4"}
+
+
+@dataclass(frozen=True)
+class SplitCodec:
+    """How a crossing tensor travels: its width on the wire and whether decoding is exact."""
+
+    name: str
+    bytes_per_element: int
+    exact: bool
+
+
+SPLIT_CODECS: Registry[SplitCodec] = Registry("codec", EdgesplitError)
+for _codec in (SplitCodec("fp32", 4, True), SplitCodec("fp16", 2, False), SplitCodec("int8", 1, False)):
+    SPLIT_CODECS.register(_codec.name)(_codec)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds checked before anything is allocated (names as in starlette and Triton)."""
+
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_elements: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the receiver accepts: its model id, and per cut id the per-sample shape (no batch dim)."""
+
+    model_id: bytes
+    shapes: Mapping[int, tuple[int, ...]]
+    max_batch_size: int = 1 << 16
+
+
+@dataclass(frozen=True)
+class Frame:
+    model_id: bytes
+    cut: int
+    array: np.ndarray  # decoded: float32, float16 or uint8, batch first
+    codec: str
+    compression: str
+
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
+    """Affine uint8 quantisation over the whole tensor: x ≈ (q - zero_point) * scale."""
+    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    scale = (high - low) / 255 or 1.0
+    zero_point = int(round(-low / scale))
+    q = np.clip(np.rint(x / scale) + zero_point, 0, 255).astype(np.uint8)
+    return q, scale, zero_point
+
+
+def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
+    return ((q.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
+
+
+def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "raw",
+                 compression: str = "none", jpeg_quality: int = 90) -> bytes:
+    """One tensor as a frame. ``codec``: raw (float32/float16/uint8 as given), int8 (float → affine
+    uint8) or jpeg (a uint8 batch of one image, shape (1, 3, H, W))."""
+    if len(model_id) != 8:
+        raise FrameError(f"model id must be 8 bytes, got {len(model_id)}")
+    if not 0 <= cut <= 0xFFFF:
+        raise FrameError(f"cut id must be 0..65535, got {cut}")
+    array = np.ascontiguousarray(array)
+    if array.ndim < 1 or array.ndim > MAX_NDIM:
+        raise FrameError(f"a frame carries 1 to {MAX_NDIM} dimensions, got {array.ndim}")
+    extra = b""
+    if codec == "raw":
+        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
+        if dtype not in DTYPE_CODES:
+            raise FrameError(f"raw frames carry float32, float16 or uint8, not {array.dtype}")
+        data, decoded_dtype = array.astype(dtype, copy=False).tobytes(), dtype
+    elif codec == "int8":
+        q, scale, zero_point = quantize_int8(array.astype(np.float32, copy=False))
+        data, decoded_dtype, extra = q.tobytes(), np.dtype("<f4"), _AFFINE.pack(scale, zero_point)
+    elif codec == "jpeg":
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3:
+            raise FrameError(f"jpeg frames carry one uint8 image of shape (1, 3, H, W), got {array.dtype} "
+                             f"{tuple(array.shape)}")
+        data, decoded_dtype = _jpeg_encode(array[0], jpeg_quality), np.dtype("u1")
+    else:
+        raise FrameError(f"unknown codec {codec!r}; known: {', '.join(CODECS.values())}")
+    payload = _compress(data, compression)
+    header = _HEADER.pack(MAGIC, VERSION, DTYPE_CODES[decoded_dtype], _code(CODECS, codec, "codec"),
+                          _code(COMPRESSIONS, compression, "compression"), array.ndim, 0, cut, model_id,
+                          len(payload), len(data), zlib.crc32(payload))
+    return header + struct.pack(f"<{array.ndim}I", *array.shape) + extra + payload
+
+
+def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation | None = None) -> Frame:
+    """Validate and decode a frame; every problem raises :class:`FrameError` naming it."""
+    if len(data) > limits.max_body_bytes:
+        raise FrameError(f"frame of {len(data)} bytes exceeds max_body_bytes={limits.max_body_bytes}")
+    if len(data) < _HEADER.size:
+        raise FrameError(f"truncated frame: {len(data)} bytes, the header alone needs {_HEADER.size}")
+    (magic, version, dtype_code, codec_code, compression_code, ndim, flags, cut, model_id, payload_length,
+     decoded_length, checksum) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise FrameError(f"not an edgesplit frame: magic {magic!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise FrameError(f"unsupported frame version {version}; this side speaks version {VERSION}")
+    dtype = _lookup(DTYPES, dtype_code, "dtype")
+    codec = _lookup(CODECS, codec_code, "codec")
+    compression = _lookup(COMPRESSIONS, compression_code, "compression")
+    if not 1 <= ndim <= MAX_NDIM:
+        raise FrameError(f"ndim must be 1..{MAX_NDIM}, got {ndim}")
+    if flags:
+        raise FrameError(f"unknown flags {flags:#04x}")
+    offset = _HEADER.size + 4 * ndim + (_AFFINE.size if codec == "int8" else 0)
+    if len(data) < offset:
+        raise FrameError(f"truncated frame: {len(data)} bytes, the header and shape need {offset}")
+    shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
+    if any(d == 0 for d in shape):
+        raise FrameError(f"shape {shape} has an empty dimension")
+    elements = int(np.prod(shape, dtype=np.int64))
+    if elements > limits.max_elements:
+        raise FrameError(f"shape {shape} has {elements} elements, more than max_elements={limits.max_elements}")
+    if len(data) != offset + payload_length:
+        raise FrameError(f"frame length mismatch: {len(data)} bytes, the header says {offset + payload_length}")
+    if codec == "raw" and decoded_length != elements * dtype.itemsize:
+        raise FrameError(f"decoded length {decoded_length} does not match shape {shape} of {dtype.name} "
+                         f"({elements * dtype.itemsize} bytes)")
+    if codec == "int8" and (decoded_length != elements or dtype != np.float32):
+        raise FrameError(f"int8 frame must decode to float32 with {elements} payload bytes, got "
+                         f"{dtype.name} and {decoded_length}")
+    if codec == "jpeg" and (dtype != np.uint8 or ndim != 4 or shape[:2] != (1, 3)):
+        raise FrameError(f"jpeg frame must be one uint8 image (1, 3, H, W), got {dtype.name} {shape}")
+    if decoded_length > limits.max_body_bytes * 64:
+        raise FrameError(f"decoded length {decoded_length} is implausibly large")
+    payload = memoryview(data)[offset:]
+    if zlib.crc32(payload) != checksum:
+        raise FrameError("checksum mismatch: the payload was corrupted in transit")
+    if expect is not None:
+        _check_expectation(expect, model_id, cut, shape)
+    raw = _decompress(bytes(payload), compression, decoded_length)
+    if codec == "raw":
+        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
+    elif codec == "int8":
+        scale, zero_point = _AFFINE.unpack_from(data, _HEADER.size + 4 * ndim)
+        if not np.isfinite(scale) or scale <= 0:
+            raise FrameError(f"int8 scale must be a positive finite number, got {scale}")
+        array = dequantize_int8(np.frombuffer(raw, dtype=np.uint8).reshape(shape), scale, zero_point)
+    else:
+        array = _jpeg_decode(raw, shape)[None]
+    return Frame(model_id, cut, array, codec, compression)
+
+
+def _check_expectation(expect: Expectation, model_id: bytes, cut: int, shape: tuple[int, ...]) -> None:
+    if model_id != expect.model_id:
+        raise FrameError(f"model id {model_id.hex()} is not this server's model ({expect.model_id.hex()}); "
+                         "client and server must load the same architecture and weights")
+    if cut not in expect.shapes:
+        raise FrameError(f"unknown cut id {cut}; this model has cut ids {_ranges(sorted(expect.shapes))}")
+    if shape[0] > expect.max_batch_size:
+        raise FrameError(f"batch of {shape[0]} exceeds max_batch_size={expect.max_batch_size}")
+    if tuple(shape[1:]) != tuple(expect.shapes[cut]):
+        raise FrameError(f"shape {tuple(shape)} does not fit cut {cut}: expected (batch, "
+                         f"{', '.join(map(str, expect.shapes[cut]))})")
+
+
+def _ranges(ids: list[int]) -> str:
+    return ", ".join(map(str, ids)) if len(ids) <= 12 else f"{ids[0]}..{ids[-1]} ({len(ids)} in all)"
+
+
+def _code(table: dict[int, str], name: str, what: str) -> int:
+    for code, known in table.items():
+        if known == name:
+            return code
+    raise FrameError(f"unknown {what} {name!r}; known: {', '.join(table.values())}")
+
+
+def _lookup(table: Mapping[int, object], code: int, what: str):  # type: ignore[no-untyped-def]
+    if code not in table:
+        raise FrameError(f"unknown {what} code {code}")
+    return table[code]
+
+
+def _compress(data: bytes, compression: str) -> bytes:
+    if compression == "none":
+        return data
+    if compression == "zstd":
+        return _zstd().ZstdCompressor(level=3).compress(data)
+    if compression == "lz4":
+        return _lz4().compress(data, store_size=False)
+    raise FrameError(f"unknown compression {compression!r}; known: {', '.join(COMPRESSIONS.values())}")
+
+
+def _decompress(payload: bytes, compression: str, decoded_length: int) -> bytes:
+    try:
+        if compression == "none":
+            raw = payload
+        elif compression == "zstd":  # read at most one byte more than declared: a bomb stops there
+            with _zstd().ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
+                raw = reader.read(decoded_length + 1)
+        else:
+            raw = _lz4().decompress(payload, uncompressed_size=decoded_length)
+    except FrameError:
+        raise
+    except Exception as exc:  # the libraries raise their own types for corrupt or oversized input
+        raise FrameError(f"{compression} payload does not decompress to the declared {decoded_length} bytes "
+                         f"({exc})") from exc
+    if len(raw) != decoded_length:
+        raise FrameError(f"{compression} payload does not decompress to the declared {decoded_length} bytes "
+                         f"({'more' if len(raw) > decoded_length else len(raw)})")
+    return raw
+
+
+def _zstd():  # type: ignore[no-untyped-def]
+    try:
+        import zstandard
+    except ImportError:
+        raise FrameError("zstd compression needs zstandard: pip install zstandard") from None
+    return zstandard
+
+
+def _lz4():  # type: ignore[no-untyped-def]
+    try:
+        import lz4.block
+    except ImportError:
+        raise FrameError("lz4 compression needs lz4: pip install lz4") from None
+    return lz4.block
+
+
+def _jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def _jpeg_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """Decode only after the JPEG's own header says it has the declared size (no pixel bombs)."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.format != "JPEG":
+                raise FrameError(f"jpeg payload is {image.format}, not JPEG")
+            if (image.height, image.width) != tuple(shape[2:]):
+                raise FrameError(f"jpeg is {image.width}×{image.height}, the frame declares "
+                                 f"{shape[3]}×{shape[2]}")
+            return np.asarray(image.convert("RGB")).transpose(2, 0, 1).copy()
+    except FrameError:
+        raise
+    except Exception as exc:  # Pillow's errors for a corrupt image
+        raise FrameError(f"jpeg payload cannot be decoded ({exc})") from exc

@@ -1,0 +1,177 @@
+"""The wire format: exact round trips, and a clear FrameError for every kind of bad frame."""
+
+import struct
+import tracemalloc
+import zlib
+
+import numpy as np
+import pytest
+
+from edgesplit.codec import (OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8, encode_frame,
+                             quantize_int8)
+from edgesplit.errors import FrameError
+
+MODEL = bytes.fromhex("0123456789abcdef")
+RNG = np.random.default_rng(0)
+X = RNG.standard_normal((2, 24, 7, 7)).astype(np.float32)
+EXPECT = Expectation(MODEL, {5: (24, 7, 7), 0: (3, 16, 16)}, max_batch_size=8)
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd", "lz4"])
+def test_raw_fp32_round_trip_is_bit_exact(compression):
+    data = encode_frame(X, model_id=MODEL, cut=5, compression=compression)
+    frame = decode_frame(data, expect=EXPECT)
+    assert frame.array.dtype == np.float32 and frame.array.shape == X.shape
+    assert np.array_equal(frame.array, X) and frame.cut == 5 and frame.model_id == MODEL
+    assert frame.codec == "raw" and frame.compression == compression
+
+
+def test_header_layout_and_sizes():
+    data = encode_frame(X, model_id=MODEL, cut=5)
+    assert len(data) == 32 + 4 * 4 + X.nbytes
+    assert data[:4] == b"ESPL" and data[4] == 1 and data[5] == 1 and data[6] == 0 and data[7] == 0
+    assert struct.unpack_from("<H8sIII", data, 10) == (5, MODEL, X.nbytes, X.nbytes, zlib.crc32(X.tobytes()))
+    assert struct.unpack_from("<4I", data, 32) == (2, 24, 7, 7)
+
+
+def test_fp16_and_int8_are_close_and_smaller():
+    half = decode_frame(encode_frame(X.astype(np.float16), model_id=MODEL, cut=5))
+    assert half.array.dtype == np.float16 and np.allclose(half.array, X, atol=2e-3)
+    data = encode_frame(X, model_id=MODEL, cut=5, codec="int8")
+    assert len(data) == 32 + 16 + 8 + X.size
+    q = decode_frame(data).array
+    step = (X.max() - min(X.min(), 0)) / 255
+    assert q.dtype == np.float32 and np.abs(q - X).max() <= step / 2 + 1e-6
+
+
+def test_quantize_int8_known_values():
+    q, scale, zero = quantize_int8(np.array([-1.0, 0.0, 0.5, 1.0], dtype=np.float32))
+    assert scale == pytest.approx(2 / 255) and zero == 128
+    assert q.tolist() == [1, 128, 192, 255]  # -1 / scale is -127.49999…, 1 / scale clips
+    assert dequantize_int8(q, scale, zero)[1] == 0.0
+
+
+def test_jpeg_offload_frame():
+    image = RNG.integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+    frame = decode_frame(encode_frame(image, model_id=MODEL, cut=0, codec="jpeg"), expect=EXPECT)
+    assert frame.array.shape == (1, 3, 16, 16) and frame.array.dtype == np.uint8
+    with pytest.raises(FrameError, match=r"jpeg frames carry one uint8 image of shape \(1, 3, H, W\)"):
+        encode_frame(image.astype(np.float32), model_id=MODEL, cut=0, codec="jpeg")
+
+
+def test_output_frames_use_the_output_cut_id():
+    logits = RNG.standard_normal((3, 1000)).astype(np.float32)
+    frame = decode_frame(encode_frame(logits, model_id=MODEL, cut=OUTPUT_CUT))
+    assert frame.cut == 65535 and np.array_equal(frame.array, logits)
+
+
+def _patch(data: bytes, offset: int, fmt: str, *values) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, *values)
+    return bytes(out)
+
+
+GOOD = encode_frame(X, model_id=MODEL, cut=5)
+
+
+def _recrc(data: bytes) -> bytes:
+    payload_at = len(data) - struct.unpack_from("<I", data, 20)[0]
+    return _patch(data, 28, "<I", zlib.crc32(data[payload_at:]))
+
+
+@pytest.mark.parametrize("data,message", [
+    (b"", r"truncated frame: 0 bytes, the header alone needs 32"),
+    (GOOD[:20], r"truncated frame: 20 bytes"),
+    (GOOD[:40], r"truncated frame: 40 bytes, the header and shape need 48"),
+    (GOOD[:-1], r"frame length mismatch: \d+ bytes, the header says \d+"),
+    (GOOD + b"x", r"frame length mismatch"),
+    (b"GIF8" + GOOD[4:], r"not an edgesplit frame: magic b'GIF8', expected b'ESPL'"),
+    (_patch(GOOD, 4, "<B", 2), r"unsupported frame version 2; this side speaks version 1"),
+    (_patch(GOOD, 5, "<B", 9), r"unknown dtype code 9"),
+    (_patch(GOOD, 6, "<B", 7), r"unknown codec code 7"),
+    (_patch(GOOD, 7, "<B", 5), r"unknown compression code 5"),
+    (_patch(GOOD, 8, "<B", 0), r"ndim must be 1..8, got 0"),
+    (_patch(GOOD, 8, "<B", 9), r"ndim must be 1..8, got 9"),
+    (_patch(GOOD, 9, "<B", 1), r"unknown flags 0x01"),
+    (_patch(GOOD, 32, "<I", 0), r"has an empty dimension"),
+    (_patch(GOOD, 32, "<I", 3), r"decoded length 9408 does not match shape \(3, 24, 7, 7\) of float32"),
+    (_patch(GOOD, 32, "<I", 4_000_000_000), r"more than max_elements"),
+    (_patch(GOOD, 5, "<B", 2), r"decoded length 9408 does not match shape .* of float16"),
+    (GOOD[:-4] + b"\x00\x00\x00\x00", r"checksum mismatch: the payload was corrupted in transit"),
+    (bytes(RNG.integers(0, 256, 300, dtype=np.uint8)), r"not an edgesplit frame"),
+])
+def test_malformed_frames(data, message):
+    with pytest.raises(FrameError, match=message):
+        decode_frame(data, expect=EXPECT)
+
+
+@pytest.mark.parametrize("kwargs,expect,message", [
+    ({"model_id": bytes(8), "cut": 5}, EXPECT,
+     r"model id 0000000000000000 is not this server's model \(0123456789abcdef\)"),
+    ({"model_id": MODEL, "cut": 9}, EXPECT, r"unknown cut id 9; this model has cut ids 0, 5"),
+    ({"model_id": MODEL, "cut": 0}, EXPECT, r"shape \(2, 24, 7, 7\) does not fit cut 0: expected \(batch, 3, 16, 16\)"),
+    ({"model_id": MODEL, "cut": 5}, Expectation(MODEL, {5: (24, 7, 7)}, max_batch_size=1),
+     r"batch of 2 exceeds max_batch_size=1"),
+])
+def test_frames_for_another_model_cut_or_shape(kwargs, expect, message):
+    with pytest.raises(FrameError, match=message):
+        decode_frame(encode_frame(X, **kwargs), expect=expect)
+
+
+def test_oversize_body_is_refused_before_parsing():
+    with pytest.raises(FrameError, match=r"frame of \d+ bytes exceeds max_body_bytes=1000"):
+        decode_frame(GOOD, limits=Limits(max_body_bytes=1000))
+
+
+@pytest.mark.parametrize("compression", ["zstd", "lz4"])
+def test_decompression_bomb_is_refused(compression):
+    # a tiny payload that inflates to 64 MiB, declared as one 7x7x24 tensor
+    import zstandard
+    import lz4.block
+
+    bomb = bytes(64 * 1024 * 1024)
+    payload = zstandard.ZstdCompressor().compress(bomb) if compression == "zstd" else \
+        lz4.block.compress(bomb, store_size=False)
+    data = bytearray(GOOD[:48])
+    data[7] = {"zstd": 1, "lz4": 2}[compression]
+    struct.pack_into("<II", data, 20, len(payload), 2 * 24 * 7 * 7 * 4)
+    frame = _recrc(bytes(data) + payload)
+    del bomb
+    tracemalloc.start()
+    with pytest.raises(FrameError, match=rf"{compression} payload does not decompress to the declared 9408 bytes"):
+        decode_frame(frame, expect=EXPECT)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024  # nothing near the 64 MiB the payload inflates to
+
+
+def test_corrupt_compressed_and_jpeg_payloads():
+    data = bytearray(encode_frame(X, model_id=MODEL, cut=5, compression="zstd"))
+    data[-5] ^= 0xFF
+    with pytest.raises(FrameError, match=r"checksum mismatch"):
+        decode_frame(bytes(data))
+    truncated = encode_frame(X, model_id=MODEL, cut=5, compression="zstd")[:-10]
+    truncated = _patch(truncated, 20, "<I", struct.unpack_from("<I", truncated, 20)[0] - 10)
+    with pytest.raises(FrameError, match=r"zstd payload does not decompress to the declared 9408 bytes"):
+        decode_frame(_recrc(truncated))
+    image = RNG.integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+    jpeg = encode_frame(image, model_id=MODEL, cut=0, codec="jpeg")
+    wrong_size = _patch(jpeg, 40, "<II", 32, 32)  # claims 32x32
+    with pytest.raises(FrameError, match=r"jpeg is 16×16, the frame declares 32×32"):
+        decode_frame(wrong_size)
+    garbage = jpeg[:48] + bytes(len(jpeg) - 48)
+    with pytest.raises(FrameError, match=r"jpeg payload cannot be decoded"):
+        decode_frame(_recrc(garbage))
+
+
+def test_encoding_errors():
+    with pytest.raises(FrameError, match="model id must be 8 bytes, got 3"):
+        encode_frame(X, model_id=b"abc", cut=0)
+    with pytest.raises(FrameError, match="cut id must be 0..65535, got 70000"):
+        encode_frame(X, model_id=MODEL, cut=70000)
+    with pytest.raises(FrameError, match="raw frames carry float32, float16 or uint8, not int64"):
+        encode_frame(np.zeros(3, dtype=np.int64), model_id=MODEL, cut=0)
+    with pytest.raises(FrameError, match="unknown codec 'png'"):
+        encode_frame(X, model_id=MODEL, cut=0, codec="png")
+    with pytest.raises(FrameError, match="unknown compression 'gzip'"):
+        encode_frame(X, model_id=MODEL, cut=0, compression="gzip")
