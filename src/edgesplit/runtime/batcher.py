@@ -1,0 +1,119 @@
+"""Dynamic batching per cut: requests for the same cut that arrive within the wait window run together.
+
+One worker runs one batch at a time (one model, one processor), in a thread so the event loop keeps
+accepting requests. The oldest waiting request decides which cut runs next (first come, first served).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgesplit.runtime.metrics import Metrics
+
+RunBatch = Callable[[int, np.ndarray], np.ndarray]
+
+
+class QueueFull(Exception):
+    """More requests are waiting than ``max_queue`` allows: the server answers 503."""
+
+
+@dataclass
+class _Item:
+    cut: int
+    array: np.ndarray
+    arrived: float
+    future: asyncio.Future = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Result:
+    logits: np.ndarray
+    queue_s: float
+    compute_s: float
+    batch_size: int
+
+
+class Batcher:
+    def __init__(self, run: RunBatch, metrics: Metrics, *, max_batch_size: int = 8,
+                 batch_wait_timeout_s: float = 0.005, max_queue: int = 64) -> None:
+        self._run = run
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_queue = max_queue
+        self._pending: list[_Item] = []
+        self._wake = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-tail")
+        self._worker: asyncio.Task | None = None
+        self.recent_compute_s: dict[int, float] = {}  # EWMA of batch compute time per batch size
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._pending)
+
+    async def submit(self, cut: int, array: np.ndarray) -> Result:
+        if len(self._pending) >= self.max_queue:
+            raise QueueFull(f"{len(self._pending)} requests are waiting (max_queue={self.max_queue})")
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+        item = _Item(cut, array, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        self.metrics.queue_length = len(self._pending)
+        self._wake.set()
+        return await item.future
+
+    async def close(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _work(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._pending:
+                self._wake.clear()
+                await self._wake.wait()
+            first = self._pending[0]
+            deadline = first.arrived + self.batch_wait_timeout_s
+            while self._count(first.cut) < self.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except asyncio.TimeoutError:
+                    break
+            batch = [i for i in self._pending if i.cut == first.cut][: self.max_batch_size]
+            for item in batch:
+                self._pending.remove(item)
+            self.metrics.queue_length = len(self._pending)
+            sizes = [len(i.array) for i in batch]
+            started = time.perf_counter()
+            try:
+                logits = await loop.run_in_executor(self._executor, self._run, first.cut,
+                                                    np.concatenate([i.array for i in batch]))
+            except Exception as exc:  # a failure of the model is this batch's answer, not the server's end
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            compute = time.perf_counter() - started
+            self._remember(len(batch), compute)
+            offset = 0
+            for item, size in zip(batch, sizes):
+                if not item.future.done():
+                    item.future.set_result(Result(logits[offset:offset + size], started - item.arrived, compute,
+                                                  len(batch)))
+                offset += size
+
+    def _count(self, cut: int) -> int:
+        return sum(1 for i in self._pending if i.cut == cut)
+
+    def _remember(self, batch_size: int, seconds: float) -> None:
+        self.metrics.observe_batch(batch_size, seconds)
+        old = self.recent_compute_s.get(batch_size)
+        self.recent_compute_s[batch_size] = seconds if old is None else 0.7 * old + 0.3 * seconds

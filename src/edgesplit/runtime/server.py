@@ -1,0 +1,128 @@
+"""The edge server: one model, any tail, dynamic batching, a binary frame in and a frame out.
+
+    POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the logits
+    GET  /v1/model   model id, input shape, normalisation, and the cuts a client may send
+    GET  /healthz    liveness and the current load
+    GET  /metrics    Prometheus text
+
+Every answer to /v1/infer carries the server's timings in ``Server-Timing`` (recv: first to last body
+byte; queue; compute) and its load in ``Edgesplit-Load`` (JSON: queue length, recent compute seconds per
+batch size, max batch size), so a client can measure its uplink at the receiver and decide. A bad frame
+is answered 4xx with a message naming the problem (``FrameError.status``); a full queue 503.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+
+from edgesplit.codec import OUTPUT_CUT, Limits, decode_frame, encode_frame
+from edgesplit.errors import FrameError
+from edgesplit.runtime.batcher import Batcher, QueueFull
+from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.metrics import Metrics
+
+FRAME_TYPE = "application/vnd.edgesplit.frame"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_batch_size: int = 8
+    batch_wait_timeout_s: float = 0.005
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_queue: int = 64
+
+
+def create_app(engine: Engine, config: ServerConfig = ServerConfig()) -> FastAPI:
+    metrics = Metrics()
+    limits = Limits(max_body_bytes=config.max_body_bytes)
+    expect = engine.expectation(config.max_batch_size)
+    state: dict[str, Batcher] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        if "batcher" in state:
+            await state.pop("batcher").close()
+
+    app = FastAPI(title="edgesplit edge server", version="1", lifespan=lifespan,
+                  description="Runs the tail of a split network from any cut; see docs/wire.md for frames.")
+
+    def batcher() -> Batcher:
+        if "batcher" not in state:
+            state["batcher"] = Batcher(engine.run, metrics, max_batch_size=config.max_batch_size,
+                                       batch_wait_timeout_s=config.batch_wait_timeout_s, max_queue=config.max_queue)
+        return state["batcher"]
+
+    def load() -> dict[str, object]:
+        b = batcher()
+        return {"queue_length": b.queue_length, "max_batch_size": config.max_batch_size,
+                "compute_s": {str(k): v for k, v in sorted(b.recent_compute_s.items())}}
+
+    def refuse(kind: str, status: int, message: str) -> JSONResponse:
+        metrics.errors[kind] += 1
+        return JSONResponse({"error": kind, "detail": message}, status_code=status)
+
+    @app.post("/v1/infer", response_class=Response, openapi_extra={
+        "requestBody": {"required": True, "content": {FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
+        "responses": {"200": {"content": {FRAME_TYPE: {}}, "description": "a frame with the logits"},
+                      "400": {"description": "malformed frame"}, "409": {"description": "another model"},
+                      "413": {"description": "too large"}, "422": {"description": "not a cut of this model"},
+                      "503": {"description": "queue full"}}})
+    async def infer(request: Request) -> Response:
+        """Run the model from the frame's cut to the end; answer the logits as a frame."""
+        chunks, size, first, last = [], 0, None, None
+        async for chunk in request.stream():
+            if not chunk:
+                continue
+            now = time.perf_counter()
+            first = first if first is not None else (now, len(chunk))
+            last = now
+            size += len(chunk)
+            if size > limits.max_body_bytes:
+                return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
+            chunks.append(chunk)
+        received = time.perf_counter()
+        try:
+            frame = decode_frame(b"".join(chunks), limits=limits, expect=expect)
+        except FrameError as exc:
+            return refuse("bad_frame", exc.status, str(exc))
+        try:
+            result = await batcher().submit(frame.cut, frame.array)
+        except QueueFull as exc:
+            metrics.errors["queue_full"] += 1
+            return JSONResponse({"error": "queue_full", "detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": "1"})
+        except Exception as exc:  # the model failed on this input: report it, keep serving
+            return refuse("model_error", 500, f"{type(exc).__name__}: {exc}")
+        metrics.requests[frame.cut] += 1
+        metrics.latency.observe(time.perf_counter() - received)
+        recv_s = (last - first[0]) if first and last else 0.0
+        timing = (f"recv;dur={recv_s * 1e3:.3f};desc=\"{size - (first[1] if first else 0)} bytes after the first "
+                  f"chunk\", queue;dur={result.queue_s * 1e3:.3f}, compute;dur={result.compute_s * 1e3:.3f}, "
+                  f"batch;desc=\"{result.batch_size}\"")
+        body = encode_frame(result.logits, model_id=engine.model_id, cut=OUTPUT_CUT)
+        return Response(body, media_type=FRAME_TYPE,
+                        headers={"Server-Timing": timing, "Edgesplit-Load": json.dumps(load())})
+
+    @app.get("/v1/model")
+    async def model() -> dict[str, object]:
+        """The model id clients must match, and every cut a client may send (id, name, shape)."""
+        return {**engine.describe(), "max_batch_size": config.max_batch_size,
+                "max_body_bytes": config.max_body_bytes}
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, object]:
+        return {"status": "ok", "model_id": engine.model_id.hex(), "load": load()}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus() -> str:
+        return metrics.render()
+
+    return app

@@ -1,0 +1,190 @@
+"""The edge server on loopback: exact logits through every cut, every bad frame refused, still serving."""
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import uvicorn
+
+from edgesplit import analyze, split
+from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.models import load_model
+from edgesplit.runtime.engine import Engine, model_id
+from edgesplit.runtime.server import ServerConfig, create_app
+
+SHAPE = (3, 64, 64)
+
+
+class LiveServer:
+    """uvicorn in a thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.server.started:
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def b0():
+    loaded = load_model("efficientnet_b0")
+    analysis = analyze(loaded.module, SHAPE, "efficientnet_b0")
+    return loaded, analysis, Engine(analysis, loaded.normalization)
+
+
+@pytest.fixture(scope="module")
+def live(b0):
+    with LiveServer(create_app(b0[2], ServerConfig(max_batch_size=8, batch_wait_timeout_s=0.02))) as server:
+        yield server
+
+
+def post(url, data):
+    return httpx.post(f"{url}/v1/infer", content=data, headers={"content-type": "application/vnd.edgesplit.frame"},
+                      timeout=30)
+
+
+def test_model_description(live, b0):
+    info = httpx.get(f"{live.url}/v1/model").json()
+    engine = b0[2]
+    assert info["model_id"] == engine.model_id.hex() == model_id(b0[0].module).hex()
+    assert info["input_shape"] == [3, 64, 64] and info["max_batch_size"] == 8
+    ids = [c["id"] for c in info["cuts"]]
+    assert ids[0] == 0 and info["cuts"][0]["shape"] == [3, 64, 64]
+    natural = {c.index for c in b0[1].natural_bottlenecks()}
+    assert natural <= set(ids)  # every natural bottleneck can be sent
+    schema = httpx.get(f"{live.url}/openapi.json").json()
+    assert "/v1/infer" in schema["paths"] and "application/vnd.edgesplit.frame" in json.dumps(schema)
+
+
+def test_logits_through_every_natural_bottleneck_equal_the_local_model(live, b0):
+    loaded, analysis, engine = b0
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        expected = loaded.module(x).numpy()
+    for cut in [analysis.cuts[0], *analysis.natural_bottlenecks()]:
+        head, _ = split(analysis, cut)
+        with torch.inference_mode():
+            mid = head(x).numpy()
+        response = post(live.url, encode_frame(mid, model_id=engine.model_id, cut=cut.index))
+        assert response.status_code == 200, response.text
+        frame = decode_frame(response.content)
+        assert frame.cut == OUTPUT_CUT and np.array_equal(frame.array, expected), cut.name
+        timing = response.headers["server-timing"]
+        assert "queue;dur=" in timing and "compute;dur=" in timing and "recv;dur=" in timing
+        assert json.loads(response.headers["edgesplit-load"])["max_batch_size"] == 8
+
+
+def test_uint8_and_jpeg_input_are_normalised_by_the_server(live, b0):
+    loaded, _, engine = b0
+    image = np.random.default_rng(0).integers(0, 256, (1, *SHAPE), dtype=np.uint8)
+    mean = torch.tensor(loaded.normalization.mean).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.normalization.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        expected = loaded.module((torch.from_numpy(image).float() - mean) / std).numpy()
+    raw = post(live.url, encode_frame(image, model_id=engine.model_id, cut=0))
+    assert np.array_equal(decode_frame(raw.content).array, expected)
+    jpeg = post(live.url, encode_frame(image, model_id=engine.model_id, cut=0, codec="jpeg"))
+    assert jpeg.status_code == 200 and decode_frame(jpeg.content).array.shape == (1, 1000)
+
+
+def test_concurrent_requests_for_one_cut_run_as_batches(live, b0):
+    _, analysis, engine = b0
+    cut = analysis.natural_bottlenecks()[-3]
+    mid = np.random.default_rng(0).standard_normal((1, *cut.shapes[0][1:])).astype(np.float32)
+    data = encode_frame(mid, model_id=engine.model_id, cut=cut.index)
+    counter = f'edgesplit_requests_total{{cut="{cut.index}"}} '
+
+    def served() -> int:
+        line = [ln for ln in httpx.get(f"{live.url}/metrics").text.splitlines() if ln.startswith(counter)]
+        return int(line[0].split()[-1]) if line else 0
+
+    before = served()
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(lambda _: post(live.url, data), range(16)))
+    assert all(r.status_code == 200 for r in responses)
+    batches = [int(r.headers["server-timing"].split('batch;desc="')[1].split('"')[0]) for r in responses]
+    assert max(batches) > 1
+    # the same answer in any batch, to float rounding: kernels sum in a different order per batch size
+    answers = [decode_frame(r.content).array for r in responses]
+    assert all(np.allclose(a, answers[0], rtol=1e-5, atol=1e-5) for a in answers)
+    by_size = {}
+    for size, answer in zip(batches, answers):
+        by_size.setdefault(size, set()).add(answer.tobytes())
+    assert all(len(bits) == 1 for bits in by_size.values())  # bit-identical within one batch size
+    assert served() == before + 16
+    text = httpx.get(f"{live.url}/metrics").text
+    assert "edgesplit_batch_size_bucket" in text and "edgesplit_queue_length 0" in text
+
+
+def _bad_frames(engine, analysis):
+    good = encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=engine.model_id, cut=0)
+    natural = analysis.natural_bottlenecks()[0]
+    bomb_payload = __import__("zstandard").ZstdCompressor().compress(bytes(32 * 1024 * 1024))
+    bomb = bytearray(good[:48])
+    bomb[7] = 1
+    bomb[20:28] = np.array([len(bomb_payload), len(good) - 48], dtype="<u4").tobytes()
+    bomb = bytes(bomb) + bomb_payload
+    bomb = bomb[:28] + np.array([__import__("zlib").crc32(bomb_payload)], dtype="<u4").tobytes() + bomb[32:]
+    return [
+        ("truncated", good[:100], 400, "frame length mismatch"),
+        ("wrong magic", b"XXXX" + good[4:], 400, "not an edgesplit frame"),
+        ("wrong version", good[:4] + b"\x07" + good[5:], 400, "unsupported frame version 7"),
+        ("wrong model id", encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=bytes(8), cut=0), 409,
+         "is not this server's model"),
+        ("unknown cut", encode_frame(np.zeros((1, 4), np.float32), model_id=engine.model_id, cut=4000), 422,
+         "unknown cut id 4000"),
+        ("shape mismatch", encode_frame(np.zeros((1, 3, 32, 32), np.float32), model_id=engine.model_id, cut=0), 422,
+         "does not fit cut 0"),
+        ("dtype mismatch", encode_frame(np.zeros((1, *natural.shapes[0][1:]), np.uint8), model_id=engine.model_id,
+                                        cut=natural.index), 422,
+         f"dtype uint8 is not accepted at cut {natural.index} (accepted: float16, float32)"),
+        ("too large batch", encode_frame(np.zeros((9, *SHAPE), np.float32), model_id=engine.model_id, cut=0), 413,
+         "exceeds max_batch_size=8"),
+        ("decompression bomb", bomb, 400, "zstd payload does not decompress"),
+        ("garbage", bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8)), 400, "not an edgesplit"),
+        ("empty", b"", 400, "truncated frame: 0 bytes"),
+    ]
+
+
+def test_every_bad_frame_gets_a_4xx_and_the_server_keeps_serving(live, b0):
+    _, analysis, engine = b0
+    good = encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=engine.model_id, cut=0)
+    for name, data, status, message in _bad_frames(engine, analysis):
+        response = post(live.url, data)
+        assert response.status_code == status, (name, response.text)
+        assert message in response.json()["detail"], (name, response.json())
+        assert post(live.url, good).status_code == 200, f"server stopped serving after {name}"
+    assert httpx.get(f"{live.url}/healthz").json()["status"] == "ok"
+    assert 'edgesplit_errors_total{kind="bad_frame"} 11' in httpx.get(f"{live.url}/metrics").text
+
+
+def test_oversize_body_is_refused_while_streaming(b0):
+    engine = b0[2]
+    with LiveServer(create_app(engine, ServerConfig(max_body_bytes=10_000))) as server:
+        data = encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=engine.model_id, cut=0)
+        response = post(server.url, data)
+        assert response.status_code == 413 and "max_body_bytes=10000" in response.json()["detail"]
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
