@@ -1,51 +1,21 @@
 """The edge server on loopback: exact logits through every cut, every bad frame refused, still serving."""
 
 import json
-import socket
-import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from edgesplit import analyze, split
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
 from edgesplit.models import load_model
 from edgesplit.runtime.engine import Engine, model_id
 from edgesplit.runtime.server import ServerConfig, create_app
+from live_server import LiveServer
 
 SHAPE = (3, 64, 64)
-
-
-class LiveServer:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, app) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -128,12 +98,10 @@ def test_concurrent_requests_for_one_cut_run_as_batches(live, b0):
     batches = [int(r.headers["server-timing"].split('batch;desc="')[1].split('"')[0]) for r in responses]
     assert max(batches) > 1
     # the same answer in any batch, to float rounding: kernels sum in a different order per batch size
+    # (not bit for bit: CPU kernels sum in another order for another batch size or row; --max-batch-size 1
+    # keeps every answer bit-exact)
     answers = [decode_frame(r.content).array for r in responses]
     assert all(np.allclose(a, answers[0], rtol=1e-5, atol=1e-5) for a in answers)
-    by_size = {}
-    for size, answer in zip(batches, answers):
-        by_size.setdefault(size, set()).add(answer.tobytes())
-    assert all(len(bits) == 1 for bits in by_size.values())  # bit-identical within one batch size
     assert served() == before + 16
     text = httpx.get(f"{live.url}/metrics").text
     assert "edgesplit_batch_size_bucket" in text and "edgesplit_queue_length 0" in text

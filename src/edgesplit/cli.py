@@ -279,6 +279,34 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 
 
 @cli.command()
+@model_options
+@click.option("--server", "server_url", required=True, help="edge server URL, e.g. http://127.0.0.1:8700")
+@click.option("--policy", "policy_spec", default="dsc", show_default=True, help="any simulator policy but oracle")
+@click.option("--estimator", default="harmonic", show_default=True)
+@click.option("--images", type=click.Path(file_okay=False, exists=True), help="folder of JPEG/PNG images")
+@click.option("--fps", type=float, help="request rate (default: as fast as answered)")
+@click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
+@click.option("--deadline-ms", type=float, help="finish locally when the server has not answered by then")
+@click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
+@click.option("--server-profile", type=click.Path(dir_okay=False), help="default: this machine's profile")
+@click.option("--private", is_flag=True, help="the raw input never leaves the device")
+@click.option("--lossy", is_flag=True, help="let dynamic policies pick JPEG, fp16 and int8")
+@click.option("--codecs", default="fp32", show_default=True)
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), help="per-request decisions and a summary (JSON)")
+def run(model: str, weights: str | None, input_size: int | None, input_shape: str | None, server_url: str,
+        policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
+        deadline_ms: float | None, device_profile: str | None, server_profile: str | None, private: bool,
+        lossy: bool, codecs: str, out_path: str | None) -> None:
+    """Serve requests on this device with MODEL's head, splitting at the cut the policy picks."""
+    from edgesplit.runtime.device import run_device
+
+    run_device(model, weights, input_size, input_shape, server_url=server_url, policy_spec=policy_spec,
+               estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms,
+               device_profile=device_profile, server_profile=server_profile, private=private, lossy=lossy,
+               codecs=tuple(codecs.split(",")), out_path=out_path, console=console)
+
+
+@cli.command()
 @click.argument("pattern", required=False)
 @click.option("--timm", "timm_models", is_flag=True, help="list timm models instead (needs edgesplit[timm])")
 def models(pattern: str | None, timm_models: bool) -> None:

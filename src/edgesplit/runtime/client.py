@@ -1,0 +1,243 @@
+"""The device client: runs the head, picks the cut per request with the simulator's very policy and
+estimator objects, sends one frame, and finishes locally whenever the server cannot answer in time.
+
+Uplink goodput is measured at the receiver: the server reports when the body's first and last chunks
+arrived (``Server-Timing: recv``) and how many bytes came after the first chunk, so neither the server's
+queueing and compute time nor the round trip enters the sample. ``send()`` returning says nothing about
+delivery (the kernel buffers megabytes), so the client never times its own send.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+import torch
+
+from edgesplit.analysis import Analysis
+from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.errors import EdgesplitError, FrameError
+from edgesplit.estimators import Estimator
+from edgesplit.latency import LinkState, Option, ServerState
+from edgesplit.models import Normalization
+from edgesplit.policies import Policy, State
+from edgesplit.runtime.engine import model_id
+from edgesplit.split import split
+
+FRAME_TYPE = "application/vnd.edgesplit.frame"
+_TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    rtt_s: float = 0.04  # assumed until measured
+    deadline_s: float | None = None
+    prior_bps: float = 2e6
+    timeout_s: float = 10.0
+    backoff_s: float = 0.5
+    max_backoff_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    index: int
+    cut: str | None
+    codec: str
+    executed: str  # "local" | "split" | "offload"
+    fallback_reason: str | None
+    latency_ms: float
+    bytes_sent: int
+    top1: int
+    predicted_ms: float
+    estimated_mbps: float
+    measured_mbps: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class DeviceClient:
+    """One device talking to one edge server (``url``) about one model."""
+
+    def __init__(self, url: str, analysis: Analysis, normalization: Normalization, options: list[Option],
+                 policy: Policy, estimator: Estimator, config: ClientConfig = ClientConfig(),
+                 http: httpx.Client | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.analysis = analysis
+        self.model = analysis.graph.model.eval()
+        self.options = options
+        self.policy = policy
+        self.estimator = estimator
+        self.config = config
+        self.http = http or httpx.Client(timeout=config.timeout_s)
+        self.model_id = model_id(self.model)
+        self._mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+        self._heads: dict[str, torch.nn.Module] = {}
+        self._tails: dict[str, torch.nn.Module] = {}
+        self._cut_ids = {c.name: c.index for c in analysis.cuts}
+        self.reported = ServerState()
+        self.rtt_s = config.rtt_s
+        self.down_until = 0.0
+        self._backoff = config.backoff_s
+        self.refusal: str | None = None  # why splitting is off for good (model mismatch)
+        self.records: list[RequestRecord] = []
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def connect(self) -> str:
+        """Check that the server holds the same model; returns a line for the user."""
+        try:
+            started = time.perf_counter()
+            info = self.http.get(f"{self.url}/v1/model").json()
+            self.rtt_s = time.perf_counter() - started
+        except (httpx.HTTPError, ValueError) as exc:
+            self._mark_down()
+            return f"server {self.url} unreachable ({type(exc).__name__}); running locally, retrying with backoff"
+        if info.get("model_id") != self.model_id.hex():
+            self.refusal = (f"the server's model id {info.get('model_id')} differs from ours {self.model_id.hex()}: "
+                            "start both with the same model and weights; running locally")
+            return self.refusal
+        return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.rtt_s * 1e3:.1f} ms"
+
+    def infer(self, image: np.ndarray) -> RequestRecord:
+        """Answer one uint8 image (3, H, W); always returns exactly one result."""
+        started = time.perf_counter()
+        x = (torch.from_numpy(image)[None].float() - self._mean) / self._std
+        estimate = self.estimator.predict() or self.config.prior_bps
+        state = State(LinkState(estimate, self.rtt_s), self.reported)
+        decision = self.policy.choose(state, self.options)
+        option = decision.option
+        reason, measured, sent = None, None, 0
+        if option.kind == "local":
+            logits, executed = self._local(x), "local"
+        else:
+            mid = self._head(option, x) if option.kind == "split" else None
+            logits, reason = None, self._unavailable()
+            if reason is None:
+                payload = self._frame(option, image, mid)
+                sent = len(payload)
+                logits, reason, measured = self._remote(payload, started)
+            executed = option.kind
+            if logits is None:
+                logits = self._finish_locally(option, x, mid)
+                executed = "local"
+        record = RequestRecord(len(self.records), option.cut, option.codec, executed, reason,
+                               (time.perf_counter() - started) * 1e3, sent, int(np.argmax(logits[0])),
+                               decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None)
+        self.records.append(record)
+        return record
+
+    def _unavailable(self) -> str | None:
+        """Why the server is not to be tried for this request, if it is not."""
+        if self.refusal:
+            return "model mismatch"
+        left = self.down_until - time.monotonic()
+        return f"server down (retrying in {left:.1f} s)" if left > 0 else None
+
+    def _local(self, x: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model(x).numpy()
+
+    def _head(self, option: Option, x: torch.Tensor) -> torch.Tensor:
+        if option.cut not in self._heads:
+            self._heads[option.cut], self._tails[option.cut] = split(self.analysis, option.cut)
+        with torch.inference_mode():
+            return self._heads[option.cut](x)
+
+    def _finish_locally(self, option: Option, x: torch.Tensor, mid: torch.Tensor | None) -> np.ndarray:
+        """The server did not answer: the tail (or, for offload, the whole model) runs here."""
+        if mid is None:
+            return self._local(x)
+        with torch.inference_mode():
+            return self._tails[option.cut](mid).numpy()
+
+    def _frame(self, option: Option, image: np.ndarray, mid: torch.Tensor | None) -> bytes:
+        if option.kind == "offload":
+            codec = "jpeg" if option.codec.startswith("jpeg") else "raw"
+            quality = int(option.codec[4:]) if codec == "jpeg" else 90
+            return encode_frame(image[None], model_id=self.model_id, cut=0, codec=codec, jpeg_quality=quality)
+        array = mid.numpy()
+        if option.codec == "fp16":
+            return encode_frame(array.astype(np.float16), model_id=self.model_id, cut=self._cut_ids[option.cut])
+        codec = "int8" if option.codec == "int8" else "raw"
+        return encode_frame(array, model_id=self.model_id, cut=self._cut_ids[option.cut], codec=codec)
+
+    def _remote(self, payload: bytes, started: float) -> tuple[np.ndarray | None, str | None, float | None]:
+        """POST the frame; (logits, None, goodput) on success, (None, reason, None) when to fall back."""
+        timeout = self.config.timeout_s
+        if self.config.deadline_s is not None:
+            timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - started))
+        try:
+            response = self.http.post(f"{self.url}/v1/infer", content=payload, timeout=timeout,
+                                      headers={"content-type": FRAME_TYPE})
+        except httpx.TimeoutException:
+            return None, "deadline" if self.config.deadline_s is not None else "timeout", None
+        except httpx.HTTPError as exc:
+            self._mark_down()
+            return None, f"server unreachable ({type(exc).__name__})", None
+        if response.status_code != 200:
+            if response.status_code in (429, 503):
+                self._mark_down()
+            return None, f"server answered {response.status_code}: {_detail(response)}", None
+        self._backoff = self.config.backoff_s
+        try:
+            frame = decode_frame(response.content)
+        except FrameError as exc:
+            return None, f"bad answer from the server ({exc})", None
+        if frame.cut != OUTPUT_CUT:
+            return None, "bad answer from the server (not an output frame)", None
+        self._learn(response)
+        return frame.array, None, self._goodput(response)
+
+    def _learn(self, response: httpx.Response) -> None:
+        try:
+            load = json.loads(response.headers.get("edgesplit-load", "{}"))
+        except ValueError:
+            return
+        compute = load.get("compute_s", {})
+        per_batch = float(compute.get("1", 0.0)) if compute else 0.0
+        self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
+
+    def _goodput(self, response: httpx.Response) -> float | None:
+        timings = {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
+        recv = timings.get("recv")
+        if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
+            return None  # one chunk: too small to time at the receiver
+        rate = int(recv[1]) * 8 / recv[0]
+        if math.isfinite(rate) and rate > 0:
+            self.estimator.update(rate)
+            return rate
+        return None
+
+    def _mark_down(self) -> None:
+        self.down_until = time.monotonic() + self._backoff
+        self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
+
+    def summary(self) -> dict[str, Any]:
+        if not self.records:
+            raise EdgesplitError("no request was made")
+        latencies = sorted(r.latency_ms for r in self.records)
+        return {"count": len(self.records), "answered": len(self.records),
+                "fallbacks": sum(r.fallback_reason is not None for r in self.records),
+                "mean_ms": float(np.mean(latencies)), "p95_ms": float(np.percentile(latencies, 95))}
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        return str(response.json().get("detail", ""))[:200]
+    except ValueError:
+        return response.text[:200]

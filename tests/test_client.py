@@ -1,0 +1,153 @@
+"""The device client against a real server on loopback: the same answers, and always an answer."""
+
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI, Request, Response
+
+from edgesplit import analyze
+from edgesplit.estimators import make_estimator
+from edgesplit.images import PHOTOS, fit, photo
+from edgesplit.latency import LinkState, build_options
+from edgesplit.models import load_model
+from edgesplit.policies import make_policy
+from edgesplit.profile import measure
+from edgesplit.runtime.client import ClientConfig, DeviceClient
+from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.server import ServerConfig, create_app
+from live_server import LiveServer
+
+SHAPE = (3, 64, 64)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    loaded = load_model("efficientnet_b0")
+    analysis = analyze(loaded.module, SHAPE, "efficientnet_b0")
+    profile = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1, 2, 4, 8),
+                      repeats=2, jpeg_qualities=(90,))
+    images = [fit(photo(name), SHAPE).numpy() for name in PHOTOS]
+    return loaded, analysis, build_options(profile, profile), images
+
+
+OPEN: list[DeviceClient] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
+def _client(setup, url, policy, **config):
+    loaded, analysis, options, _ = setup
+    client = DeviceClient(url, analysis, loaded.normalization, options, make_policy(policy, LinkState(1e6)),
+                          make_estimator("harmonic"), ClientConfig(**config))
+    OPEN.append(client)
+    return client
+
+
+def _local_top1(setup, image):
+    loaded = setup[0]
+    mean = torch.tensor(loaded.normalization.mean).view(1, 3, 1, 1)
+    std = torch.tensor(loaded.normalization.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        return int(loaded.module((torch.from_numpy(image)[None].float() - mean) / std).argmax())
+
+
+@pytest.fixture(scope="module")
+def live(setup):
+    with LiveServer(create_app(Engine(setup[1], setup[0].normalization), ServerConfig())) as server:
+        yield server
+
+
+@pytest.mark.parametrize("policy", ["static:features_4_0_block_3_1", "offload", "offload:jpeg90", "local"])
+def test_every_request_gets_the_local_models_answer(setup, live, policy):
+    client = _client(setup, live.url, policy)
+    assert "holds the same model" in client.connect()
+    images = setup[3]
+    records = [client.infer(image) for image in images]
+    kind = {"local": "local", "offload": "offload", "offload:jpeg90": "offload"}.get(policy, "split")
+    assert [r.executed for r in records] == [kind] * len(images)
+    assert all(r.fallback_reason is None for r in records)
+    if policy != "offload:jpeg90":  # JPEG changes the input; everything else is exact
+        assert [r.top1 for r in records] == [_local_top1(setup, image) for image in images]
+    sizes = {"local": 0, "offload": 32 + 16 + 3 * 64 * 64}
+    if policy in sizes:
+        assert {r.bytes_sent for r in records} == {sizes[policy]}
+    assert client.summary()["count"] == client.summary()["answered"] == len(images)
+
+
+def test_dsc_learns_the_link_from_the_server_and_decides_per_request(setup, live):
+    client = _client(setup, live.url, "dsc")
+    client.connect()
+    for image in setup[3] * 2:
+        client.infer(image)
+    assert {r.executed for r in client.records} <= {"local", "split", "offload"}
+    assert client.estimator.predict() is not None or all(r.executed == "local" for r in client.records)
+
+
+def test_killing_the_server_mid_run_still_answers_every_request(setup):
+    images = setup[3]
+    with LiveServer(create_app(Engine(setup[1], setup[0].normalization))) as server:
+        client = _client(setup, server.url, "static:features_4_0_block_3_1", backoff_s=0.2)
+        client.connect()
+        before = [client.infer(image) for image in images[:3]]
+    after = [client.infer(image) for image in images]  # the server is gone
+    assert [r.executed for r in before] == ["split"] * 3
+    assert [r.executed for r in after] == ["local"] * len(images)
+    assert after[0].fallback_reason.startswith("server unreachable (ConnectError")
+    assert after[1].fallback_reason.startswith("server down (retrying in ")
+    assert [r.top1 for r in after] == [_local_top1(setup, image) for image in images]
+    assert client.summary() | {"mean_ms": 0, "p95_ms": 0} == {"count": 3 + len(images), "answered": 3 + len(images),
+                                                              "fallbacks": len(images), "mean_ms": 0,
+                                                              "p95_ms": 0}
+
+
+def _stub(model_id_hex: str, status: int = 200, delay_s: float = 0.0) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        return {"model_id": model_id_hex}
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> Response:
+        await request.body()
+        if delay_s:
+            import asyncio
+
+            await asyncio.sleep(delay_s)
+        return Response(b'{"detail": "busy"}', status_code=status, media_type="application/json")
+
+    return app
+
+
+def test_503_and_deadline_fall_back_locally(setup):
+    client = _client(setup, "http://127.0.0.1:9", "offload")
+    with LiveServer(_stub(client.model_id.hex(), status=503)) as busy:
+        client = _client(setup, busy.url, "offload")
+        client.connect()
+        record = client.infer(setup[3][0])
+        assert record.executed == "local" and record.fallback_reason == "server answered 503: busy"
+        assert client.down_until > time.monotonic()  # backs off before trying again
+    with LiveServer(_stub(client.model_id.hex(), delay_s=2.0)) as slow:
+        client = _client(setup, slow.url, "offload", deadline_s=0.3)
+        client.connect()
+        record = client.infer(setup[3][0])
+        assert record.executed == "local" and record.fallback_reason == "deadline"
+        assert record.latency_ms < 1500
+        assert record.top1 == _local_top1(setup, setup[3][0])
+
+
+def test_a_server_with_another_model_is_refused(setup):
+    with LiveServer(_stub("00" * 8)) as other:
+        client = _client(setup, other.url, "offload")
+        message = client.connect()
+        assert "differs from ours" in message and "running locally" in message
+        record = client.infer(setup[3][0])
+        assert record.executed == "local" and record.fallback_reason == "model mismatch"
