@@ -1,0 +1,43 @@
+"""edgesplit run against edgesplit's server on loopback, from the command line."""
+
+import json
+
+import pytest
+
+from edgesplit import analyze
+from edgesplit.models import load_model
+from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.server import create_app
+from live_server import LiveServer
+from test_cli import run
+
+
+@pytest.fixture(scope="module")
+def live():
+    loaded = load_model("efficientnet_b0")
+    with LiveServer(create_app(Engine(analyze(loaded.module, (3, 64, 64), "efficientnet_b0"),
+                                      loaded.normalization))) as server:
+        yield server
+
+
+def test_run_writes_the_documented_json(live, monkeypatch, capsys, tmp_path):
+    out = tmp_path / "run.json"
+    code, stdout, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,
+                            "--policy", "offload", "--count", "4", "--out", str(out))
+    assert code == 0, err
+    data = json.loads(out.read_text())
+    assert list(data) == ["requests", "summary"]
+    assert [list(r) for r in data["requests"]] == [["index", "cut", "codec", "executed", "fallback_reason",
+                                                    "latency_ms", "bytes_sent", "top1"]] * 4
+    assert [r["executed"] for r in data["requests"]] == ["offload"] * 4
+    assert data["summary"]["count"] == data["summary"]["answered"] == 4 and data["summary"]["fallbacks"] == 0
+    assert "holds the same model" in stdout
+
+
+def test_run_with_an_empty_image_folder_or_the_oracle(live, monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,
+                       "--images", str(tmp_path))
+    assert code == 2 and "no images (.bmp, .jpeg, .jpg, .png) in" in err
+    code, _, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,
+                       "--policy", "oracle")
+    assert code == 2 and "the oracle needs the true link rate" in err
