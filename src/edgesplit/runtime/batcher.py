@@ -2,6 +2,9 @@
 
 One worker runs one batch at a time (one model, one processor), in a thread so the event loop keeps
 accepting requests. The oldest waiting request decides which cut runs next (first come, first served).
+The worker waits up to ``batch_wait_timeout_s`` for partners only while other requests are still
+arriving (their bodies being received); a lone request runs at once. Under load, requests that arrive
+while a batch runs form the next batch anyway.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-tail")
         self._worker: asyncio.Task | None = None
         self.recent_compute_s: dict[int, float] = {}  # EWMA of batch compute time per batch size
+        self.arriving = 0  # requests whose bodies are still being received: the only ones worth waiting for
 
     @property
     def queue_length(self) -> int:
@@ -81,7 +85,8 @@ class Batcher:
                 await self._wake.wait()
             first = self._pending[0]
             deadline = first.arrived + self.batch_wait_timeout_s
-            while self._count(first.cut) < self.max_batch_size and (left := deadline - time.perf_counter()) > 0:
+            while (self.arriving and self._count(first.cut) < self.max_batch_size
+                   and (left := deadline - time.perf_counter()) > 0):
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), left)

@@ -78,16 +78,20 @@ def create_app(engine: Engine, config: ServerConfig = ServerConfig()) -> FastAPI
     async def infer(request: Request) -> Response:
         """Run the model from the frame's cut to the end; answer the logits as a frame."""
         chunks, size, first, last = [], 0, None, None
-        async for chunk in request.stream():
-            if not chunk:
-                continue
-            now = time.perf_counter()
-            first = first if first is not None else (now, len(chunk))
-            last = now
-            size += len(chunk)
-            if size > limits.max_body_bytes:
-                return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
-            chunks.append(chunk)
+        batcher().arriving += 1
+        try:
+            async for chunk in request.stream():
+                if not chunk:
+                    continue
+                now = time.perf_counter()
+                first = first if first is not None else (now, len(chunk))
+                last = now
+                size += len(chunk)
+                if size > limits.max_body_bytes:
+                    return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
+                chunks.append(chunk)
+        finally:
+            batcher().arriving -= 1
         received = time.perf_counter()
         try:
             frame = decode_frame(b"".join(chunks), limits=limits, expect=expect)
