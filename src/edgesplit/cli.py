@@ -307,6 +307,30 @@ def run(model: str, weights: str | None, input_size: int | None, input_shape: st
 
 
 @cli.command()
+@model_options
+@click.option("--cuts", "cut_spec", default="record-low", show_default=True,
+              help="natural | pareto | record-low | NAME,NAME,...")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--opset", type=int, default=17, show_default=True)
+def export(model: str, weights: str | None, input_size: int | None, input_shape: str | None, cut_spec: str,
+           out_dir: str, opset: int) -> None:
+    """Write ONNX heads and tails of MODEL per cut, the whole model, and a manifest; check them with ONNX Runtime."""
+    from edgesplit.export import export_cuts
+
+    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    cuts = [c for c in _choose_cuts(analysis, cut_spec) if c.index > 0]
+    manifest = export_cuts(analysis, cuts, out_dir, loaded.normalization, opset)
+    table = Table(title=f"{model} → {out_dir} (model id {manifest['model_id']}, opset {opset})")
+    for column in ("cut", "c", "head max |diff|", "tail max |diff|"):
+        table.add_column(column, justify="left" if column == "cut" else "right")
+    table.add_row("(whole model)", "", f"{manifest['model_max_abs_diff']:.2g}", "")
+    for entry in manifest["cuts"]:
+        table.add_row(entry["name"], f"{entry['ratio']:.4f}", f"{entry['head_max_abs_diff']:.2g}",
+                      f"{entry['tail_max_abs_diff']:.2g}")
+    console.print(table)
+
+
+@cli.command()
 @click.argument("pattern", required=False)
 @click.option("--timm", "timm_models", is_flag=True, help="list timm models instead (needs edgesplit[timm])")
 def models(pattern: str | None, timm_models: bool) -> None:
