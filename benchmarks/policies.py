@@ -27,7 +27,8 @@ from edgesplit import analyze, load_model
 from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.estimators import make_estimator
-from edgesplit.profile import load_profile, measure, with_slowdown
+from edgesplit.measure import measure
+from edgesplit.profile import load_profile, with_slowdown
 from edgesplit.sim import SimConfig, Workload, simulate, summarize
 from edgesplit.traces import read_trace
 

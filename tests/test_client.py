@@ -14,9 +14,10 @@ from edgesplit.images import PHOTOS, fit, photo
 from edgesplit.latency import LinkState, build_options
 from edgesplit.models import load_model
 from edgesplit.policies import make_policy
-from edgesplit.profile import measure
+from edgesplit.measure import measure
 from edgesplit.runtime.client import ClientConfig, DeviceClient
 from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.engines import TorchEngine
 from edgesplit.runtime.server import ServerConfig, create_app
 from live_server import LiveServer
 
@@ -29,7 +30,7 @@ def setup():
     analysis = analyze(loaded.module, SHAPE, "efficientnet_b0")
     profile = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1, 2, 4, 8),
                       repeats=2, jpeg_qualities=(90,))
-    images = [fit(photo(name), SHAPE).numpy() for name in PHOTOS]
+    images = [fit(photo(name), SHAPE) for name in PHOTOS]
     return loaded, analysis, build_options(profile, profile), images
 
 
@@ -45,8 +46,8 @@ def _close_clients():
 
 def _client(setup, url, policy, **config):
     loaded, analysis, options, _ = setup
-    client = DeviceClient(url, analysis, loaded.normalization, options, make_policy(policy, LinkState(1e6)),
-                          make_estimator("harmonic"), ClientConfig(**config))
+    client = DeviceClient(url, TorchEngine(analysis, loaded.normalization), options,
+                          make_policy(policy, LinkState(1e6)), make_estimator("harmonic"), ClientConfig(**config))
     OPEN.append(client)
     return client
 

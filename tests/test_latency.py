@@ -10,7 +10,8 @@ import pytest
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.latency import LinkState, Option, ServerState, build_options, find_option, latency
-from edgesplit.profile import CutProfile, Profile, ProfileError, Timing, load_profile, with_slowdown
+from edgesplit.errors import ProfileError
+from edgesplit.profile import CutProfile, Profile, Timing, load_profile, with_slowdown
 
 MBPS = 1e6
 

@@ -4,7 +4,8 @@ import pytest
 
 from edgesplit import analyze
 from edgesplit.errors import EdgesplitError
-from edgesplit.profile import FORMAT, load_profile, measure
+from edgesplit.measure import measure
+from edgesplit.profile import FORMAT, load_profile
 from toy_models import Toy
 
 SHAPE = (3, 8, 8)

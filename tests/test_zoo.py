@@ -5,7 +5,7 @@ import torch
 
 from edgesplit.analysis import analyze
 from edgesplit.models import load_model
-from edgesplit.split import check_exact
+from edgesplit.splitter import check_exact
 
 SMALL = (3, 64, 64)
 NATIVE = (3, 224, 224)

@@ -7,11 +7,25 @@ Discover, then act::
     analysis = analyze(loaded.module, loaded.native_input_shape)
     cut = analysis.natural_bottlenecks()[0]
     head, tail = split(analysis, cut)          # tail(head(x)) == model(x)
+
+The names below load on first use, so a device with only ONNX Runtime (``edgesplit[device]``) can import
+the wire format, estimators and policies without torch.
 """
 
-from edgesplit.analysis import Analysis, Cut, analyze
-from edgesplit.errors import EdgesplitError
-from edgesplit.models import LoadedModel, load_model
-from edgesplit.split import check_exact, split
+from __future__ import annotations
 
-__all__ = ["Analysis", "Cut", "EdgesplitError", "LoadedModel", "analyze", "check_exact", "load_model", "split"]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Analysis": "edgesplit.analysis", "Cut": "edgesplit.analysis", "analyze": "edgesplit.analysis",
+    "EdgesplitError": "edgesplit.errors", "LoadedModel": "edgesplit.models", "load_model": "edgesplit.models",
+    "check_exact": "edgesplit.splitter", "split": "edgesplit.splitter",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'edgesplit' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -40,8 +40,11 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _analysis(model: str, weights: str | None, input_size: int | None, input_shape: str | None):  # type: ignore[no-untyped-def]
-    from edgesplit.analysis import analyze as analyze_model
-    from edgesplit.models import load_model, parse_input_shape
+    try:
+        from edgesplit.analysis import analyze as analyze_model
+        from edgesplit.models import load_model, parse_input_shape
+    except ImportError as exc:
+        raise EdgesplitError(f"this command needs torch: pip install 'edgesplit[torch]' ({exc.name} is missing)") from None
 
     loaded = load_model(model, weights)
     shape = parse_input_shape(input_shape, input_size, loaded.native_input_shape)
@@ -64,7 +67,7 @@ def analyze(model: str, weights: str | None, input_size: int | None, input_shape
     MODEL: a torchvision name (efficientnet_b0), timm:NAME, package.module:factory, or
     efficientnet_lite0_pretrained (real ImageNet weights).
     """
-    from edgesplit.split import check_exact
+    from edgesplit.splitter import check_exact
 
     start = time.perf_counter()
     loaded, result = _analysis(model, weights, input_size, input_shape)
@@ -117,7 +120,7 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
     import torch
     from rich.progress import Progress
 
-    from edgesplit.profile import iter_batch_sizes, measure
+    from edgesplit.measure import iter_batch_sizes, measure
 
     if threads:
         torch.set_num_threads(threads)
@@ -281,6 +284,8 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @cli.command()
 @model_options
 @click.option("--server", "server_url", required=True, help="edge server URL, e.g. http://127.0.0.1:8700")
+@click.option("--engine", "engine_name", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
+              help="onnx: MODEL is a folder from edgesplit export, run by ONNX Runtime (no torch needed)")
 @click.option("--policy", "policy_spec", default="dsc", show_default=True, help="any simulator policy but oracle")
 @click.option("--estimator", default="harmonic", show_default=True)
 @click.option("--images", type=click.Path(file_okay=False, exists=True), help="folder of JPEG/PNG images")
@@ -294,13 +299,14 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--codecs", default="fp32", show_default=True)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="per-request decisions and a summary (JSON)")
 def run(model: str, weights: str | None, input_size: int | None, input_shape: str | None, server_url: str,
-        policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
+        engine_name: str, policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
         deadline_ms: float | None, device_profile: str | None, server_profile: str | None, private: bool,
         lossy: bool, codecs: str, out_path: str | None) -> None:
     """Serve requests on this device with MODEL's head, splitting at the cut the policy picks."""
     from edgesplit.runtime.device import run_device
 
-    run_device(model, weights, input_size, input_shape, server_url=server_url, policy_spec=policy_spec,
+    run_device(model, weights, input_size, input_shape, engine_name=engine_name, server_url=server_url,
+               policy_spec=policy_spec,
                estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms,
                device_profile=device_profile, server_profile=server_profile, private=private, lossy=lossy,
                codecs=tuple(codecs.split(",")), out_path=out_path, console=console)

@@ -136,7 +136,7 @@ def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3:
             raise FrameError(f"jpeg frames carry one uint8 image of shape (1, 3, H, W), got {array.dtype} "
                              f"{tuple(array.shape)}")
-        data, decoded_dtype = _jpeg_encode(array[0], jpeg_quality), np.dtype("u1")
+        data, decoded_dtype = jpeg_encode(array[0], jpeg_quality), np.dtype("u1")
     else:
         raise FrameError(f"unknown codec {codec!r}; known: {', '.join(CODECS.values())}")
     payload = _compress(data, compression)
@@ -204,7 +204,7 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
             raise FrameError(f"int8 scale must be a positive finite number, got {scale}")
         array = dequantize_int8(np.frombuffer(raw, dtype=np.uint8).reshape(shape), scale, zero_point)
     else:
-        array = _jpeg_decode(raw, shape)[None]
+        array = jpeg_decode(raw, shape)[None]
     return Frame(model_id, cut, array, codec, compression)
 
 
@@ -284,7 +284,8 @@ def _lz4():  # type: ignore[no-untyped-def]
     return lz4.block
 
 
-def _jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
+    """A uint8 (3, H, W) image as JPEG bytes."""
     from PIL import Image
 
     buffer = io.BytesIO()
@@ -292,7 +293,7 @@ def _jpeg_encode(image: np.ndarray, quality: int) -> bytes:
     return buffer.getvalue()
 
 
-def _jpeg_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+def jpeg_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     """Decode only after the JPEG's own header says it has the declared size (no pixel bombs)."""
     from PIL import Image
 

@@ -21,7 +21,7 @@ from edgesplit.analysis import Analysis, Cut, example_input
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
 from edgesplit.runtime.engine import model_id
-from edgesplit.split import split
+from edgesplit.splitter import split
 
 FORMAT = "edgesplit-export/1"
 TOLERANCE = 1e-4

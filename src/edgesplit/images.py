@@ -1,50 +1,59 @@
-"""Real photos (they ship with scikit-image) and the input codecs of full offload: raw uint8 and JPEG."""
+"""Images as classifiers expect them: real photos (they ship with scikit-image) or files, framed to the
+model's input, as uint8 numpy arrays (3, H, W). Needs only numpy and Pillow."""
 
 from __future__ import annotations
 
-import io
+from pathlib import Path
 
 import numpy as np
-import torch
-import torchvision.transforms.functional as F
 from PIL import Image
 
 from edgesplit.errors import EdgesplitError
 
 PHOTOS = ("coffee", "chelsea", "astronaut", "rocket", "hubble_deep_field", "immunohistochemistry")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def photo(name: str) -> torch.Tensor:
-    """One of scikit-image's colour photos as a uint8 tensor (3, H, W)."""
+def photo(name: str) -> np.ndarray:
+    """One of scikit-image's colour photos, uint8 (3, H, W)."""
     try:
         from skimage import data
     except ImportError:
-        raise EdgesplitError("real photos need scikit-image: pip install scikit-image") from None
+        raise EdgesplitError("the built-in photos need scikit-image: pip install scikit-image, or pass --images") from None
     if name not in PHOTOS:
         raise EdgesplitError(f"unknown photo {name!r}; known: {', '.join(PHOTOS)}")
-    return torch.from_numpy(getattr(data, name)()).permute(2, 0, 1).contiguous()
+    return np.ascontiguousarray(getattr(data, name)().transpose(2, 0, 1))
 
 
-def fit(image: torch.Tensor, input_shape: tuple[int, ...]) -> torch.Tensor:
-    """Resize the shorter side to 8/7 of the input and centre-crop to (H, W), the usual ImageNet framing."""
+def fit(image: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """Resize the shorter side to 8/7 of the input (bilinear, antialiased) and centre-crop to (H, W)."""
     _, height, width = input_shape
-    resized = F.resize(image, round(min(height, width) * 8 / 7), antialias=True)
-    return F.center_crop(resized, [height, width])
+    picture = Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0)))
+    scale = round(min(height, width) * 8 / 7) / min(picture.size)
+    resized = picture.resize((max(width, round(picture.width * scale)), max(height, round(picture.height * scale))),
+                             Image.BILINEAR)
+    left, top = (resized.width - width) // 2, (resized.height - height) // 2
+    return np.asarray(resized.crop((left, top, left + width, top + height))).transpose(2, 0, 1).copy()
 
 
-def lite_normalize(image: torch.Tensor) -> torch.Tensor:
-    """uint8 -> float as EfficientNet-Lite expects: (x - 127) / 128."""
-    return (image.float() - 127.0) / 128.0
+def load_images(folder: str | None, input_shape: tuple[int, ...]) -> list[np.ndarray]:
+    """The folder's images (sorted by name), else the built-in photos, framed to ``input_shape``."""
+    if folder is None:
+        return [fit(photo(name), input_shape) for name in PHOTOS]
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise EdgesplitError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB")).transpose(2, 0, 1)
+        except OSError as exc:
+            raise EdgesplitError(f"cannot read image {path}: {exc}") from exc
+        images.append(fit(array, input_shape))
+    return images
 
 
-def jpeg_encode(image: torch.Tensor, quality: int) -> bytes:
-    """A uint8 (3, H, W) tensor as JPEG bytes (Pillow, libjpeg)."""
-    buffer = io.BytesIO()
-    Image.fromarray(image.permute(1, 2, 0).numpy()).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def jpeg_decode(data: bytes) -> torch.Tensor:
-    """JPEG bytes back to a uint8 (3, H, W) tensor."""
-    with Image.open(io.BytesIO(data)) as decoded:
-        return torch.from_numpy(np.asarray(decoded.convert("RGB")).copy()).permute(2, 0, 1)
+def lite_normalize(image: np.ndarray) -> np.ndarray:
+    """uint8 -> float32 as EfficientNet-Lite expects: (x - 127) / 128."""
+    return (image.astype(np.float32) - 127.0) / 128.0

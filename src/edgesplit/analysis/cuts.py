@@ -64,7 +64,7 @@ class Cut:
 
 @dataclass(frozen=True)
 class CutGraph:
-    """The traced graph and what :func:`edgesplit.split` needs to cut it anywhere."""
+    """The traced graph and what :func:`edgesplit.splitter.split` needs to cut it anywhere."""
 
     model: nn.Module
     gm: fx.GraphModule

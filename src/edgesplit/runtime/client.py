@@ -18,17 +18,13 @@ from typing import Any
 
 import httpx
 import numpy as np
-import torch
 
-from edgesplit.analysis import Analysis
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
 from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option, ServerState
-from edgesplit.models import Normalization
 from edgesplit.policies import Policy, State
-from edgesplit.runtime.engine import model_id
-from edgesplit.split import split
+from edgesplit.runtime.engines import DeviceEngine
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
 _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
@@ -65,23 +61,17 @@ class RequestRecord:
 class DeviceClient:
     """One device talking to one edge server (``url``) about one model."""
 
-    def __init__(self, url: str, analysis: Analysis, normalization: Normalization, options: list[Option],
-                 policy: Policy, estimator: Estimator, config: ClientConfig = ClientConfig(),
+    def __init__(self, url: str, engine: DeviceEngine, options: list[Option], policy: Policy,
+                 estimator: Estimator, config: ClientConfig = ClientConfig(),
                  http: httpx.Client | None = None) -> None:
         self.url = url.rstrip("/")
-        self.analysis = analysis
-        self.model = analysis.graph.model.eval()
+        self.engine = engine
         self.options = options
         self.policy = policy
         self.estimator = estimator
         self.config = config
         self.http = http or httpx.Client(timeout=config.timeout_s)
-        self.model_id = model_id(self.model)
-        self._mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
-        self._std = torch.tensor(normalization.std).view(1, -1, 1, 1)
-        self._heads: dict[str, torch.nn.Module] = {}
-        self._tails: dict[str, torch.nn.Module] = {}
-        self._cut_ids = {c.name: c.index for c in analysis.cuts}
+        self.model_id = engine.model_id
         self.reported = ServerState()
         self.rtt_s = config.rtt_s
         self.down_until = 0.0
@@ -116,7 +106,7 @@ class DeviceClient:
     def infer(self, image: np.ndarray) -> RequestRecord:
         """Answer one uint8 image (3, H, W); always returns exactly one result."""
         started = time.perf_counter()
-        x = (torch.from_numpy(image)[None].float() - self._mean) / self._std
+        x = self.engine.normalize(image)
         estimate = self.estimator.predict() or self.config.prior_bps
         state = State(LinkState(estimate, self.rtt_s), self.reported)
         decision = self.policy.choose(state, self.options)
@@ -148,33 +138,26 @@ class DeviceClient:
         left = self.down_until - time.monotonic()
         return f"server down (retrying in {left:.1f} s)" if left > 0 else None
 
-    def _local(self, x: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            return self.model(x).numpy()
+    def _local(self, x: np.ndarray) -> np.ndarray:
+        return self.engine.local(x)
 
-    def _head(self, option: Option, x: torch.Tensor) -> torch.Tensor:
-        if option.cut not in self._heads:
-            self._heads[option.cut], self._tails[option.cut] = split(self.analysis, option.cut)
-        with torch.inference_mode():
-            return self._heads[option.cut](x)
+    def _head(self, option: Option, x: np.ndarray) -> np.ndarray:
+        return self.engine.head(option.cut, x)
 
-    def _finish_locally(self, option: Option, x: torch.Tensor, mid: torch.Tensor | None) -> np.ndarray:
+    def _finish_locally(self, option: Option, x: np.ndarray, mid: np.ndarray | None) -> np.ndarray:
         """The server did not answer: the tail (or, for offload, the whole model) runs here."""
-        if mid is None:
-            return self._local(x)
-        with torch.inference_mode():
-            return self._tails[option.cut](mid).numpy()
+        return self.engine.local(x) if mid is None else self.engine.tail(option.cut, mid)
 
-    def _frame(self, option: Option, image: np.ndarray, mid: torch.Tensor | None) -> bytes:
+    def _frame(self, option: Option, image: np.ndarray, mid: np.ndarray | None) -> bytes:
         if option.kind == "offload":
             codec = "jpeg" if option.codec.startswith("jpeg") else "raw"
             quality = int(option.codec[4:]) if codec == "jpeg" else 90
             return encode_frame(image[None], model_id=self.model_id, cut=0, codec=codec, jpeg_quality=quality)
-        array = mid.numpy()
+        cut_id = self.engine.cut_ids[option.cut]
         if option.codec == "fp16":
-            return encode_frame(array.astype(np.float16), model_id=self.model_id, cut=self._cut_ids[option.cut])
+            return encode_frame(mid.astype(np.float16), model_id=self.model_id, cut=cut_id)
         codec = "int8" if option.codec == "int8" else "raw"
-        return encode_frame(array, model_id=self.model_id, cut=self._cut_ids[option.cut], codec=codec)
+        return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
 
     def _remote(self, payload: bytes, started: float) -> tuple[np.ndarray | None, str | None, float | None]:
         """POST the frame; (logits, None, goodput) on success, (None, reason, None) when to fall back."""

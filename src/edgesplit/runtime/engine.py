@@ -13,7 +13,7 @@ from torch import nn
 from edgesplit.analysis import Analysis
 from edgesplit.codec import FLOATS, Expectation
 from edgesplit.models import Normalization
-from edgesplit.split import split
+from edgesplit.splitter import split
 
 INPUT_CUT = 0
 

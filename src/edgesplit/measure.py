@@ -1,0 +1,185 @@
+"""Measuring profiles on this machine: head and tail time of every cut, per batch size.
+
+Measurement (``method="per-node"``): the traced graph runs under an interpreter that times every node;
+a cut's head time is the sum over the nodes up to the cut and its tail time the sum over the rest, per
+repeat, so one run of the model yields every cut, and the spread comes from the repeats. The whole
+model is also timed as compiled code runs it (``model_s``); the interpreter's own cost, the difference
+between the two, is taken off in equal shares per node so that head + tail = the whole model.
+``method="flops"`` instead times only the whole model and estimates each side from its FLOPs at the
+measured FLOP/s (marked ``estimated``). ``slowdown`` scales every time to emulate slower (> 1) or faster
+(< 1) hardware; the profile records the factor.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import fx
+
+from edgesplit.analysis import Analysis, Cut, example_input
+from edgesplit.errors import EdgesplitError
+from edgesplit.codec import jpeg_decode, jpeg_encode
+from edgesplit.images import PHOTOS, fit, lite_normalize, photo
+from edgesplit.profile import CutProfile, Profile, Role, Timing, with_slowdown
+
+
+def machine_description() -> dict[str, Any]:
+    return {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+class _NodeTimer(fx.Interpreter):
+    """Runs the graph and records the seconds each node took."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.seconds: dict[str, float] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        start = time.perf_counter()
+        result = super().run_node(n)
+        self.seconds[n.name] = time.perf_counter() - start
+        return result
+
+
+def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tuple[int, ...],
+            method: str = "per-node", repeats: int = 10, warmup: int = 2, slowdown: float = 1.0,
+            jpeg_qualities: tuple[int, ...] = (75, 90), progress: Callable[[str], None] | None = None
+            ) -> Profile:
+    """Profile ``cuts`` of the analysed model on this machine (see the module docstring)."""
+    if method not in ("per-node", "flops"):
+        raise EdgesplitError(f"unknown profiling method {method!r}; known: per-node, flops")
+    if slowdown <= 0:
+        raise EdgesplitError(f"--slowdown must be positive, got {slowdown}")
+    graph = analysis.graph
+    nodes = [n for n in graph.gm.graph.nodes if n.op != "output"]
+    position = {n.name: i for i, n in enumerate(nodes)}
+    model_s: dict[int, Timing] = {}
+    flops_per_s: dict[int, float] = {}
+    head: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
+    tail: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
+    total_flops = (cuts[0].head_flops + cuts[0].tail_flops) if cuts else 0
+    for batch_size in batch_sizes:
+        if progress:
+            progress(f"batch size {batch_size}")
+        x = example_input(graph.model, analysis.input_shape, batch_size)
+        n_repeats = max(3, repeats // max(1, batch_size // 4)) if batch_size > 1 else repeats
+        n_warmup = min(warmup, 1) if batch_size >= 16 else warmup  # large batches warm up in one run
+        whole = _time_calls(lambda: graph.model(x), n_repeats, n_warmup)
+        model_s[batch_size] = Timing.of(whole)
+        flops_per_s[batch_size] = total_flops * batch_size / statistics.median(whole) if total_flops else 0.0
+        if method == "flops":
+            for c in cuts:
+                rate = flops_per_s[batch_size]
+                head[c.name][batch_size] = _estimate(c.head_flops * batch_size, rate, model_s[batch_size])
+                tail[c.name][batch_size] = _estimate(c.tail_flops * batch_size, rate, model_s[batch_size])
+            continue
+        timed = _time_nodes(graph.gm, x, n_repeats, n_warmup)
+        # the interpreter costs a few microseconds per node that compiled code does not: take off an equal
+        # share per node so the sums compose to the whole model as it really runs
+        overhead = max(0.0, statistics.median(sum(r.values()) for r in timed) - model_s[batch_size].median_s)
+        per_node = overhead / len(nodes)
+        runs = [list(itertools.accumulate(max(0.0, run.get(n.name, 0.0) - per_node) for n in nodes))
+                for run in timed]
+        for c in cuts:
+            at = position[c.name]
+            head[c.name][batch_size] = Timing.of([run[at] for run in runs])
+            tail[c.name][batch_size] = Timing.of([run[-1] - run[at] for run in runs])
+    profile = Profile(
+        model=analysis.model, role=role, input_shape=analysis.input_shape, batch_sizes=tuple(batch_sizes),
+        method=method, slowdown=1.0, machine=machine_description(), model_s=model_s,
+        cuts={c.name: CutProfile(c.name, c.index, c.elements, head[c.name], tail[c.name],
+                                 _split_codec_times(c, graph)) for c in cuts},
+        input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities),
+        output_bytes=_output_bytes(graph), flops_per_s=flops_per_s)
+    return with_slowdown(profile, slowdown) if slowdown != 1.0 else profile
+
+
+def _estimate(flops: int, rate: float, whole: Timing) -> Timing:
+    seconds = flops / rate if rate else 0.0
+    ratio = seconds / whole.median_s if whole.median_s else 0.0
+    return Timing(seconds, whole.p10_s * ratio, whole.p90_s * ratio, whole.repeats, "estimated")
+
+
+def _time_calls(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+    samples = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            start = time.perf_counter()
+            call()
+            if i >= warmup:
+                samples.append(time.perf_counter() - start)
+    return samples
+
+
+def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int) -> list[dict[str, float]]:
+    runs = []
+    with torch.inference_mode():
+        for i in range(warmup + repeats):
+            timer = _NodeTimer(gm)
+            timer.run(x)
+            if i >= warmup:
+                runs.append(timer.seconds)
+    return runs
+
+
+def _split_codec_times(cut: Cut, graph: Any) -> dict[str, dict[str, float]]:
+    """Time to turn the crossing tensor into fp16 / int8 (affine) and back, at batch 1."""
+    from edgesplit.codec import dequantize_int8, quantize_int8
+
+    x = torch.randn(cut.shapes[0]).numpy() if cut.shapes else torch.zeros(1).numpy()
+    steps: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
+        "fp16": (lambda: x.astype("float16"), lambda h: h.astype("float32")),
+        "int8": (lambda: quantize_int8(x), lambda q: dequantize_int8(*q)),
+    }
+    out: dict[str, dict[str, float]] = {}
+    for name, (encode, decode) in steps.items():
+        encoded = encode()
+        out[name] = {"encode_s": statistics.median(_time_calls(encode, 7, 1)),
+                     "decode_s": statistics.median(_time_calls(lambda: decode(encoded), 7, 1))}
+    return out
+
+
+def _input_codec_times(input_shape: tuple[int, ...], qualities: tuple[int, ...]) -> dict[str, dict[str, float]]:
+    """Full offload of the input: raw uint8 (normalised on the server) and JPEG, on real photos."""
+    if len(input_shape) != 3 or input_shape[0] != 3:
+        elements = 1
+        for d in input_shape:
+            elements *= d
+        return {"raw": {"bytes": elements, "encode_s": 0.0, "decode_s": 0.0}}
+    images = [fit(photo(name), input_shape) for name in PHOTOS]
+    raw = {"bytes": images[0].size, "encode_s": 0.0,
+           "decode_s": statistics.median(_time_calls(lambda: lite_normalize(images[0]), 7, 1))}
+    codecs = {"raw": raw}
+    for quality in qualities:
+        sizes, encode, decode = [], [], []
+        for image in images:
+            data = jpeg_encode(image, quality)
+            sizes.append(len(data))
+            encode += _time_calls(lambda: jpeg_encode(image, quality), 5, 1)
+            shape = (1, *image.shape)
+            decode += _time_calls(lambda: lite_normalize(jpeg_decode(data, shape)), 5, 1)
+        codecs[f"jpeg{quality}"] = {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
+                                    "decode_s": statistics.median(decode)}
+    return codecs
+
+
+def _output_bytes(graph: Any) -> int:
+    output = next(n for n in graph.gm.graph.nodes if n.op == "output")
+    values = [graph.values[a.name] for a in output.all_input_nodes if a.name in graph.values]
+    return sum(v.numel * 4 for v in values if v.is_tensor)
+
+
+def iter_batch_sizes(text: str) -> Iterator[int]:
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) <= 0:
+            raise EdgesplitError(f"malformed --batch-sizes {text!r}: expected positive integers like 1,2,4,8")
+        yield int(part)

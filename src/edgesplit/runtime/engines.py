@@ -1,0 +1,162 @@
+"""What runs the model on the device: torch (from an analysis) or ONNX Runtime (from an export folder).
+
+Both speak numpy, so the client does not care which one it holds:
+``normalize(image)``, ``local(x)``, ``head(cut, x)``, ``tail(cut, mid)``, ``model_id``, ``cut_ids``.
+:class:`OnnxEngine` needs only numpy and onnxruntime (``pip install 'edgesplit[device]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.profile import CutProfile, Profile, Timing
+
+EXPORT_FORMAT = "edgesplit-export/1"
+
+
+class DeviceEngine(Protocol):
+    model_id: bytes
+    input_shape: tuple[int, ...]
+    cut_ids: dict[str, int]
+
+    def normalize(self, image: np.ndarray) -> np.ndarray: ...
+    def local(self, x: np.ndarray) -> np.ndarray: ...
+    def head(self, cut: str, x: np.ndarray) -> np.ndarray: ...
+    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray: ...
+
+
+def _normalizer(mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...]):  # type: ignore[no-untyped-def]
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return lambda image: ((image[None].astype(np.float32) - m) / s).astype(np.float32)
+
+
+class TorchEngine:
+    """The analysed torch model; heads and tails are built per cut on first use and share its weights."""
+
+    def __init__(self, analysis: Any, normalization: Any) -> None:
+        import torch
+
+        from edgesplit.runtime.engine import model_id
+
+        self._torch = torch
+        self.analysis = analysis
+        self.model = analysis.graph.model.eval()
+        self.model_id = model_id(self.model)
+        self.input_shape = tuple(analysis.input_shape)
+        self.cut_ids = {c.name: c.index for c in analysis.cuts}
+        self._mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
+        self._std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+        self._pairs: dict[str, tuple[Any, Any]] = {}
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        return ((self._torch.from_numpy(image)[None].float() - self._mean) / self._std).numpy()
+
+    def local(self, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self.model(self._torch.from_numpy(x)).numpy()
+
+    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._pair(cut)[0](self._torch.from_numpy(x)).numpy()
+
+    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
+        with self._torch.inference_mode():
+            return self._pair(cut)[1](self._torch.from_numpy(mid)).numpy()
+
+    def _pair(self, cut: str) -> tuple[Any, Any]:
+        if cut not in self._pairs:
+            from edgesplit.splitter import split
+
+            self._pairs[cut] = split(self.analysis, cut)
+        return self._pairs[cut]
+
+
+class OnnxEngine:
+    """Heads, tails and the whole model from ``edgesplit export``'s folder, run by ONNX Runtime."""
+
+    def __init__(self, folder: str | Path, threads: int | None = None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise EdgesplitError("--engine onnx needs onnxruntime: pip install 'edgesplit[device]'") from None
+        self.folder = Path(folder)
+        manifest_path = self.folder / "manifest.json"
+        try:
+            manifest = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise EdgesplitError(f"{folder} is not an edgesplit export folder ({manifest_path}: {exc})") from exc
+        if manifest.get("format") != EXPORT_FORMAT:
+            raise EdgesplitError(f"{manifest_path} has format {manifest.get('format')!r}, expected {EXPORT_FORMAT!r}")
+        self.manifest = manifest
+        self.name = manifest["model"]
+        self.model_id = bytes.fromhex(manifest["model_id"])
+        self.input_shape = tuple(manifest["input_shape"])
+        self.cut_ids = {c["name"]: c["id"] for c in manifest["cuts"]}
+        self.normalize = _normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            options.intra_op_num_threads = threads
+
+        def session(name: str) -> Any:
+            return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
+
+        self._model = session(manifest["model_file"])
+        self._heads = {c["name"]: session(c["head"]) for c in manifest["cuts"]}
+        self._tails = {c["name"]: session(c["tail"]) for c in manifest["cuts"]}
+        self._elements = {c["name"]: int(np.prod(c["shape"])) for c in manifest["cuts"]}
+
+    def local(self, x: np.ndarray) -> np.ndarray:
+        return self._model.run(None, {"input": x})[0]
+
+    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
+        return self._heads[cut].run(None, {"input": x})[0]
+
+    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
+        return self._tails[cut].run(None, {"crossing": mid})[0]
+
+    def profile(self, images: list[np.ndarray], repeats: int = 5) -> Profile:
+        """This device's head, tail and whole-model times at batch 1 under ONNX Runtime (measured now)."""
+        x = self.normalize(images[0])
+
+        def timed(call: Any) -> Timing:
+            samples = []
+            for i in range(repeats + 1):
+                started = time.perf_counter()
+                call()
+                if i:
+                    samples.append(time.perf_counter() - started)
+            return Timing.of(samples)
+
+        cuts = {}
+        for name, cut_id in self.cut_ids.items():
+            mid = self.head(name, x)
+            cuts[name] = CutProfile(name, cut_id, self._elements[name], {1: timed(lambda: self.head(name, x))},
+                                    {1: timed(lambda: self.tail(name, mid))}, {})
+        raw = int(np.prod(self.input_shape))
+        return Profile(self.name, "device", self.input_shape, (1,), "onnxruntime", 1.0,
+                       {"engine": "onnxruntime"}, {1: timed(lambda: self.local(x))}, cuts,
+                       {"raw": {"bytes": raw, "encode_s": 0.0, "decode_s": 0.0},
+                        **_jpeg_sizes(images, 90, repeats)}, 4 * int(self.local(x).size))
+
+
+def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[str, dict[str, float]]:
+    from edgesplit.codec import jpeg_encode
+
+    sizes, encode = [], []
+    for image in images:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            data = jpeg_encode(image, quality)
+            encode.append(time.perf_counter() - started)
+        sizes.append(len(data))
+    return {f"jpeg{quality}": {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
+                               "decode_s": 0.0}}
