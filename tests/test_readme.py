@@ -28,7 +28,10 @@ EXAMPLE_BLOCKS = [lines for lines in EXAMPLE_BLOCKS if lines]
 SHARED = ROOT.parent / "shared"
 
 
-@pytest.mark.parametrize("lines", [pytest.param(b, marks=pytest.mark.slow) if any("--batch-sizes" in line for line in b)
+SLOW_MARKERS = ("--batch-sizes", "edgesplit serve")
+
+
+@pytest.mark.parametrize("lines", [pytest.param(b, marks=pytest.mark.slow) if any(m in line for line in b for m in SLOW_MARKERS)
                                    else b for b in EXAMPLE_BLOCKS], ids=lambda lines: lines[0][:60])
 def test_usage_examples_run_in_order(lines, monkeypatch, tmp_path, capsys):
     """Each block's commands run one after the other in one folder, beside a link to ../shared."""
@@ -39,7 +42,26 @@ def test_usage_examples_run_in_order(lines, monkeypatch, tmp_path, capsys):
     elif any("../shared" in line for line in lines):
         pytest.skip(f"{SHARED} is missing: the examples read its traces")
     monkeypatch.chdir(work)
+    servers = []
+    try:
+        _run_block(lines, work, servers, monkeypatch, capsys)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait(30)
+            server.stderr.close()
+
+
+def _run_block(lines, work, servers, monkeypatch, capsys):
     for line in lines:
+        if line.startswith("edgesplit serve"):
+            servers.append(_start_server(line, work))
+            continue
+        if "--images photos/" in line:
+            from PIL import Image
+
+            (work / "photos").mkdir(exist_ok=True)
+            Image.new("RGB", (300, 240), (200, 120, 40)).save(work / "photos" / "orange.png")
         if "--weights my_resnet18.pt" in line:
             import torch
 
@@ -52,6 +74,29 @@ def test_usage_examples_run_in_order(lines, monkeypatch, tmp_path, capsys):
         except SystemExit as exc:
             assert exc.code in (0, None), (line, capsys.readouterr().err)
         assert capsys.readouterr().out, line
+
+
+def _start_server(line, work):
+    """A README `edgesplit serve` line, run as a process until /healthz answers."""
+    import subprocess
+    import time
+
+    import httpx
+
+    args = shlex.split(line)
+    port = args[args.index("--port") + 1]
+    process = subprocess.Popen([str(Path(sys.executable).parent / "edgesplit"), *args[1:]], cwd=work,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    process.kill()
+    raise AssertionError(f"{line!r} did not come up in 120 s")
 
 
 def test_python_example_runs(capsys):
