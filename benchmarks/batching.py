@@ -25,7 +25,7 @@ from rich.table import Table
 
 from edgesplit import analyze, load_model, split
 from edgesplit.codec import decode_frame, encode_frame
-from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.server import ServerConfig, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -35,7 +35,7 @@ console = Console(width=160)
 CLIENTS = 8
 
 
-def throughput(engine: Engine, payload: bytes, max_batch_size: int, seconds: float) -> tuple[float, float]:
+def throughput(engine: TailEngine, payload: bytes, max_batch_size: int, seconds: float) -> tuple[float, float]:
     """Answers per second, and the mean batch size the server reported."""
     config = ServerConfig(max_batch_size=max_batch_size, batch_wait_timeout_s=0.005, max_queue=256)
     done, batches = [], []
@@ -68,7 +68,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_model("efficientnet_b0")
     analysis = analyze(loaded.module, loaded.native_input_shape, "efficientnet_b0")
-    engine = Engine(analysis, loaded.normalization)
+    engine = TailEngine(analysis, loaded.normalization)
     cuts = [analysis.cuts[0], [c for c in analysis.cuts if c.record_low][1]]
     rows = []
     x = torch.randn(1, *analysis.input_shape, generator=torch.Generator().manual_seed(0))

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from edgesplit import analyze, load_model, split
 from edgesplit.codec import decode_frame, encode_frame
-from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.server import ServerConfig, create_app
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -41,7 +41,7 @@ def main() -> None:
     args = parser.parse_args()
     loaded = load_model("efficientnet_b0")
     analysis = analyze(loaded.module, loaded.native_input_shape, "efficientnet_b0")
-    engine = Engine(analysis, loaded.normalization)
+    engine = TailEngine(analysis, loaded.normalization)
     record_lows = [c for c in analysis.cuts if c.record_low]
     cuts = [analysis.cuts[0], record_lows[0], record_lows[-2], record_lows[-1]]
     x = torch.randn(1, *analysis.input_shape, generator=torch.Generator().manual_seed(0))

@@ -6,7 +6,7 @@ import pytest
 
 from edgesplit import analyze
 from edgesplit.models import load_model
-from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.server import create_app
 from live_server import LiveServer
 from test_cli import run
@@ -15,7 +15,7 @@ from test_cli import run
 @pytest.fixture(scope="module")
 def live():
     loaded = load_model("efficientnet_b0")
-    with LiveServer(create_app(Engine(analyze(loaded.module, (3, 64, 64), "efficientnet_b0"),
+    with LiveServer(create_app(TailEngine(analyze(loaded.module, (3, 64, 64), "efficientnet_b0"),
                                       loaded.normalization))) as server:
         yield server
 

@@ -16,8 +16,8 @@ from edgesplit.models import load_model
 from edgesplit.policies import make_policy
 from edgesplit.measure import measure
 from edgesplit.runtime.client import ClientConfig, DeviceClient
-from edgesplit.runtime.engine import Engine
-from edgesplit.runtime.engines import TorchEngine
+from edgesplit.runtime.tail_engine import TailEngine
+from edgesplit.runtime.device_engines import TorchEngine
 from edgesplit.runtime.server import ServerConfig, create_app
 from live_server import LiveServer
 
@@ -62,7 +62,7 @@ def _local_top1(setup, image):
 
 @pytest.fixture(scope="module")
 def live(setup):
-    with LiveServer(create_app(Engine(setup[1], setup[0].normalization), ServerConfig())) as server:
+    with LiveServer(create_app(TailEngine(setup[1], setup[0].normalization), ServerConfig())) as server:
         yield server
 
 
@@ -94,7 +94,7 @@ def test_dsc_learns_the_link_from_the_server_and_decides_per_request(setup, live
 
 def test_killing_the_server_mid_run_still_answers_every_request(setup):
     images = setup[3]
-    with LiveServer(create_app(Engine(setup[1], setup[0].normalization))) as server:
+    with LiveServer(create_app(TailEngine(setup[1], setup[0].normalization))) as server:
         client = _client(setup, server.url, "static:features_4_0_block_3_1", backoff_s=0.2)
         client.connect()
         before = [client.infer(image) for image in images[:3]]

@@ -16,7 +16,7 @@ from edgesplit import analyze
 from edgesplit.export import export_cuts
 from edgesplit.images import load_images
 from edgesplit.models import load_model
-from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.server import create_app
 from live_server import LiveServer
 
@@ -55,7 +55,7 @@ def test_onnx_device_without_torch(device_venv, tmp_path):
     with torch.inference_mode():
         expected = [int(loaded.module((torch.from_numpy(i)[None].float() - mean) / std).argmax()) for i in images]
 
-    with LiveServer(create_app(Engine(analysis, loaded.normalization))) as server:
+    with LiveServer(create_app(TailEngine(analysis, loaded.normalization))) as server:
         out = tmp_path / "run.json"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         result = subprocess.run(

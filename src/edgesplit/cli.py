@@ -269,12 +269,12 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     try:
         import uvicorn
 
-        from edgesplit.runtime.engine import Engine
+        from edgesplit.runtime.tail_engine import TailEngine
         from edgesplit.runtime.server import ServerConfig, create_app
     except ImportError as exc:
         raise EdgesplitError(f"the server needs its extra: pip install 'edgesplit[server]' ({exc.name} is missing)")
     loaded, analysis = _analysis(model, weights, input_size, input_shape)
-    engine = Engine(analysis, loaded.normalization)
+    engine = TailEngine(analysis, loaded.normalization)
     console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
                   f"accepted · http://{host}:{port}/docs")
     config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)

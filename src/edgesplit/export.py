@@ -20,7 +20,7 @@ from torch import nn
 from edgesplit.analysis import Analysis, Cut, example_input
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
-from edgesplit.runtime.engine import model_id
+from edgesplit.runtime.tail_engine import model_id
 from edgesplit.splitter import split
 
 FORMAT = "edgesplit-export/1"

@@ -24,7 +24,7 @@ from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
-from edgesplit.runtime.engines import DeviceEngine
+from edgesplit.runtime.device_engines import DeviceEngine
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
 _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')

@@ -19,7 +19,7 @@ from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import load_profile
 from edgesplit.runtime.client import ClientConfig, DeviceClient
-from edgesplit.runtime.engines import OnnxEngine, TorchEngine
+from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
 
 
 def run_device(model: str, weights: str | None, input_size: int | None, input_shape: str | None, *,

@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from edgesplit.codec import OUTPUT_CUT, Limits, decode_frame, encode_frame
 from edgesplit.errors import FrameError
 from edgesplit.runtime.batcher import Batcher, QueueFull
-from edgesplit.runtime.engine import Engine
+from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.metrics import Metrics
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
@@ -39,7 +39,7 @@ class ServerConfig:
     max_queue: int = 64
 
 
-def create_app(engine: Engine, config: ServerConfig = ServerConfig()) -> FastAPI:
+def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> FastAPI:
     metrics = Metrics()
     limits = Limits(max_body_bytes=config.max_body_bytes)
     expect = engine.expectation(config.max_batch_size)

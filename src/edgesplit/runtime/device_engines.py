@@ -11,6 +11,7 @@ import json
 import statistics
 import time
 from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -32,7 +33,8 @@ class DeviceEngine(Protocol):
     def tail(self, cut: str, mid: np.ndarray) -> np.ndarray: ...
 
 
-def _normalizer(mean: list[float] | tuple[float, ...], std: list[float] | tuple[float, ...]):  # type: ignore[no-untyped-def]
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 image (C, H, W) -> float32 batch of one, (x - mean) / std per channel."""
     m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
     s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
     return lambda image: ((image[None].astype(np.float32) - m) / s).astype(np.float32)
@@ -44,7 +46,7 @@ class TorchEngine:
     def __init__(self, analysis: Any, normalization: Any) -> None:
         import torch
 
-        from edgesplit.runtime.engine import model_id
+        from edgesplit.runtime.tail_engine import model_id
 
         self._torch = torch
         self.analysis = analysis
@@ -52,12 +54,8 @@ class TorchEngine:
         self.model_id = model_id(self.model)
         self.input_shape = tuple(analysis.input_shape)
         self.cut_ids = {c.name: c.index for c in analysis.cuts}
-        self._mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
-        self._std = torch.tensor(normalization.std).view(1, -1, 1, 1)
+        self.normalize = normalizer(normalization.mean, normalization.std)
         self._pairs: dict[str, tuple[Any, Any]] = {}
-
-    def normalize(self, image: np.ndarray) -> np.ndarray:
-        return ((self._torch.from_numpy(image)[None].float() - self._mean) / self._std).numpy()
 
     def local(self, x: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
@@ -100,7 +98,7 @@ class OnnxEngine:
         self.model_id = bytes.fromhex(manifest["model_id"])
         self.input_shape = tuple(manifest["input_shape"])
         self.cut_ids = {c["name"]: c["id"] for c in manifest["cuts"]}
-        self.normalize = _normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
+        self.normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:

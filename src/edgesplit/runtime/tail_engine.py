@@ -42,7 +42,7 @@ def model_id(module: nn.Module) -> bytes:
     return digest.digest()[:8]
 
 
-class Engine:
+class TailEngine:
     """Runs the model's tail from any accepted cut; tails share the model's parameters and are built once."""
 
     def __init__(self, analysis: Analysis, normalization: Normalization) -> None:
