@@ -1,5 +1,6 @@
 """profile → simulate → grid from the command line, and every mistake as one line with exit code 2."""
 
+import csv
 import json
 
 import pytest
@@ -116,3 +117,22 @@ def test_profiles_that_do_not_fit(profiles, monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "grid", "--device-profile", str(tmp_path / "none.json"),
                        "--server-profile", str(profiles / "server.json"))
     assert code == 2 and "cannot read profile" in err
+
+
+def test_load_trace_puts_other_clients_on_the_server(profiles, monkeypatch, capsys, tmp_path):
+    fast = "0 20\n20 20\n"
+    load = tmp_path / "load.csv"
+    load.write_text("time_s,value\n0,0\n10,2000\n")  # from 10 s on, 2000 other clients send their input
+    rows = {}
+    for name, extra in (("idle", []), ("loaded", ["--load-trace", str(load)])):
+        out = tmp_path / f"{name}.csv"
+        code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                           "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, fast),
+                           "--policies", "offload", "--fps", "5", "--csv", str(out), *extra)
+        assert code == 0, err
+        rows[name] = list(csv.DictReader(out.read_text().splitlines()))
+    assert all(float(r["queue_s"]) == 0 and r["batch_size"] == "1" for r in rows["idle"])
+    first_half = [r for r in rows["loaded"] if float(r["arrival_s"]) < 10]
+    second_half = [r for r in rows["loaded"] if float(r["arrival_s"]) >= 10]
+    assert all(float(r["queue_s"]) == 0 and r["batch_size"] == "1" for r in first_half)
+    assert any(float(r["queue_s"]) > 0 or r["batch_size"] != "1" for r in second_half)
