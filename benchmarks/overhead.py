@@ -2,7 +2,8 @@
 
 A real uvicorn server holds EfficientNet-B0 (224×224, random weights); one client sends fp32 frames at a
 few cuts. For each cut, A = the tail run directly in this process, B = the same tail through the whole
-runtime (encode the frame, HTTP on loopback, decode and validate, batcher, encode the answer, decode it).
+runtime as the device client uses it (encode the frame, HTTP on loopback through the client's transport,
+decode and validate, batcher, encode the answer, decode it).
 A and B are interleaved, 40 times each; the overhead is median(B) − median(A).
 
     python benchmarks/overhead.py [--repeats 40] [--out benchmarks/results/overhead.json]
@@ -17,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 from rich.console import Console
@@ -27,6 +27,7 @@ from edgesplit import analyze, load_model, split
 from edgesplit.codec import decode_frame, encode_frame
 from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.server import ServerConfig, create_app
+from edgesplit.runtime.transport import HttpTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from live_server import LiveServer  # noqa: E402
@@ -47,8 +48,8 @@ def main() -> None:
     x = torch.randn(1, *analysis.input_shape, generator=torch.Generator().manual_seed(0))
     rows = []
     for wait in (0.0, 0.005):
-        with LiveServer(create_app(engine, ServerConfig(batch_wait_timeout_s=wait))) as server, \
-                httpx.Client(timeout=30) as http:
+        with LiveServer(create_app(engine, ServerConfig(batch_wait_timeout_s=wait))) as server:
+            http = HttpTransport(server.url, timeout_s=30)
             for cut in cuts:
                 head, tail = split(analysis, cut)
                 with torch.inference_mode():
@@ -62,8 +63,8 @@ def main() -> None:
                         tail(mid)
                     a = time.perf_counter() - started
                     started = time.perf_counter()
-                    response = http.post(f"{server.url}/v1/infer", content=payload)
-                    decode_frame(response.content)
+                    response = http.request("POST", "/v1/infer", payload)
+                    decode_frame(response.body)
                     b = time.perf_counter() - started
                     if i >= 3:
                         direct.append(a)

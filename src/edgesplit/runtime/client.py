@@ -16,7 +16,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import httpx
 import numpy as np
 
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
@@ -25,6 +24,7 @@ from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
 from edgesplit.runtime.device_engines import DeviceEngine
+from edgesplit.runtime.transport import HttpTransport, Response, TransportError, TransportTimeout
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
 _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
@@ -63,14 +63,14 @@ class DeviceClient:
 
     def __init__(self, url: str, engine: DeviceEngine, options: list[Option], policy: Policy,
                  estimator: Estimator, config: ClientConfig = ClientConfig(),
-                 http: httpx.Client | None = None) -> None:
+                 transport: HttpTransport | None = None) -> None:
         self.url = url.rstrip("/")
         self.engine = engine
         self.options = options
         self.policy = policy
         self.estimator = estimator
         self.config = config
-        self.http = http or httpx.Client(timeout=config.timeout_s)
+        self.http = transport or HttpTransport(self.url, config.timeout_s)
         self.model_id = engine.model_id
         self.reported = ServerState()
         self.rtt_s = config.rtt_s
@@ -92,9 +92,9 @@ class DeviceClient:
         """Check that the server holds the same model; returns a line for the user."""
         try:
             started = time.perf_counter()
-            info = self.http.get(f"{self.url}/v1/model").json()
+            info = self.http.request("GET", "/v1/model").json()
             self.rtt_s = time.perf_counter() - started
-        except (httpx.HTTPError, ValueError) as exc:
+        except (TransportError, ValueError) as exc:
             self._mark_down()
             return f"server {self.url} unreachable ({type(exc).__name__}); running locally, retrying with backoff"
         if info.get("model_id") != self.model_id.hex():
@@ -165,20 +165,19 @@ class DeviceClient:
         if self.config.deadline_s is not None:
             timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - started))
         try:
-            response = self.http.post(f"{self.url}/v1/infer", content=payload, timeout=timeout,
-                                      headers={"content-type": FRAME_TYPE})
-        except httpx.TimeoutException:
+            response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout)
+        except TransportTimeout:
             return None, "deadline" if self.config.deadline_s is not None else "timeout", None
-        except httpx.HTTPError as exc:
+        except TransportError as exc:
             self._mark_down()
-            return None, f"server unreachable ({type(exc).__name__})", None
-        if response.status_code != 200:
-            if response.status_code in (429, 503):
+            return None, f"server unreachable ({exc})", None
+        if response.status != 200:
+            if response.status in (429, 503):
                 self._mark_down()
-            return None, f"server answered {response.status_code}: {_detail(response)}", None
+            return None, f"server answered {response.status}: {_detail(response)}", None
         self._backoff = self.config.backoff_s
         try:
-            frame = decode_frame(response.content)
+            frame = decode_frame(response.body)
         except FrameError as exc:
             return None, f"bad answer from the server ({exc})", None
         if frame.cut != OUTPUT_CUT:
@@ -186,7 +185,7 @@ class DeviceClient:
         self._learn(response)
         return frame.array, None, self._goodput(response)
 
-    def _learn(self, response: httpx.Response) -> None:
+    def _learn(self, response: Response) -> None:
         try:
             load = json.loads(response.headers.get("edgesplit-load", "{}"))
         except ValueError:
@@ -195,7 +194,7 @@ class DeviceClient:
         per_batch = float(compute.get("1", 0.0)) if compute else 0.0
         self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
 
-    def _goodput(self, response: httpx.Response) -> float | None:
+    def _goodput(self, response: Response) -> float | None:
         timings = {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
         recv = timings.get("recv")
         if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
@@ -219,8 +218,8 @@ class DeviceClient:
                 "mean_ms": float(np.mean(latencies)), "p95_ms": float(np.percentile(latencies, 95))}
 
 
-def _detail(response: httpx.Response) -> str:
+def _detail(response: Response) -> str:
     try:
         return str(response.json().get("detail", ""))[:200]
-    except ValueError:
-        return response.text[:200]
+    except (ValueError, AttributeError):
+        return response.body[:200].decode("utf-8", "replace")
