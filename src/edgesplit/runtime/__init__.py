@@ -1,1 +1,2 @@
-"""The live system: an edge server that runs any tail of one model, and (soon) the device client."""
+"""The live system: the edge server (any tail of one model, dynamic batching), the device client (torch or
+ONNX Runtime, per-request decisions, local fallback), and the HTTP transport between them."""
