@@ -34,7 +34,7 @@ class Timing:
     @classmethod
     def of(cls, samples: list[float], source: Source = "measured") -> Timing:
         ordered = sorted(samples)
-        return cls(statistics.median(ordered), _quantile(ordered, 0.1), _quantile(ordered, 0.9),
+        return cls(statistics.median(ordered), quantile(ordered, 0.1), quantile(ordered, 0.9),
                    len(ordered), source)
 
     def scaled(self, factor: float) -> Timing:
@@ -143,7 +143,8 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
                    {b: v / factor for b, v in profile.flops_per_s.items()})
 
 
-def _quantile(ordered: list[float], q: float) -> float:
+def quantile(ordered: list[float], q: float) -> float:
+    """The q-quantile (0..1) of sorted values, linear between neighbours (numpy's default)."""
     if len(ordered) == 1:
         return ordered[0]
     position = q * (len(ordered) - 1)

@@ -21,6 +21,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option, ServerState, find_option
 from edgesplit.policies import Policy, State
+from edgesplit.profile import quantile
 from edgesplit.sim.server import BatchingServer
 from edgesplit.traces import LoadTrace, RateTrace
 
@@ -155,16 +156,9 @@ def summarize(records: list[Request], deadline_s: float | None = None) -> dict[s
     for r in records:
         cuts[r.option] = cuts.get(r.option, 0) + 1
     return {
-        "mean_ms": statistics.fmean(latencies), "p50_ms": _percentile(latencies, 50),
-        "p95_ms": _percentile(latencies, 95), "p99_ms": _percentile(latencies, 99),
+        "mean_ms": statistics.fmean(latencies), "p50_ms": quantile(latencies, 0.50),
+        "p95_ms": quantile(latencies, 0.95), "p99_ms": quantile(latencies, 0.99),
         "miss_rate": (sum(r.latency_s > deadline_s for r in records) / len(records)) if deadline_s else 0.0,
         "mean_bytes": statistics.fmean(r.bytes for r in records), "count": len(records),
         "cuts": dict(sorted(cuts.items(), key=lambda kv: -kv[1])),
     }
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    position = q / 100 * (len(ordered) - 1)
-    low = int(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
