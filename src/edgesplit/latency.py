@@ -21,7 +21,7 @@ from typing import Any, Literal
 from edgesplit.codec import SPLIT_CODECS
 from edgesplit.errors import EdgesplitError
 from edgesplit.errors import ProfileError
-from edgesplit.profile import Profile
+from edgesplit.profile import Profile, interpolate_batch
 
 Kind = Literal["local", "offload", "split"]
 
@@ -66,22 +66,6 @@ class Option:
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "cut": self.cut, "codec": self.codec, "bytes": self.bytes,
                 "head_s": self.head_s, "tail_s_batch1": self.tail_at(1)}
-
-
-def interpolate_batch(seconds: dict[int, float], batch_size: int) -> float:
-    """Time at ``batch_size`` from times at profiled sizes: linear between neighbours; beyond the largest,
-    the largest's time per item; below the smallest, the smallest's time."""
-    sizes = sorted(seconds)
-    if batch_size in seconds:
-        return seconds[batch_size]
-    if batch_size < sizes[0]:
-        return seconds[sizes[0]]
-    if batch_size > sizes[-1]:
-        return seconds[sizes[-1]] * batch_size / sizes[-1]
-    upper = next(b for b in sizes if b > batch_size)
-    lower = max(b for b in sizes if b < batch_size)
-    share = (batch_size - lower) / (upper - lower)
-    return seconds[lower] + (seconds[upper] - seconds[lower]) * share
 
 
 def latency(option: Option, link: LinkState, server: ServerState) -> float:

@@ -106,14 +106,28 @@ class Profile:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
 
 
+def interpolate_batch(seconds: dict[int, float], batch_size: int) -> float:
+    """Time at ``batch_size`` from times at profiled sizes: linear between neighbours; beyond the largest,
+    the largest's time per item; below the smallest, the smallest's time."""
+    sizes = sorted(seconds)
+    if batch_size in seconds:
+        return seconds[batch_size]
+    if batch_size < sizes[0]:
+        return seconds[sizes[0]]
+    if batch_size > sizes[-1]:
+        return seconds[sizes[-1]] * batch_size / sizes[-1]
+    upper = next(b for b in sizes if b > batch_size)
+    lower = max(b for b in sizes if b < batch_size)
+    share = (batch_size - lower) / (upper - lower)
+    return seconds[lower] + (seconds[upper] - seconds[lower]) * share
+
+
 def _at_batch(table: dict[int, Timing], batch_size: int, where: str) -> Timing:
     if batch_size in table:
         return table[batch_size]
     if not table or batch_size > max(table) or batch_size < min(table):
         raise ProfileError(f"the {where} has no batch size {batch_size} (it has {sorted(table)}); "
                            "profile again with --batch-sizes")
-    from edgesplit.latency import interpolate_batch
-
     return Timing(interpolate_batch({b: t.median_s for b, t in table.items()}, batch_size),
                   interpolate_batch({b: t.p10_s for b, t in table.items()}, batch_size),
                   interpolate_batch({b: t.p90_s for b, t in table.items()}, batch_size), 0, "estimated")

@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from edgesplit.latency import interpolate_batch
 from edgesplit.errors import ProfileError
-from edgesplit.profile import Profile, require_batch_sizes
+from edgesplit.profile import Profile, interpolate_batch, require_batch_sizes
 
 PAPER_RATES_MBPS = np.arange(1, 128, dtype=float)  # megabytes per second, as in the paper
 PAPER_BATCH_SIZES = np.arange(1, 63)
