@@ -33,7 +33,6 @@ from edgesplit.sim import SimConfig, Workload, simulate, summarize
 from edgesplit.traces import read_trace
 
 POLICIES = ["dsc", "oracle", "best-static", "local", "offload", "offload:jpeg90"]
-DYNAMIC = {"dsc", "oracle", "best-static"}
 DEVICE_SLOWDOWN = 8.0
 console = Console(width=200)
 
@@ -53,8 +52,9 @@ def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) 
         if private and spec.startswith("offload"):
             continue
         estimator = make_estimator(estimator_spec)
-        records = simulate(make_policy(spec, mean_link), estimator, options,
-                           allowed if spec in DYNAMIC else options, trace, Workload(fps=2.0), config)
+        policy = make_policy(spec, mean_link)
+        records = simulate(policy, estimator, options, allowed if policy.dynamic else options, trace,
+                           Workload(fps=2.0), config)
         summary = summarize(records)
         summary["latencies_ms"] = [r.latency_s * 1000 for r in records]
         if spec == "dsc":

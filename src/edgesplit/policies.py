@@ -41,6 +41,7 @@ class Decision:
 
 class Policy(ABC):
     name: str
+    dynamic = False  # picks among the allowed options (exactness, --private) rather than one named option
 
     @abstractmethod
     def choose(self, state: State, options: list[Option]) -> Decision: ...
@@ -68,6 +69,7 @@ class BestStatic(Policy):
     """The option best at a fixed link (the trace's mean rate) and load: chosen once, kept for the run."""
 
     name = "best-static"
+    dynamic = True
 
     def __init__(self, mean_link: LinkState, load: ServerState = ServerState()) -> None:
         self.mean_link = mean_link
@@ -82,6 +84,7 @@ class DynamicSplit(Policy):
     """The paper's method made real: argmin at the estimated rate and the reported load."""
 
     name = "dsc"
+    dynamic = True
 
     def choose(self, state: State, options: list[Option]) -> Decision:
         return argmin(options, state.estimated, state.reported)
@@ -91,6 +94,7 @@ class Oracle(Policy):
     """argmin at the true rate and load; needs a state that knows them."""
 
     name = "oracle"
+    dynamic = True
 
     def choose(self, state: State, options: list[Option]) -> Decision:
         if state.actual is None:

@@ -43,9 +43,9 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         frames = load_images(images, engine.input_shape)
     server = load_profile(server_profile) if server_profile else device
     options = build_options(device, server, codecs=codecs, private=private)
-    dynamic = policy_spec in ("dsc", "best-static")
-    client = DeviceClient(server_url, engine, allowed_options(options, private, lossy) if dynamic else options,
-                          policy, estimator, ClientConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None))
+    choices = allowed_options(options, private, lossy) if policy.dynamic else options
+    client = DeviceClient(server_url, engine, choices, policy, estimator,
+                          ClientConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None))
     total = count or (len(frames) if images else 20)
     with client:
         console.print(client.connect())

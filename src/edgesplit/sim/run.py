@@ -80,11 +80,11 @@ def run_policies(scenario: Scenario, policies: list[str]) -> Comparison:
     mape: float | None = None
     for spec, policy in zip(policies, built):
         estimator = make_estimator(scenario.estimator)
-        dynamic = spec in ("dsc", "oracle", "best-static")
-        records = simulate(policy, estimator, scenario.options, scenario.allowed if dynamic else scenario.options,
+        records = simulate(policy, estimator, scenario.options,
+                           scenario.allowed if policy.dynamic else scenario.options,
                            scenario.trace, scenario.workload, scenario.config, scenario.load)
         runs[spec] = records
         summaries[spec] = summarize(records, scenario.config.deadline_s)
         if spec == "dsc" or mape is None:
-            mape = estimator.mape() if spec == "dsc" or mape is None else mape
+            mape = estimator.mape()
     return Comparison(scenario.trace.name, runs, summaries, mape)
