@@ -97,7 +97,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
         model=analysis.model, role=role, input_shape=analysis.input_shape, batch_sizes=tuple(batch_sizes),
         method=method, slowdown=1.0, machine=machine_description(), model_s=model_s,
         cuts={c.name: CutProfile(c.name, c.index, c.elements, head[c.name], tail[c.name],
-                                 _split_codec_times(c, graph)) for c in cuts},
+                                 _split_codec_times(c)) for c in cuts},
         input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities),
         output_bytes=_output_bytes(graph), flops_per_s=flops_per_s)
     return with_slowdown(profile, slowdown) if slowdown != 1.0 else profile
@@ -131,7 +131,7 @@ def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int) 
     return runs
 
 
-def _split_codec_times(cut: Cut, graph: Any) -> dict[str, dict[str, float]]:
+def _split_codec_times(cut: Cut) -> dict[str, dict[str, float]]:
     """Time to turn the crossing tensor into fp16 / int8 (affine) and back, at batch 1."""
     from edgesplit.codec import dequantize_int8, quantize_int8
 

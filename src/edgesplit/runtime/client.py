@@ -113,9 +113,9 @@ class DeviceClient:
         option = decision.option
         reason, measured, sent = None, None, 0
         if option.kind == "local":
-            logits, executed = self._local(x), "local"
+            logits, executed = self.engine.local(x), "local"
         else:
-            mid = self._head(option, x) if option.kind == "split" else None
+            mid = self.engine.head(option.cut, x) if option.kind == "split" else None
             logits, reason = None, self._unavailable()
             if reason is None:
                 payload = self._frame(option, image, mid)
@@ -137,12 +137,6 @@ class DeviceClient:
             return "model mismatch"
         left = self.down_until - time.monotonic()
         return f"server down (retrying in {left:.1f} s)" if left > 0 else None
-
-    def _local(self, x: np.ndarray) -> np.ndarray:
-        return self.engine.local(x)
-
-    def _head(self, option: Option, x: np.ndarray) -> np.ndarray:
-        return self.engine.head(option.cut, x)
 
     def _finish_locally(self, option: Option, x: np.ndarray, mid: np.ndarray | None) -> np.ndarray:
         """The server did not answer: the tail (or, for offload, the whole model) runs here."""
