@@ -43,27 +43,20 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
     metrics = Metrics()
     limits = Limits(max_body_bytes=config.max_body_bytes)
     expect = engine.expectation(config.max_batch_size)
-    state: dict[str, Batcher] = {}
+    batcher = Batcher(engine.run, metrics, max_batch_size=config.max_batch_size,
+                      batch_wait_timeout_s=config.batch_wait_timeout_s, max_queue=config.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        if "batcher" in state:
-            await state.pop("batcher").close()
+        await batcher.close()
 
     app = FastAPI(title="edgesplit edge server", version="1", lifespan=lifespan,
                   description="Runs the tail of a split network from any cut; see docs/wire.md for frames.")
 
-    def batcher() -> Batcher:
-        if "batcher" not in state:
-            state["batcher"] = Batcher(engine.run, metrics, max_batch_size=config.max_batch_size,
-                                       batch_wait_timeout_s=config.batch_wait_timeout_s, max_queue=config.max_queue)
-        return state["batcher"]
-
     def load() -> dict[str, object]:
-        b = batcher()
-        return {"queue_length": b.queue_length, "max_batch_size": config.max_batch_size,
-                "compute_s": {str(k): v for k, v in sorted(b.recent_compute_s.items())}}
+        return {"queue_length": batcher.queue_length, "max_batch_size": config.max_batch_size,
+                "compute_s": {str(k): v for k, v in sorted(batcher.recent_compute_s.items())}}
 
     def refuse(kind: str, status: int, message: str) -> JSONResponse:
         metrics.errors[kind] += 1
@@ -78,7 +71,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
     async def infer(request: Request) -> Response:
         """Run the model from the frame's cut to the end; answer the logits as a frame."""
         chunks, size, first, last = [], 0, None, None
-        batcher().arriving += 1
+        batcher.arriving += 1
         try:
             async for chunk in request.stream():
                 if not chunk:
@@ -91,14 +84,14 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
                     return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
                 chunks.append(chunk)
         finally:
-            batcher().arriving -= 1
+            batcher.arriving -= 1
         received = time.perf_counter()
         try:
             frame = decode_frame(b"".join(chunks), limits=limits, expect=expect)
         except FrameError as exc:
             return refuse("bad_frame", exc.status, str(exc))
         try:
-            result = await batcher().submit(frame.cut, frame.array)
+            result = await batcher.submit(frame.cut, frame.array)
         except QueueFull as exc:
             metrics.errors["queue_full"] += 1
             return JSONResponse({"error": "queue_full", "detail": str(exc)}, status_code=503,
