@@ -3,6 +3,7 @@ model's input, as uint8 numpy arrays (3, H, W). Needs only numpy and Pillow."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,3 +58,10 @@ def load_images(folder: str | None, input_shape: tuple[int, ...]) -> list[np.nda
 def lite_normalize(image: np.ndarray) -> np.ndarray:
     """uint8 -> float32 as EfficientNet-Lite expects: (x - 127) / 128."""
     return (image.astype(np.float32) - 127.0) / 128.0
+
+
+def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 batch (N, C, H, W) -> float32, (x - mean) / std per channel."""
+    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
+    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
+    return lambda batch: ((batch.astype(np.float32) - m) / s).astype(np.float32)

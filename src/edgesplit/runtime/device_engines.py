@@ -11,12 +11,12 @@ import json
 import statistics
 import time
 from pathlib import Path
-from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.images import normalizer
 from edgesplit.profile import CutProfile, Profile, Timing
 
 EXPORT_FORMAT = "edgesplit-export/1"
@@ -33,13 +33,6 @@ class DeviceEngine(Protocol):
     def tail(self, cut: str, mid: np.ndarray) -> np.ndarray: ...
 
 
-def normalizer(mean: Sequence[float], std: Sequence[float]) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 image (C, H, W) -> float32 batch of one, (x - mean) / std per channel."""
-    m = np.asarray(mean, np.float32).reshape(1, -1, 1, 1)
-    s = np.asarray(std, np.float32).reshape(1, -1, 1, 1)
-    return lambda image: ((image[None].astype(np.float32) - m) / s).astype(np.float32)
-
-
 class TorchEngine:
     """The analysed torch model; heads and tails are built per cut on first use and share its weights."""
 
@@ -54,8 +47,11 @@ class TorchEngine:
         self.model_id = model_id(self.model)
         self.input_shape = tuple(analysis.input_shape)
         self.cut_ids = {c.name: c.index for c in analysis.cuts}
-        self.normalize = normalizer(normalization.mean, normalization.std)
+        self._normalize = normalizer(normalization.mean, normalization.std)
         self._pairs: dict[str, tuple[Any, Any]] = {}
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        return self._normalize(image[None])
 
     def local(self, x: np.ndarray) -> np.ndarray:
         with self._torch.inference_mode():
@@ -98,7 +94,7 @@ class OnnxEngine:
         self.model_id = bytes.fromhex(manifest["model_id"])
         self.input_shape = tuple(manifest["input_shape"])
         self.cut_ids = {c["name"]: c["id"] for c in manifest["cuts"]}
-        self.normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
+        self._normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if threads:
@@ -111,6 +107,9 @@ class OnnxEngine:
         self._heads = {c["name"]: session(c["head"]) for c in manifest["cuts"]}
         self._tails = {c["name"]: session(c["tail"]) for c in manifest["cuts"]}
         self._elements = {c["name"]: int(np.prod(c["shape"])) for c in manifest["cuts"]}
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        return self._normalize(image[None])
 
     def local(self, x: np.ndarray) -> np.ndarray:
         return self._model.run(None, {"input": x})[0]

@@ -12,6 +12,7 @@ from torch import nn
 
 from edgesplit.analysis import Analysis
 from edgesplit.codec import FLOATS, Expectation
+from edgesplit.images import normalizer
 from edgesplit.models import Normalization
 from edgesplit.splitter import split
 
@@ -55,9 +56,7 @@ class TailEngine:
             c.index: CutInfo(c.index, c.name, tuple(c.shapes[0][1:]), c.ratio, c.natural_bottleneck)
             for c in analysis.cuts if c.single_tensor and batch_dims.get(c.crossing[0]) == 0}
         self._tails: dict[int, nn.Module] = {INPUT_CUT: self.model}
-        mean = torch.tensor(normalization.mean).view(1, -1, 1, 1)
-        std = torch.tensor(normalization.std).view(1, -1, 1, 1)
-        self._mean, self._std = mean, std
+        self._normalize = normalizer(normalization.mean, normalization.std)
 
     def expectation(self, max_batch_size: int) -> Expectation:
         return Expectation(self.model_id, {i: c.shape for i, c in self.cuts.items()}, max_batch_size,
@@ -70,11 +69,10 @@ class TailEngine:
 
     def run(self, cut_id: int, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch that crossed at ``cut_id``; uint8 input at the input cut is normalised here."""
-        x = torch.from_numpy(batch)
-        if cut_id == INPUT_CUT and x.dtype == torch.uint8:
-            x = (x.float() - self._mean) / self._std
+        if cut_id == INPUT_CUT and batch.dtype == np.uint8:
+            batch = self._normalize(batch)
         with torch.inference_mode():
-            return self.tail(cut_id)(x.float()).numpy()
+            return self.tail(cut_id)(torch.from_numpy(batch).float()).numpy()
 
     def describe(self) -> dict[str, Any]:
         return {"model": self.analysis.model, "model_id": self.model_id.hex(),
