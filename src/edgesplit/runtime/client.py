@@ -4,7 +4,10 @@ estimator objects, sends one frame, and finishes locally whenever the server can
 Uplink goodput is measured at the receiver: the server reports when the body's first and last chunks
 arrived (``Server-Timing: recv``) and how many bytes came after the first chunk, so neither the server's
 queueing and compute time nor the round trip enters the sample. ``send()`` returning says nothing about
-delivery (the kernel buffers megabytes), so the client never times its own send.
+delivery (the kernel buffers megabytes), so the client never times its own send. While it runs
+everything locally it learns nothing from answers, so, like the simulator's device, it sends a small probe
+(``POST /v1/probe``, on a second connection, beside the local computation) when its newest sample is older
+than ``probe_interval_s``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,6 +43,8 @@ class ClientConfig:
     timeout_s: float = 10.0
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
+    probe_interval_s: float = 1.0
+    probe_bytes: int = 16_000
 
 
 @dataclass(frozen=True)
@@ -63,14 +70,24 @@ class DeviceClient:
 
     def __init__(self, url: str, engine: DeviceEngine, options: list[Option], policy: Policy,
                  estimator: Estimator, config: ClientConfig = ClientConfig(),
-                 transport: HttpTransport | None = None) -> None:
+                 connect: Callable[[], HttpTransport] | None = None,
+                 truth: Callable[[], LinkState] | None = None) -> None:
+        """``connect`` opens a connection to ``url`` (default: plain HTTP; an emulated link passes its
+        shaping transport); ``truth`` tells the true link now, where it is known (an emulated link), and
+        lets the oracle policy run live."""
         self.url = url.rstrip("/")
         self.engine = engine
         self.options = options
         self.policy = policy
         self.estimator = estimator
         self.config = config
-        self.http = transport or HttpTransport(self.url, config.timeout_s)
+        self._open = connect or (lambda: HttpTransport(self.url, config.timeout_s))
+        self.http = self._open()
+        self.truth = truth
+        self._prober: HttpTransport | None = None
+        self._probe: threading.Thread | None = None
+        self._last_sample_at = -math.inf
+        self._lock = threading.Lock()  # the estimator and the reported load, shared with the probe thread
         self.model_id = engine.model_id
         self.reported = ServerState()
         self.rtt_s = config.rtt_s
@@ -80,7 +97,11 @@ class DeviceClient:
         self.records: list[RequestRecord] = []
 
     def close(self) -> None:
+        if self._probe is not None:
+            self._probe.join()
         self.http.close()
+        if self._prober is not None:
+            self._prober.close()
 
     def __enter__(self) -> DeviceClient:
         return self
@@ -103,16 +124,21 @@ class DeviceClient:
             return self.refusal
         return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.rtt_s * 1e3:.1f} ms"
 
-    def infer(self, image: np.ndarray) -> RequestRecord:
-        """Answer one uint8 image (3, H, W); always returns exactly one result."""
-        started = time.perf_counter()
+    def infer(self, image: np.ndarray, arrived: float | None = None) -> RequestRecord:
+        """Answer one uint8 image (3, H, W); always returns exactly one result. Its latency counts from
+        ``arrived`` (a ``time.perf_counter()`` value; default now): a request that waited for the previous
+        one to finish has waited."""
+        started = time.perf_counter() if arrived is None else arrived
         x = self.engine.normalize(image)
-        estimate = self.estimator.predict() or self.config.prior_bps
-        state = State(LinkState(estimate, self.rtt_s), self.reported)
+        with self._lock:
+            estimate = self.estimator.predict() or self.config.prior_bps
+            state = State(LinkState(estimate, self.rtt_s), self.reported,
+                          self.truth() if self.truth else None)
         decision = self.policy.choose(state, self.options)
         option = decision.option
         reason, measured, sent = None, None, 0
         if option.kind == "local":
+            self._maybe_probe()
             logits, executed = self.engine.local(x), "local"
         else:
             mid = self.engine.head(option.cut, x) if option.kind == "split" else None
@@ -130,6 +156,28 @@ class DeviceClient:
                                decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None)
         self.records.append(record)
         return record
+
+    def _maybe_probe(self) -> None:
+        """Measure the uplink beside a local run, when the newest sample is old and no probe is out."""
+        fresh = time.perf_counter() - self._last_sample_at < self.config.probe_interval_s
+        busy = self._probe is not None and self._probe.is_alive()
+        if self.refusal or self._unavailable() or fresh or busy:
+            return
+        self._last_sample_at = time.perf_counter()  # one probe per interval, even if it fails
+        self._probe = threading.Thread(target=self._send_probe, name="edgesplit-probe", daemon=True)
+        self._probe.start()
+
+    def _send_probe(self) -> None:
+        if self._prober is None:
+            self._prober = self._open()
+        try:
+            response = self._prober.request("POST", "/v1/probe", bytes(self.config.probe_bytes),
+                                            {"content-type": "application/octet-stream"}, self.config.timeout_s)
+        except TransportError:
+            return
+        if response.status == 204:
+            self._learn(response)
+            self._goodput(response)
 
     def _unavailable(self) -> str | None:
         """Why the server is not to be tried for this request, if it is not."""
@@ -186,7 +234,8 @@ class DeviceClient:
             return
         compute = load.get("compute_s", {})
         per_batch = float(compute.get("1", 0.0)) if compute else 0.0
-        self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
+        with self._lock:
+            self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
 
     def _goodput(self, response: Response) -> float | None:
         timings = {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
@@ -195,7 +244,9 @@ class DeviceClient:
             return None  # one chunk: too small to time at the receiver
         rate = int(recv[1]) * 8 / recv[0]
         if math.isfinite(rate) and rate > 0:
-            self.estimator.update(rate)
+            with self._lock:
+                self.estimator.update(rate)
+                self._last_sample_at = time.perf_counter()
             return rate
         return None
 

@@ -157,3 +157,36 @@ def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[st
         sizes.append(len(data))
     return {f"jpeg{quality}": {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
                                "decode_s": 0.0}}
+
+
+class SlowedEngine:
+    """Emulates a device ``factor`` times slower than this machine (documented as emulation): each
+    head, tail or whole-model run is followed by a sleep of ``factor - 1`` times its measured duration.
+    The processor is idle while it sleeps, as it would be with the device on a board of its own."""
+
+    def __init__(self, engine: DeviceEngine, factor: float) -> None:
+        if factor < 1:
+            raise EdgesplitError(f"a device slowdown must be >= 1 (it only adds time), got {factor}")
+        self.engine = engine
+        self.factor = factor
+        self.model_id = engine.model_id
+        self.input_shape = engine.input_shape
+        self.cut_ids = engine.cut_ids
+
+    def normalize(self, image: np.ndarray) -> np.ndarray:
+        return self.engine.normalize(image)
+
+    def local(self, x: np.ndarray) -> np.ndarray:
+        return self._slowed(self.engine.local, x)
+
+    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
+        return self._slowed(self.engine.head, cut, x)
+
+    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
+        return self._slowed(self.engine.tail, cut, mid)
+
+    def _slowed(self, run: Any, *args: Any) -> np.ndarray:
+        started = time.perf_counter()
+        out = run(*args)
+        time.sleep((self.factor - 1) * (time.perf_counter() - started))
+        return out

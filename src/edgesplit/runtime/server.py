@@ -1,6 +1,8 @@
 """The edge server: one model, any tail, dynamic batching, a binary frame in and a frame out.
 
     POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the logits
+    POST /v1/probe   body: any bytes (at most 1 MiB); answer 204 with the same timing and load headers,
+                     so a device that runs locally can still measure its uplink
     GET  /v1/model   model id, input shape, normalisation, and the cuts a client may send
     GET  /healthz    liveness and the current load
     GET  /metrics    Prometheus text
@@ -29,6 +31,39 @@ from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.metrics import Metrics
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
+MAX_PROBE_BYTES = 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Received:
+    body: bytes
+    recv_s: float  # from the first body chunk's arrival to the last's
+    after_first: int  # bytes that arrived after the first chunk: over recv_s, the uplink's goodput
+
+    def timing(self) -> str:
+        return f'recv;dur={self.recv_s * 1e3:.3f};desc="{self.after_first} bytes after the first chunk"'
+
+
+async def receive(request: Request, limit: int) -> Received:
+    """Read the body, stamping when its first and last chunks arrived."""
+    chunks: list[bytes] = []
+    size, first, last = 0, None, None
+    async for chunk in request.stream():
+        if not chunk:
+            continue
+        last = time.perf_counter()
+        first = first or (last, len(chunk))
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(chunk)
+    if first is None or last is None:
+        return Received(b"", 0.0, 0)
+    return Received(b"".join(chunks), last - first[0], size - first[1])
 
 
 @dataclass(frozen=True)
@@ -70,24 +105,16 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
                       "503": {"description": "queue full"}}})
     async def infer(request: Request) -> Response:
         """Run the model from the frame's cut to the end; answer the logits as a frame."""
-        chunks, size, first, last = [], 0, None, None
         batcher.arriving += 1
         try:
-            async for chunk in request.stream():
-                if not chunk:
-                    continue
-                now = time.perf_counter()
-                first = first if first is not None else (now, len(chunk))
-                last = now
-                size += len(chunk)
-                if size > limits.max_body_bytes:
-                    return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
-                chunks.append(chunk)
+            body = await receive(request, limits.max_body_bytes)
+        except BodyTooLarge:
+            return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
         finally:
             batcher.arriving -= 1
         received = time.perf_counter()
         try:
-            frame = decode_frame(b"".join(chunks), limits=limits, expect=expect)
+            frame = decode_frame(body.body, limits=limits, expect=expect)
         except FrameError as exc:
             return refuse("bad_frame", exc.status, str(exc))
         try:
@@ -100,13 +127,20 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
             return refuse("model_error", 500, f"{type(exc).__name__}: {exc}")
         metrics.requests[frame.cut] += 1
         metrics.latency.observe(time.perf_counter() - received)
-        recv_s = (last - first[0]) if first and last else 0.0
-        timing = (f"recv;dur={recv_s * 1e3:.3f};desc=\"{size - (first[1] if first else 0)} bytes after the first "
-                  f"chunk\", queue;dur={result.queue_s * 1e3:.3f}, compute;dur={result.compute_s * 1e3:.3f}, "
-                  f"batch;desc=\"{result.batch_size}\"")
-        body = encode_frame(result.logits, model_id=engine.model_id, cut=OUTPUT_CUT)
-        return Response(body, media_type=FRAME_TYPE,
+        timing = (f"{body.timing()}, queue;dur={result.queue_s * 1e3:.3f}, "
+                  f"compute;dur={result.compute_s * 1e3:.3f}, batch;desc=\"{result.batch_size}\"")
+        answer = encode_frame(result.logits, model_id=engine.model_id, cut=OUTPUT_CUT)
+        return Response(answer, media_type=FRAME_TYPE,
                         headers={"Server-Timing": timing, "Edgesplit-Load": json.dumps(load())})
+
+    @app.post("/v1/probe", status_code=204, response_class=Response, responses={413: {"description": "too large"}})
+    async def probe(request: Request) -> Response:
+        """Receive and drop up to 1 MiB; answer when its chunks arrived and the current load."""
+        try:
+            body = await receive(request, MAX_PROBE_BYTES)
+        except BodyTooLarge:
+            return refuse("too_large", 413, f"a probe is at most {MAX_PROBE_BYTES} bytes")
+        return Response(status_code=204, headers={"Server-Timing": body.timing(), "Edgesplit-Load": json.dumps(load())})
 
     @app.get("/v1/model")
     async def model() -> dict[str, object]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,13 +58,14 @@ class HttpTransport:
                 connection.timeout = timeout_s or self.timeout_s
                 if connection.sock is not None:
                     connection.sock.settimeout(connection.timeout)
-                connection.request(method, self._prefix + path, body=body, headers=headers or {})
+                connection.request(method, self._prefix + path, body=self._body(body), headers=headers or {})
                 answer = connection.getresponse()
                 data = answer.read()
                 return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
             except (TimeoutError, socket.timeout) as exc:
                 self.close()
-                raise TransportTimeout(f"no answer within {connection.timeout:g} s") from exc
+                detail = "" if str(exc) in ("", "timed out") else f" ({exc})"
+                raise TransportTimeout(f"no answer within {connection.timeout:.3g} s{detail}") from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if fresh or attempt:
@@ -73,11 +75,21 @@ class HttpTransport:
                 raise TransportError(f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    def _body(self, body: bytes | None) -> bytes | Iterable[bytes] | None:
+        """What to send for ``body`` on each attempt (a shaping transport paces it)."""
+        return body
+
     def _connect(self) -> http.client.HTTPConnection:
         if self._connection is None:
             kind = http.client.HTTPSConnection if self._scheme == "https" else http.client.HTTPConnection
             self._connection = kind(self._host, self._port, timeout=self.timeout_s)
         return self._connection
+
+    def __enter__(self) -> HttpTransport:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         if self._connection is not None:

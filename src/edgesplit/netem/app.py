@@ -1,0 +1,125 @@
+"""The application shaper: the device's own transport paces every upload to a trace and adds a base RTT.
+
+It needs no privileges and works on loopback. Each request body is cut into 1500-byte packets and packet
+k leaves when the trace would have delivered it (``RateTrace.transfer_time`` from the moment the upload
+starts, after any upload still in progress), so the server's receive timestamps follow the trace the way
+they would behind a real bottleneck. Half the RTT is waited before the request and half after the answer
+(the downlink is not shaped). The uplink is one FIFO shared by every transport made from one link, so a
+probe and an inference cannot overtake each other.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+from edgesplit.latency import LinkState
+from edgesplit.runtime.transport import HttpTransport, Response, TransportTimeout
+from edgesplit.traces import RateTrace
+
+PACKET_BYTES = 1500
+
+
+class TraceClock:
+    """Where a replayed trace is now: seconds since :meth:`restart` (the trace repeats after its end)."""
+
+    def __init__(self, trace: RateTrace) -> None:
+        self.trace = trace
+        self.restart()
+
+    def restart(self) -> None:
+        self._started = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._started
+
+    def to_wall(self, trace_s: float) -> float:
+        """The ``time.perf_counter()`` value at trace time ``trace_s``."""
+        return self._started + trace_s
+
+    def rate_bps(self) -> float:
+        return self.trace.rate_at(self.elapsed_s())
+
+
+class PacedLink:
+    """An uplink that follows ``trace`` with a base round trip ``rtt_s``, emulated in user space."""
+
+    def __init__(self, trace: RateTrace, rtt_s: float = 0.04) -> None:
+        self.clock = TraceClock(trace)
+        self.rtt_s = rtt_s
+        self._lock = threading.Lock()
+        self._free_at = 0.0  # trace time at which the uplink has sent everything queued so far
+
+    def restart(self) -> None:
+        """Replay the trace from its start with an empty uplink."""
+        with self._lock:
+            self.clock.restart()
+            self._free_at = 0.0
+
+    def truth(self) -> LinkState:
+        """The link as it really is now: what an oracle policy may know."""
+        return LinkState(max(self.clock.rate_bps(), 1.0), self.rtt_s)
+
+    def schedule(self, n_bytes: int) -> list[float]:
+        """Book the uplink for ``n_bytes``; the perf_counter time at which each packet is delivered."""
+        with self._lock:
+            start = max(self.clock.elapsed_s(), self._free_at)
+            trace = self.clock.trace
+            ends = [start + trace.transfer_time(start, min(k * PACKET_BYTES, n_bytes))
+                    for k in range(1, -(-n_bytes // PACKET_BYTES) + 1)]
+            self._free_at = ends[-1] if ends else start
+        return [self.clock.to_wall(t) for t in ends]
+
+    def release(self, not_sent_after: float) -> None:
+        """An upload was abandoned at perf_counter time ``not_sent_after``: the rest of it is dropped."""
+        with self._lock:
+            self._free_at = min(self._free_at, max(0.0, not_sent_after - self.clock.to_wall(0.0)))
+
+    def paced(self, body: bytes, deadline: float | None) -> Iterator[bytes]:
+        """Yield ``body`` in pieces, each when the link has delivered it; TimeoutError past ``deadline``."""
+        due = self.schedule(len(body))
+        sent = 0
+        while sent < len(body):
+            now = time.perf_counter()
+            ready = sent // PACKET_BYTES
+            while ready < len(due) and due[ready] <= now:
+                ready += 1
+            if ready * PACKET_BYTES > sent or ready == len(due):
+                end = min(ready * PACKET_BYTES, len(body))
+                yield body[sent:end]
+                sent = end
+                continue
+            wake = due[ready]
+            if deadline is not None and wake > deadline:
+                time.sleep(max(0.0, deadline - now))
+                self.release(deadline)
+                raise TimeoutError(f"upload not delivered by the deadline ({sent} of {len(body)} bytes)")
+            time.sleep(wake - now)
+
+
+class ShapedTransport(HttpTransport):
+    """An :class:`HttpTransport` whose requests cross a :class:`PacedLink`."""
+
+    def __init__(self, url: str, link: PacedLink, timeout_s: float = 10.0) -> None:
+        super().__init__(url, timeout_s)
+        self.link = link
+        self._deadline: float | None = None
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                timeout_s: float | None = None) -> Response:
+        deadline = time.perf_counter() + (timeout_s or self.timeout_s)
+        half = self.link.rtt_s / 2
+        time.sleep(min(half, max(0.0, deadline - time.perf_counter())))
+        if body is not None:
+            headers = {**(headers or {}), "content-length": str(len(body))}
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise TransportTimeout("no answer within the timeout (spent on the round trip)")
+        self._deadline = deadline
+        response = super().request(method, path, body, headers, left)
+        time.sleep(half)
+        return response
+
+    def _body(self, body: bytes | None) -> Iterator[bytes] | None:
+        return None if body is None else self.link.paced(body, self._deadline)
