@@ -9,16 +9,20 @@ import torch
 from fastapi import FastAPI, Request, Response
 
 from edgesplit import analyze
+from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import PHOTOS, fit, photo
 from edgesplit.latency import LinkState, build_options
 from edgesplit.models import load_model
 from edgesplit.policies import make_policy
 from edgesplit.measure import measure
+from edgesplit.netem.app import PacedLink, ShapedTransport
 from edgesplit.runtime.client import ClientConfig, DeviceClient
 from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.device_engines import TorchEngine
 from edgesplit.runtime.server import ServerConfig, create_app
+from edgesplit.profile import with_slowdown
+from edgesplit.traces import RateTrace
 from live_server import LiveServer
 
 SHAPE = (3, 64, 64)
@@ -31,7 +35,7 @@ def setup():
     profile = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1, 2, 4, 8),
                       repeats=2, jpeg_qualities=(90,))
     images = [fit(photo(name), SHAPE) for name in PHOTOS]
-    return loaded, analysis, build_options(profile, profile), images
+    return loaded, analysis, build_options(profile, profile), images, profile
 
 
 OPEN: list[DeviceClient] = []
@@ -44,10 +48,11 @@ def _close_clients():
         OPEN.pop().close()
 
 
-def _client(setup, url, policy, **config):
-    loaded, analysis, options, _ = setup
+def _client(setup, url, policy, connect=None, truth=None, **config):
+    loaded, analysis, options = setup[:3]
     client = DeviceClient(url, TorchEngine(analysis, loaded.normalization), options,
-                          make_policy(policy, LinkState(1e6)), make_estimator("harmonic"), ClientConfig(**config))
+                          make_policy(policy, LinkState(1e6)), make_estimator("harmonic"), ClientConfig(**config),
+                          connect=connect, truth=truth)
     OPEN.append(client)
     return client
 
@@ -143,6 +148,8 @@ def test_503_and_deadline_fall_back_locally(setup):
         assert record.executed == "local" and record.fallback_reason == "deadline"
         assert record.latency_ms < 1500
         assert record.top1 == _local_top1(setup, setup[3][0])
+        # the attempt taught the estimator: at most the frame's bytes over the ~0.3 s waited
+        assert 0.8 * record.bytes_sent * 8 / 0.3 < client.estimator.predict() <= record.bytes_sent * 8 / 0.3
 
 
 def test_a_server_with_another_model_is_refused(setup):
@@ -152,3 +159,36 @@ def test_a_server_with_another_model_is_refused(setup):
         assert "differs from ours" in message and "running locally" in message
         record = client.infer(setup[3][0])
         assert record.executed == "local" and record.fallback_reason == "model mismatch"
+
+
+def test_a_device_that_runs_locally_probes_the_link_on_a_second_connection(setup, live):
+    link = PacedLink(RateTrace.constant(4e6, duration_s=100), rtt_s=0.0)
+    client = _client(setup, live.url, "local", connect=lambda: ShapedTransport(live.url, link), probe_interval_s=0.0,
+                     probe_bytes=100_000)
+    client.connect()
+    client.infer(setup[3][0])
+    client._probe.join(5)
+    assert client._prober is not None and client._prober is not client.http
+    assert client.estimator.predict() == pytest.approx(4e6, rel=0.1)  # timed at the server, paced at 4 Mbit/s
+    with httpx.Client() as http:
+        answer = http.post(live.url + "/v1/probe", content=b"x" * 5000)
+        assert answer.status_code == 204 and "recv;dur=" in answer.headers["server-timing"]
+        assert "queue_length" in answer.headers["edgesplit-load"]
+        too_big = http.post(live.url + "/v1/probe", content=b"x" * (1024 * 1024 + 1))
+        assert too_big.status_code == 413 and too_big.json()["detail"] == "a probe is at most 1048576 bytes"
+
+
+def test_the_oracle_runs_live_over_an_emulated_link(setup, live):
+    loaded, analysis, _, images, profile = setup
+    slow_device = build_options(with_slowdown(profile, 20), profile)
+    for rate, kind in ((1e9, "offload"), (1e3, "local")):  # the true rate decides, not the estimate (2 Mbit/s)
+        link = PacedLink(RateTrace.constant(rate, duration_s=100), rtt_s=0.0)
+        client = DeviceClient(live.url, TorchEngine(analysis, loaded.normalization), slow_device,
+                              make_policy("oracle", LinkState(1e6)), make_estimator("harmonic"),
+                              connect=lambda link=link: ShapedTransport(live.url, link), truth=link.truth)
+        OPEN.append(client)
+        client.connect()
+        assert client.infer(images[0]).executed == kind
+    blind = _client(setup, live.url, "oracle")
+    with pytest.raises(EdgesplitError, match="the oracle policy needs the true link rate"):
+        blind.infer(setup[3][0])

@@ -412,3 +412,46 @@ def test_the_estimator_is_reset_for_each_run():
     policy = make_policy("dsc", LinkState(8 * MBPS))
     records = simulate(policy, estimator, OPTIONS, OPTIONS, RateTrace.constant(8 * MBPS), Workload(2.0), CONFIG)
     assert records[0].estimated_bps == 2 * MBPS  # the prior, not the stale 123 bit/s
+
+
+# --- behaving like the live client: one request at a time, and a deadline that falls back locally --
+
+
+def test_a_sequential_device_starts_a_request_only_once_the_previous_is_answered():
+    trace = RateTrace.constant(8 * MBPS)
+    pipelined = run(Script("offload:raw", "offload:raw"), trace, fps=20.0, duration_s=0.1)
+    sequential = run(Script("offload:raw", "offload:raw"), trace, fps=20.0, duration_s=0.1,
+                     config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, sequential=True))
+    first = 0.04 + 0.04 + 0.002 + 0.01 + 4000 * 8 / (32 * MBPS)  # upload, RTT, decode, model, answer
+    assert pipelined[0].latency_s == pytest.approx(first) and sequential[0].latency_s == pytest.approx(first)
+    # pipelined, the second request (at 50 ms) finds the uplink free again; sequential, it waits for the answer
+    assert pipelined[1].latency_s == pytest.approx(first)
+    assert sequential[1].latency_s == pytest.approx(2 * first - 0.05)
+
+
+def test_past_the_deadline_the_device_drops_the_upload_and_finishes_locally():
+    trace = RateTrace("outage", (0.0, 1.0), (8 * MBPS, 0.0), 10.0)
+    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
+    records = run(Script("split:c:fp32", "split:c:fp32", "local"), trace, fps=1.0, duration_s=3.0,
+                  config=config, estimator="last")
+    assert records[0].latency_s == pytest.approx(0.03 + 0.01 + 0.04 + 0.008 + 0.001)  # answered in time
+    stuck = records[1]  # its upload starts at 1.03 s, in the outage: given up at 1.5 s, the tail runs here
+    assert stuck.latency_s == pytest.approx(0.5 + (0.1 - 0.03))
+    assert records[2].latency_s == pytest.approx(0.1)  # the uplink was freed: nothing waits for it
+
+
+def test_a_given_up_request_teaches_at_most_its_bytes_over_the_time_waited():
+    trace = RateTrace.constant(8 * MBPS)
+    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, deadline_s=0.05, sequential=True)
+    records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=config)
+    assert records[0].latency_s == pytest.approx(0.05 + 0.1)  # gave up at 50 ms, then the whole model here
+    assert records[1].estimated_bps == pytest.approx(40_000 * 8 / 0.05)  # what the live client learns too
+
+
+def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
+    slow = Option("local", "local", None, "-", 0.7, 0.0, 0, 0.0, {}, 0, True)
+    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
+    # request 1 arrives at 0.5 s but starts at 0.7 s: it still has the whole 0.5 s for its 0.093 s
+    records = run(Script("local", "offload:raw"), RateTrace.constant(8 * MBPS), fps=2.0, duration_s=1.0,
+                  options=[slow, RAW], config=config)
+    assert records[1].latency_s == pytest.approx(0.2 + 0.093)

@@ -263,8 +263,10 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
 @click.option("--batch-wait-timeout-s", type=click.FloatRange(0), default=0.005, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True, help="answer 503 beyond this")
+@click.option("--warm-up", is_flag=True, help="build and run every natural-bottleneck tail once before serving")
 def serve(model: str, weights: str | None, input_size: int | None, input_shape: str | None, host: str, port: int,
-          max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int) -> None:
+          max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int,
+          warm_up: bool) -> None:
     """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut."""
     try:
         import uvicorn
@@ -275,6 +277,9 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
         raise EdgesplitError(f"the server needs its extra: pip install 'edgesplit[server]' ({exc.name} is missing)")
     loaded, analysis = _analysis(model, weights, input_size, input_shape)
     engine = TailEngine(analysis, loaded.normalization)
+    if warm_up:
+        started = time.perf_counter()
+        console.print(f"warmed {engine.warm_up()} tails in {time.perf_counter() - started:.1f} s")
     console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
                   f"accepted · http://{host}:{port}/docs")
     config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)
@@ -334,6 +339,43 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
         table.add_row(entry["name"], f"{entry['ratio']:.4f}", f"{entry['head_max_abs_diff']:.2g}",
                       f"{entry['tail_max_abs_diff']:.2g}")
     console.print(table)
+
+
+@cli.command()
+@click.option("--model", default="efficientnet_lite0_pretrained", show_default=True)
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False, exists=True),
+              help="uplink trace (mahimahi, time_s Mbit/s, or CSV); default: the shipped Verizon LTE segment")
+@click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=25.0, show_default=True,
+              help="seconds of the trace replayed per policy")
+@click.option("--policies", default=",".join(("dsc", "best-static", "local", "offload", "oracle")), show_default=True)
+@click.option("--estimator", default="harmonic", show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
+@click.option("--rtt-ms", type=click.FloatRange(min=0), default=40.0, show_default=True)
+@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=1500.0, show_default=True,
+              help="finish a request locally when the server has not answered by then")
+@click.option("--device-slowdown", type=click.FloatRange(min=1), default=8.0, show_default=True,
+              help="emulate a device this many times slower than this machine")
+@click.option("--codecs", default="fp32,fp16,int8", show_default=True, help="how a split's tensor may cross")
+@click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
+@click.option("--private", is_flag=True, help="the raw input never leaves the device")
+@click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
+def demo(model: str, trace_path: str | None, duration_s: float, policies: str, estimator: str, fps: float,
+         rtt_ms: float, deadline_ms: float, device_slowdown: float, codecs: str, exact: bool, private: bool,
+         netns: bool, out_dir: str) -> None:
+    """Serve real photos with a real model through an edge server over a link that replays a real uplink
+    trace, policy after policy, and compare them."""
+    try:
+        import fastapi  # noqa: F401  (the server's extra)
+
+        from edgesplit.demo import DEFAULT_TRACE, DemoConfig, run_demo
+    except ImportError as exc:
+        raise EdgesplitError(f"the demo needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
+    config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s,
+                        tuple(p for p in policies.split(",") if p), estimator, fps, rtt_ms / 1000,
+                        deadline_ms / 1000, device_slowdown, tuple(codecs.split(",")), not exact, private, netns,
+                        Path(out_dir))
+    run_demo(config, console)
 
 
 @cli.command()

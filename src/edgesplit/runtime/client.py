@@ -128,7 +128,8 @@ class DeviceClient:
         """Answer one uint8 image (3, H, W); always returns exactly one result. Its latency counts from
         ``arrived`` (a ``time.perf_counter()`` value; default now): a request that waited for the previous
         one to finish has waited."""
-        started = time.perf_counter() if arrived is None else arrived
+        begun = time.perf_counter()
+        started = begun if arrived is None else arrived
         x = self.engine.normalize(image)
         with self._lock:
             estimate = self.estimator.predict() or self.config.prior_bps
@@ -146,7 +147,7 @@ class DeviceClient:
             if reason is None:
                 payload = self._frame(option, image, mid)
                 sent = len(payload)
-                logits, reason, measured = self._remote(payload, started)
+                logits, reason, measured = self._remote(payload, begun)
             executed = option.kind
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
@@ -201,14 +202,22 @@ class DeviceClient:
         codec = "int8" if option.codec == "int8" else "raw"
         return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
 
-    def _remote(self, payload: bytes, started: float) -> tuple[np.ndarray | None, str | None, float | None]:
-        """POST the frame; (logits, None, goodput) on success, (None, reason, None) when to fall back."""
+    def _remote(self, payload: bytes, begun: float) -> tuple[np.ndarray | None, str | None, float | None]:
+        """POST the frame; (logits, None, goodput) on success, (None, reason, None) when to fall back.
+
+        The deadline counts from when the device took the request up (``begun``), not from its arrival:
+        a device that fell behind still gives each request its chance. A request that times out teaches
+        the estimator that the link gave at most the frame's bytes over the time waited."""
         timeout = self.config.timeout_s
         if self.config.deadline_s is not None:
-            timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - started))
+            timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - begun))
+        sending = time.perf_counter()
         try:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout)
         except TransportTimeout:
+            with self._lock:
+                self.estimator.update(len(payload) * 8 / (time.perf_counter() - sending))
+                self._last_sample_at = time.perf_counter()
             return None, "deadline" if self.config.deadline_s is not None else "timeout", None
         except TransportError as exc:
             self._mark_down()

@@ -159,16 +159,15 @@ def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[st
                                "decode_s": 0.0}}
 
 
-class SlowedEngine:
-    """Emulates a device ``factor`` times slower than this machine (documented as emulation): each
-    head, tail or whole-model run is followed by a sleep of ``factor - 1`` times its measured duration.
-    The processor is idle while it sleeps, as it would be with the device on a board of its own."""
+class EmulatedDevice:
+    """A device we do not have, emulated from its profile (e.g. this machine's, slowed 8x): the real
+    computation runs, and each head, tail or whole-model call is stretched by a sleep to the time the
+    profile gives it (never shortened). The processor is idle while it sleeps, as it would be with the
+    device on a board of its own, and the device's time does not pick up this machine's noise amplified."""
 
-    def __init__(self, engine: DeviceEngine, factor: float) -> None:
-        if factor < 1:
-            raise EdgesplitError(f"a device slowdown must be >= 1 (it only adds time), got {factor}")
+    def __init__(self, engine: DeviceEngine, profile: Profile) -> None:
         self.engine = engine
-        self.factor = factor
+        self.profile = profile
         self.model_id = engine.model_id
         self.input_shape = engine.input_shape
         self.cut_ids = engine.cut_ids
@@ -177,16 +176,17 @@ class SlowedEngine:
         return self.engine.normalize(image)
 
     def local(self, x: np.ndarray) -> np.ndarray:
-        return self._slowed(self.engine.local, x)
+        return self._stretched(self.profile.tail_s(None, 1), self.engine.local, x)
 
     def head(self, cut: str, x: np.ndarray) -> np.ndarray:
-        return self._slowed(self.engine.head, cut, x)
+        return self._stretched(self.profile.head_s(cut), self.engine.head, cut, x)
 
     def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
-        return self._slowed(self.engine.tail, cut, mid)
+        return self._stretched(self.profile.tail_s(cut, 1), self.engine.tail, cut, mid)
 
-    def _slowed(self, run: Any, *args: Any) -> np.ndarray:
+    @staticmethod
+    def _stretched(seconds: float, run: Any, *args: Any) -> np.ndarray:
         started = time.perf_counter()
         out = run(*args)
-        time.sleep((self.factor - 1) * (time.perf_counter() - started))
+        time.sleep(max(0.0, seconds - (time.perf_counter() - started)))
         return out

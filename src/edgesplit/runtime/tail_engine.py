@@ -74,6 +74,15 @@ class TailEngine:
         with torch.inference_mode():
             return self.tail(cut_id)(torch.from_numpy(batch).float()).numpy()
 
+    def warm_up(self) -> int:
+        """Build and run once every natural-bottleneck tail and the whole model, so that no client's
+        first request at a cut pays for it; returns how many were warmed."""
+        warmed = [INPUT_CUT, *(i for i, c in self.cuts.items() if c.natural_bottleneck)]
+        for cut_id in warmed:
+            shape = self.analysis.input_shape if cut_id == INPUT_CUT else self.cuts[cut_id].shape
+            self.run(cut_id, np.zeros((1, *shape), np.float32))
+        return len(warmed)
+
     def describe(self) -> dict[str, Any]:
         return {"model": self.analysis.model, "model_id": self.model_id.hex(),
                 "input_shape": list(self.analysis.input_shape), "normalization": self.normalization.to_dict(),

@@ -7,6 +7,12 @@ come back (the server reports when the body's first and last bytes arrived), and
 reported with its last answer. A transfer takes exactly as long as the time-varying trace needs to deliver
 its bytes. While the device runs everything locally it learns nothing about the link, so it sends a small
 probe when its newest sample is older than ``probe_interval_s`` (as a real client must).
+
+Two settings make it behave exactly like ``edgesplit run`` and the demo: ``sequential`` (the device
+takes the next request only once the previous one is answered, as the live client does) and
+``deadline_s`` (a request the server has not answered that long after the device took it up is given up
+and finished on the device: an upload still in progress is dropped, and the attempt teaches the estimator
+that the link gave at most its bytes over the time waited).
 """
 
 from __future__ import annotations
@@ -51,7 +57,8 @@ class Workload:
 @dataclass(frozen=True)
 class SimConfig:
     rtt_s: float = 0.04
-    deadline_s: float | None = None
+    deadline_s: float | None = None  # after starting a request, give up on the server then (as the live client)
+    sequential: bool = False  # one request at a time, arrival to answer (as the live client)
     downlink_bps: float = 20e6
     prior_bps: float = 2e6  # the estimate before the first sample
     probe_interval_s: float = 1.0
@@ -93,14 +100,15 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
     server = BatchingServer(config.max_batch_size, load, config.background_fps,
                             (lambda b: background.decode_s + background.tail_at(b)) if background else (lambda b: 0.0),
                             background.name if background else "background", seed=workload.seed)
-    cpu_free = uplink_free = 0.0
+    cpu_free = uplink_free = answered = 0.0
+    local_s = find_option(options, "local").head_s
     pending: list[tuple[float, float | None, ServerState | None]] = []  # (known at, rate sample, report)
     reported = ServerState()
     last_sample_at = -math.inf
     records: list[Request] = []
     duration = workload.duration_s or trace.duration_s
     for index, arrival in enumerate(workload.times(duration)):
-        now = max(arrival, cpu_free)
+        now = max(arrival, cpu_free, answered if config.sequential else 0.0)
         for known_at, sample, report in sorted((p for p in pending if p[0] <= now), key=lambda p: p[0]):
             if sample is not None:
                 estimator.update(sample)
@@ -135,12 +143,23 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
             start = max(ready, uplink_free)
             upload = trace.transfer_time(start, option.bytes)
             uplink_free = start + upload
-            served = server.serve(start + upload + config.rtt_s / 2, option.name,
-                                  lambda b, o=option: o.decode_s + o.tail_at(b))
-            queue, tail, batch = served.queue_s, served.tail_s, served.batch_size
-            finish = served.done_s + config.rtt_s / 2 + option.result_bytes * 8 / config.downlink_bps
-            sample = option.bytes * 8 / upload if upload > 0 else None
-            pending.append((finish, sample, server.state(served.done_s)))
+            give_up = now + config.deadline_s if config.deadline_s is not None else math.inf
+            arrives = uplink_free + config.rtt_s / 2
+            finish = math.inf
+            if arrives <= give_up:  # else the body never arrives whole and the server computes nothing
+                served = server.serve(arrives, option.name, lambda b, o=option: o.decode_s + o.tail_at(b))
+                queue, tail, batch = served.queue_s, served.tail_s, served.batch_size
+                finish = served.done_s + config.rtt_s / 2 + option.result_bytes * 8 / config.downlink_bps
+            if finish > give_up:  # the device stops waiting, drops what is still uploading, runs the rest
+                uplink_free = min(uplink_free, max(give_up, start))
+                remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
+                finish = max(give_up, cpu_free) + remaining
+                cpu_free = finish
+                pending.append((give_up, option.bytes * 8 / (give_up - start), None))
+            else:
+                pending.append((finish, option.bytes * 8 / upload if upload > 0 else None,
+                                server.state(served.done_s)))
+        answered = finish
         records.append(Request(index, arrival, option.name, option.kind, option.cut, option.bytes,
                                decision.predicted_s, finish - arrival, true_bps, estimate, upload,
                                queue, tail, batch))

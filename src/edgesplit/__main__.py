@@ -1,0 +1,5 @@
+"""``python -m edgesplit``: the command line."""
+
+from edgesplit.cli import main
+
+main()
