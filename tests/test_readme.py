@@ -18,7 +18,7 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     setup = [line for block in BLOCKS for line in block.splitlines() if line.startswith("python3 -m venv")]
     assert len(setup) == 2
     main_job, tests = setup
-    assert "edgesplit analyze efficientnet_lite0_pretrained" in main_job
+    assert main_job.endswith("edgesplit demo")
     assert tests.endswith("-m pytest")
     assert tests in (ROOT / ".ci" / "run").read_text().splitlines()
 
@@ -28,7 +28,7 @@ EXAMPLE_BLOCKS = [lines for lines in EXAMPLE_BLOCKS if lines]
 SHARED = ROOT.parent / "shared"
 
 
-SLOW_MARKERS = ("--batch-sizes", "edgesplit serve")
+SLOW_MARKERS = ("--batch-sizes", "edgesplit serve", "edgesplit demo")
 
 
 @pytest.mark.parametrize("lines", [pytest.param(b, marks=pytest.mark.slow) if any(m in line for line in b for m in SLOW_MARKERS)

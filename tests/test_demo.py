@@ -1,0 +1,55 @@
+"""edgesplit demo end to end: a real server process, the pretrained Lite0, the shipped trace, every policy."""
+
+import json
+
+import pytest
+
+from edgesplit.demo import DEFAULT_TRACE
+from edgesplit.traces import read_trace
+from test_cli import run
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_shipped_trace_and_its_licence_ship_with_the_package():
+    trace = read_trace(DEFAULT_TRACE)
+    assert trace.duration_s == pytest.approx(60.0, abs=0.1)
+    first_10_s = [trace.delivered_bits(t, t + 1) / 1e6 for t in range(10)]
+    assert max(first_10_s) > 5 and min(first_10_s) < 1  # the variation the demo is about
+    notice = (DEFAULT_TRACE.parent / "README.md").read_text()
+    assert "GPL-3.0-or-later" in notice and "Verizon-LTE-driving.up" in notice
+    assert "GNU GENERAL PUBLIC LICENSE" in (DEFAULT_TRACE.parent / "COPYING.mahimahi").read_text()
+
+
+def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, capsys, tmp_path):
+    out = tmp_path / "demo"
+    code, stdout, err = run(monkeypatch, capsys, "demo", "--duration", "3", "--exact", "--out", str(out))
+    assert code == 0, err
+    document = json.loads((out / "demo.json").read_text())
+    policies = document["policies"]
+    assert list(policies) == ["dsc", "best-static", "local", "offload", "oracle"]
+    for name, summary in policies.items():
+        assert summary["count"] == 6, name
+        assert summary["same_top1_as_local"] == 6, name  # exact options: not one answer changed
+        assert set(summary["cuts"]) <= {"local", "offload:raw"} | {c for c in summary["cuts"] if c.endswith(":fp32")}
+    assert policies["local"]["cuts"] == {"local": 6} and policies["local"]["mean_bytes"] == 0
+    assert policies["offload"]["cuts"] == {"offload:raw": 6}
+    first = document["requests"]["dsc"][0]
+    assert {"arrival_s", "true_mbps", "index", "cut", "codec", "executed", "latency_ms", "bytes_sent", "top1",
+            "fallback_reason", "estimated_mbps"} <= set(first)
+    labels = {name: s["labels"] for name, s in policies.items()}
+    assert len({tuple(v) for v in labels.values()}) == 1  # identical under every policy
+    for png in ("timeline.png", "cdf.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "every answer's top-1 equals the local model's under every policy" in stdout
+    assert "policy oracle" in stdout and "true" in stdout and "est" in stdout
+
+
+def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "demo", "--policies", "dsc,fastest", "--out", str(tmp_path))
+    assert code == 2 and "unknown policy 'fastest'" in err
+    bad = tmp_path / "bad.up"
+    bad.write_text("10\n20\nabc\n")
+    code, _, err = run(monkeypatch, capsys, "demo", "--trace", str(bad), "--out", str(tmp_path))
+    assert code == 2 and "line 3" in err
+    assert not (tmp_path / "server.log").exists()
