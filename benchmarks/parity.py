@@ -3,8 +3,9 @@
 For each link emulation (the application shaper; kernel shaping in network namespaces when root), the
 demo's setup runs every policy live (pretrained EfficientNet-Lite0, scikit-image photos, device = this
 machine slowed 8x). The simulator then replays the same segment with the profile that run measured, the
-same options, policies, estimator, fps, RTT and deadline, and a device that — like the live client —
-serves one request at a time. Printed per policy: measured vs predicted mean and p95 and their ratio.
+same options (priced with the device profile the demo measured and the server's own profile), policies,
+estimator, fps, RTT and deadline, and a device that — like the live client — serves one request at a
+time. Printed per policy: measured vs predicted mean and p95 and their ratio.
 
     python benchmarks/parity.py [--duration 25] [--policies dsc,best-static,local,offload,oracle]
                                 [--links app,netns] [--out benchmarks/results/parity.json]

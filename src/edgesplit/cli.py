@@ -112,10 +112,12 @@ def _output(name: str) -> Iterator[Path]:
 @click.option("--slowdown", type=float, default=1.0, show_default=True,
               help="multiply every time (emulation: 8 for a small ARM board, 0.1 for a GPU server)")
 @click.option("--threads", type=click.IntRange(1), help="torch threads (default: torch's choice)")
+@click.option("--idle-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="idle this long before every timed run, as a server between requests (an idle CPU is slower)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
 def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
             batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
-            threads: int | None, out_path: str) -> None:
+            threads: int | None, idle_ms: float, out_path: str) -> None:
     """Measure head and tail time of every chosen cut of MODEL on this machine."""
     import torch
     from rich.progress import Progress
@@ -130,7 +132,8 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
         result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
-                         slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text))
+                         slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
+                         idle_s=idle_ms / 1000)
     table = Table(title=f"{model} · {role} profile · {method} · slowdown {slowdown:g} · "
                         f"{result.machine['torch_threads']} threads")
     for column in ("cut", "c", *(f"head ms b{b}" for b in sizes[:1]), *(f"tail ms b{b}" for b in sizes)):
@@ -264,9 +267,14 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True, help="answer 503 beyond this")
 @click.option("--warm-up", is_flag=True, help="build and run every natural-bottleneck tail once before serving")
+@click.option("--profile", "own_profile", is_flag=True,
+              help="measure this server's profile before serving (natural bottlenecks, batch sizes up to "
+                   "--max-batch-size, on a worker thread, after idle gaps) and serve it at GET /v1/profile")
+@click.option("--profile-idle-ms", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="idle before each timed run of --profile, as between requests")
 def serve(model: str, weights: str | None, input_size: int | None, input_shape: str | None, host: str, port: int,
           max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int,
-          warm_up: bool) -> None:
+          warm_up: bool, own_profile: bool, profile_idle_ms: float) -> None:
     """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut."""
     try:
         import uvicorn
@@ -280,10 +288,24 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     if warm_up:
         started = time.perf_counter()
         console.print(f"warmed {engine.warm_up()} tails in {time.perf_counter() - started:.1f} s")
+    measured = None
+    if own_profile:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from edgesplit.measure import measure
+
+        started = time.perf_counter()
+        sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size)
+        with ThreadPoolExecutor(1) as worker:  # a worker thread, as the tails run when serving
+            measured = worker.submit(measure, analysis, analysis.natural_bottlenecks(), role="server",
+                                     batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000).result()
+        console.print(f"measured this server's profile (batch sizes {', '.join(map(str, sizes))}) in "
+                      f"{time.perf_counter() - started:.0f} s: whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
+                      f"at batch 1; GET /v1/profile")
     console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
                   f"accepted · http://{host}:{port}/docs")
     config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)
-    uvicorn.run(create_app(engine, config), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(engine, config, measured), host=host, port=port, log_level="warning")
 
 
 @cli.command()
@@ -298,7 +320,8 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
 @click.option("--deadline-ms", type=float, help="finish locally when the server has not answered by then")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
-@click.option("--server-profile", type=click.Path(dir_okay=False), help="default: this machine's profile")
+@click.option("--server-profile", type=click.Path(dir_okay=False),
+              help="default: the server's own (GET /v1/profile), else this machine's")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--lossy", is_flag=True, help="let dynamic policies pick JPEG, fp16 and int8")
 @click.option("--codecs", default="fp32", show_default=True)

@@ -35,7 +35,7 @@ from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import Profile, quantile, with_slowdown
-from edgesplit.runtime.client import ClientConfig, DeviceClient, RequestRecord
+from edgesplit.runtime.client import ClientConfig, DeviceClient, RequestRecord, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, TransportError
 from edgesplit.sim.loop import Request
 from edgesplit.traces import RateTrace, read_trace
@@ -152,7 +152,8 @@ class LiveResult:
 
     runs: dict[str, list[LiveRequest]]
     trace: RateTrace  # the segment replayed
-    measured: Profile  # this machine (the server's speed; the device is this × device_slowdown)
+    measured: Profile  # this machine, measured by the device (the emulated device is this × device_slowdown)
+    server: Profile  # the server's own profile, from GET /v1/profile
     options: list[Option]
     allowed: list[Option]
     reference: list[int]  # the local model's top-1 per photo
@@ -186,9 +187,16 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}), this machine slowed "
                       f"{config.device_slowdown:g}× (emulating a small board); measuring its profile…")
-        measured = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1,), repeats=5)
+        # requests come about 1/fps apart: profile after as long an idle (a CPU that idled is slower for its
+        # next inference); the device is emulated from these numbers, slowed
+        measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
+                           idle_s=_idle_s(config))
         device = with_slowdown(measured, config.device_slowdown)
-        options = build_options(device, measured, codecs=config.codecs, jpeg=False, private=config.private)
+        with link.device_side(), HttpTransport(url) as http:
+            server = fetch_server_profile(http, url)
+        if server is None:
+            raise EdgesplitError(f"the edge server at {url} serves no profile")
+        options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
         allowed = allowed_options(options, config.private, config.lossy)
         engine = EmulatedDevice(TorchEngine(analysis, loaded.normalization), device)
         photos = load_images(None, engine.input_shape)
@@ -201,7 +209,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                       f"{len(allowed)} options · setup {setup_s:.0f} s")
         runs = {spec: _run_policy(spec, config, trace, link, url, engine, photos, options, allowed, console)
                 for spec in config.policies}
-    return LiveResult(runs, trace, measured, options, allowed, reference, setup_s)
+    return LiveResult(runs, trace, measured, server, options, allowed, reference, setup_s)
 
 
 @contextlib.contextmanager
@@ -225,7 +233,8 @@ def _server(config: DemoConfig, link: Any, console: Console) -> Iterator[str]:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     argv = link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
-                                "--max-batch-size", "1", "--warm-up"])
+                                "--max-batch-size", "1", "--warm-up", "--profile",
+                                "--profile-idle-ms", str(_idle_s(config) * 1000)])
     log_path = config.out_dir / "server.log"
     config.out_dir.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
@@ -243,6 +252,11 @@ def _server(config: DemoConfig, link: Any, console: Console) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _idle_s(config: DemoConfig) -> float:
+    """How long a machine idles between two requests of the demo, about: for profiling as it will run."""
+    return min(0.5, 0.8 / config.fps)
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, link: Any) -> None:
@@ -328,11 +342,14 @@ def _write(config: DemoConfig, result: LiveResult, summary: dict[str, Any], cons
     simulated = {spec: [r.as_simulated() for r in requests] for spec, requests in runs.items()}
     plot_timeline(simulated, f"{trace.name} (live)", out / "timeline.png")
     plot_cdf(simulated, f"{trace.name} (live)", out / "cdf.png")
-    (out / "profile.json").write_text(json.dumps(result.measured.to_dict(), indent=1) + "\n")
+    (out / "device-profile.json").write_text(json.dumps(result.measured.to_dict(), indent=1) + "\n")
+    (out / "server-profile.json").write_text(json.dumps(result.server.to_dict(), indent=1) + "\n")
     document = {"trace": trace.name, "duration_s": config.duration_s, "fps": config.fps, "rtt_s": config.rtt_s,
                 "device_slowdown": config.device_slowdown, "link": "netns" if config.netns else "app",
                 "policies": summary,
                 "requests": {spec: [{"arrival_s": r.arrival_s, "true_mbps": r.true_bps / 1e6, **r.record.to_dict()}
                                     for r in requests] for spec, requests in runs.items()}}
     (out / "demo.json").write_text(json.dumps(document, indent=1) + "\n")
-    console.print(f"wrote {out / 'demo.json'}, {out / 'timeline.png'}, {out / 'cdf.png'}, {out / 'profile.json'}")
+    console.print(f"wrote {out / 'demo.json'}, {out / 'timeline.png'}, {out / 'cdf.png'}, the profiles "
+                  f"(device-profile.json: this machine, before the {config.device_slowdown:g}× slowdown; "
+                  f"server-profile.json) and server.log")

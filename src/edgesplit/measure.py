@@ -8,6 +8,10 @@ between the two, is taken off in equal shares per node so that head + tail = the
 ``method="flops"`` instead times only the whole model and estimates each side from its FLOPs at the
 measured FLOP/s (marked ``estimated``). ``slowdown`` scales every time to emulate slower (> 1) or faster
 (< 1) hardware; the profile records the factor.
+
+``idle_s`` sleeps before every timed run, to profile the machine as it serves requests that arrive apart:
+a CPU that has idled is slower for its next inference (EfficientNet-Lite0 here: 43 ms back to back,
+55–85 ms after 0.4 s idle). The profile records it under ``machine["idle_s"]``.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ class _NodeTimer(fx.Interpreter):
 
 def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tuple[int, ...],
             method: str = "per-node", repeats: int = 10, warmup: int = 2, slowdown: float = 1.0,
-            jpeg_qualities: tuple[int, ...] = (75, 90), progress: Callable[[str], None] | None = None
-            ) -> Profile:
+            jpeg_qualities: tuple[int, ...] = (75, 90), progress: Callable[[str], None] | None = None,
+            idle_s: float = 0.0) -> Profile:
     """Profile ``cuts`` of the analysed model on this machine (see the module docstring)."""
     if method not in ("per-node", "flops"):
         raise EdgesplitError(f"unknown profiling method {method!r}; known: per-node, flops")
@@ -73,7 +77,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
         x = example_input(graph.model, analysis.input_shape, batch_size)
         n_repeats = max(3, repeats // max(1, batch_size // 4)) if batch_size > 1 else repeats
         n_warmup = min(warmup, 1) if batch_size >= 16 else warmup  # large batches warm up in one run
-        whole = _time_calls(lambda: graph.model(x), n_repeats, n_warmup)
+        whole = _time_calls(lambda: graph.model(x), n_repeats, n_warmup, idle_s)
         model_s[batch_size] = Timing.of(whole)
         flops_per_s[batch_size] = total_flops * batch_size / statistics.median(whole) if total_flops else 0.0
         if method == "flops":
@@ -82,7 +86,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
                 head[c.name][batch_size] = _estimate(c.head_flops * batch_size, rate, model_s[batch_size])
                 tail[c.name][batch_size] = _estimate(c.tail_flops * batch_size, rate, model_s[batch_size])
             continue
-        timed = _time_nodes(graph.gm, x, n_repeats, n_warmup)
+        timed = _time_nodes(graph.gm, x, n_repeats, n_warmup, idle_s)
         # the interpreter costs a few microseconds per node that compiled code does not: take off an equal
         # share per node so the sums compose to the whole model as it really runs
         overhead = max(0.0, statistics.median(sum(r.values()) for r in timed) - model_s[batch_size].median_s)
@@ -95,7 +99,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
             tail[c.name][batch_size] = Timing.of([run[-1] - run[at] for run in runs])
     profile = Profile(
         model=analysis.model, role=role, input_shape=analysis.input_shape, batch_sizes=tuple(batch_sizes),
-        method=method, slowdown=1.0, machine=machine_description(), model_s=model_s,
+        method=method, slowdown=1.0, machine={**machine_description(), "idle_s": idle_s}, model_s=model_s,
         cuts={c.name: CutProfile(c.name, c.index, c.elements, head[c.name], tail[c.name],
                                  _split_codec_times(c)) for c in cuts},
         input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities),
@@ -109,10 +113,12 @@ def _estimate(flops: int, rate: float, whole: Timing) -> Timing:
     return Timing(seconds, whole.p10_s * ratio, whole.p90_s * ratio, whole.repeats, "estimated")
 
 
-def _time_calls(call: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
+def _time_calls(call: Callable[[], Any], repeats: int, warmup: int, idle_s: float = 0.0) -> list[float]:
     samples = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
+            if i >= warmup and idle_s:
+                time.sleep(idle_s)
             start = time.perf_counter()
             call()
             if i >= warmup:
@@ -120,10 +126,13 @@ def _time_calls(call: Callable[[], Any], repeats: int, warmup: int) -> list[floa
     return samples
 
 
-def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int) -> list[dict[str, float]]:
+def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int,
+                idle_s: float) -> list[dict[str, float]]:
     runs = []
     with torch.inference_mode():
         for i in range(warmup + repeats):
+            if i >= warmup and idle_s:
+                time.sleep(idle_s)
             timer = _NodeTimer(gm)
             timer.run(x)
             if i >= warmup:

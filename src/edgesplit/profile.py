@@ -175,9 +175,15 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
         raise ProfileError(f"cannot read profile {os.fspath(path)}: {exc.strerror or exc}") from exc
     except json.JSONDecodeError as exc:
         raise ProfileError(f"{os.fspath(path)} is not a profile (invalid JSON: {exc})") from exc
+    return profile_from_dict(data, os.fspath(path))
+
+
+def profile_from_dict(data: Any, source: str) -> Profile:
+    """A profile from its JSON form (a file, or a server's GET /v1/profile), validated; ``source`` names it
+    in errors."""
     try:
         if data.get("format") != FORMAT:
-            raise ProfileError(f"{os.fspath(path)} is not an edgesplit profile (format {data.get('format')!r}, "
+            raise ProfileError(f"{source} is not an edgesplit profile (format {data.get('format')!r}, "
                                f"expected {FORMAT!r})")
 
         def timings(table: dict[str, Any]) -> dict[int, Timing]:
@@ -193,4 +199,4 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     except ProfileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ProfileError(f"{os.fspath(path)} is a malformed profile ({type(exc).__name__}: {exc})") from exc
+        raise ProfileError(f"{source} is a malformed profile ({type(exc).__name__}: {exc})") from exc

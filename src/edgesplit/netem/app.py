@@ -1,10 +1,12 @@
 """The application shaper: the device's own transport paces every upload to a trace and adds a base RTT.
 
 It needs no privileges and works on loopback. Each request body is cut into 1500-byte packets and packet
-k leaves when the trace would have delivered it (``RateTrace.transfer_time`` from the moment the upload
-starts, after any upload still in progress), so the server's receive timestamps follow the trace the way
-they would behind a real bottleneck. Half the RTT is waited before the request and half after the answer
-(the downlink is not shaped). The uplink is one FIFO shared by every transport made from one link, so a
+k is handed to the socket when a real link would deliver it: when the trace has carried it across the
+bottleneck (``RateTrace.transfer_time`` from the moment the upload starts, after any upload still in
+progress), plus half the RTT of propagation. So the server's receive timestamps follow the trace as they
+would behind a real bottleneck, and a rate change hits the upload at the same moment it would there. A
+request without a body waits half the RTT before it is sent; every answer waits half the RTT after it
+arrives (the downlink is not shaped). The uplink is one FIFO shared by every transport made from one link, so a
 probe and an inference cannot overtake each other.
 """
 
@@ -78,7 +80,7 @@ class PacedLink:
 
     def paced(self, body: bytes, deadline: float | None) -> Iterator[bytes]:
         """Yield ``body`` in pieces, each when the link has delivered it; TimeoutError past ``deadline``."""
-        due = self.schedule(len(body))
+        due = [t + self.rtt_s / 2 for t in self.schedule(len(body))]
         sent = 0
         while sent < len(body):
             now = time.perf_counter()
@@ -110,8 +112,9 @@ class ShapedTransport(HttpTransport):
                 timeout_s: float | None = None) -> Response:
         deadline = time.perf_counter() + (timeout_s or self.timeout_s)
         half = self.link.rtt_s / 2
-        time.sleep(min(half, max(0.0, deadline - time.perf_counter())))
-        if body is not None:
+        if body is None:
+            time.sleep(min(half, max(0.0, deadline - time.perf_counter())))
+        else:
             headers = {**(headers or {}), "content-length": str(len(body))}
         left = deadline - time.perf_counter()
         if left <= 0:

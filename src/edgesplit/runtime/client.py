@@ -28,6 +28,7 @@ from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
+from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
 from edgesplit.runtime.transport import HttpTransport, Response, TransportError, TransportTimeout
 
@@ -60,6 +61,7 @@ class RequestRecord:
     predicted_ms: float
     estimated_mbps: float
     measured_mbps: float | None
+    server_ms: float | None = None  # the server's queue wait + compute, from its Server-Timing
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +139,7 @@ class DeviceClient:
                           self.truth() if self.truth else None)
         decision = self.policy.choose(state, self.options)
         option = decision.option
-        reason, measured, sent = None, None, 0
+        reason, measured, sent, server_ms = None, None, 0, None
         if option.kind == "local":
             self._maybe_probe()
             logits, executed = self.engine.local(x), "local"
@@ -147,14 +149,15 @@ class DeviceClient:
             if reason is None:
                 payload = self._frame(option, image, mid)
                 sent = len(payload)
-                logits, reason, measured = self._remote(payload, begun)
+                logits, reason, measured, server_ms = self._remote(payload, begun)
             executed = option.kind
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
                 executed = "local"
         record = RequestRecord(len(self.records), option.cut, option.codec, executed, reason,
                                (time.perf_counter() - started) * 1e3, sent, int(np.argmax(logits[0])),
-                               decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None)
+                               decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None,
+                               server_ms)
         self.records.append(record)
         return record
 
@@ -202,8 +205,10 @@ class DeviceClient:
         codec = "int8" if option.codec == "int8" else "raw"
         return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
 
-    def _remote(self, payload: bytes, begun: float) -> tuple[np.ndarray | None, str | None, float | None]:
-        """POST the frame; (logits, None, goodput) on success, (None, reason, None) when to fall back.
+    def _remote(self, payload: bytes, begun: float
+                ) -> tuple[np.ndarray | None, str | None, float | None, float | None]:
+        """POST the frame; (logits, None, goodput, server ms) on success, (None, reason, None, None) when to
+        fall back.
 
         The deadline counts from when the device took the request up (``begun``), not from its arrival:
         a device that fell behind still gives each request its chance. A request that times out teaches
@@ -218,23 +223,25 @@ class DeviceClient:
             with self._lock:
                 self.estimator.update(len(payload) * 8 / (time.perf_counter() - sending))
                 self._last_sample_at = time.perf_counter()
-            return None, "deadline" if self.config.deadline_s is not None else "timeout", None
+            return None, "deadline" if self.config.deadline_s is not None else "timeout", None, None
         except TransportError as exc:
             self._mark_down()
-            return None, f"server unreachable ({exc})", None
+            return None, f"server unreachable ({exc})", None, None
         if response.status != 200:
             if response.status in (429, 503):
                 self._mark_down()
-            return None, f"server answered {response.status}: {_detail(response)}", None
+            return None, f"server answered {response.status}: {_detail(response)}", None, None
         self._backoff = self.config.backoff_s
         try:
             frame = decode_frame(response.body)
         except FrameError as exc:
-            return None, f"bad answer from the server ({exc})", None
+            return None, f"bad answer from the server ({exc})", None, None
         if frame.cut != OUTPUT_CUT:
-            return None, "bad answer from the server (not an output frame)", None
+            return None, "bad answer from the server (not an output frame)", None, None
         self._learn(response)
-        return frame.array, None, self._goodput(response)
+        timings = _timings(response)
+        server_ms = (timings["queue"][0] + timings["compute"][0]) * 1e3 if {"queue", "compute"} <= set(timings) else None
+        return frame.array, None, self._goodput(response), server_ms
 
     def _learn(self, response: Response) -> None:
         try:
@@ -247,8 +254,7 @@ class DeviceClient:
             self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
 
     def _goodput(self, response: Response) -> float | None:
-        timings = {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
-        recv = timings.get("recv")
+        recv = _timings(response).get("recv")
         if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
             return None  # one chunk: too small to time at the receiver
         rate = int(recv[1]) * 8 / recv[0]
@@ -270,6 +276,25 @@ class DeviceClient:
         return {"count": len(self.records), "answered": len(self.records),
                 "fallbacks": sum(r.fallback_reason is not None for r in self.records),
                 "mean_ms": float(np.mean(latencies)), "p95_ms": float(np.percentile(latencies, 95))}
+
+
+def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
+    """The server's own profile (``edgesplit serve --profile``), or None when it has none."""
+    response = transport.request("GET", "/v1/profile")
+    if response.status == 404:
+        return None
+    if response.status != 200:
+        raise EdgesplitError(f"{url}/v1/profile answered {response.status}: {_detail(response)}")
+    try:
+        data = response.json()
+    except ValueError as exc:
+        raise EdgesplitError(f"{url}/v1/profile is not JSON ({exc})") from None
+    return profile_from_dict(data, f"{url}/v1/profile")
+
+
+def _timings(response: Response) -> dict[str, tuple[float, str]]:
+    """Server-Timing entries: name → (seconds, description)."""
+    return {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
 
 
 def _detail(response: Response) -> str:

@@ -18,8 +18,9 @@ from edgesplit.images import load_images
 from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import load_profile
-from edgesplit.runtime.client import ClientConfig, DeviceClient
+from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
+from edgesplit.runtime.transport import HttpTransport, TransportError
 
 
 def run_device(model: str, weights: str | None, input_size: int | None, input_shape: str | None, *,
@@ -41,7 +42,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
     else:
         engine, device = _torch_engine(model, weights, input_size, input_shape, device_profile, console)
         frames = load_images(images, engine.input_shape)
-    server = load_profile(server_profile) if server_profile else device
+    server = load_profile(server_profile) if server_profile else _server_profile(server_url, console) or device
     options = build_options(device, server, codecs=codecs, private=private)
     choices = allowed_options(options, private, lossy) if policy.dynamic else options
     client = DeviceClient(server_url, engine, choices, policy, estimator,
@@ -95,3 +96,16 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
     else:
         device = load_profile(device_profile)
     return TorchEngine(analysis, loaded.normalization), device
+
+
+def _server_profile(url: str, console: Console):  # type: ignore[no-untyped-def]
+    """The server's own profile if it serves one; else None (and this device's profile stands in)."""
+    try:
+        with HttpTransport(url, timeout_s=5) as http:
+            profile = fetch_server_profile(http, url)
+    except TransportError:
+        return None  # the client reports the unreachable server itself
+    console.print("using the server's own profile (GET /v1/profile)" if profile else
+                  "the server serves no profile (start it with --profile, or pass --server-profile): "
+                  "assuming it is as fast as this device")
+    return profile

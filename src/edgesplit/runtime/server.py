@@ -4,6 +4,7 @@
     POST /v1/probe   body: any bytes (at most 1 MiB); answer 204 with the same timing and load headers,
                      so a device that runs locally can still measure its uplink
     GET  /v1/model   model id, input shape, normalisation, and the cuts a client may send
+    GET  /v1/profile the server's own latency profile (``edgesplit serve --profile``), for clients to plan with
     GET  /healthz    liveness and the current load
     GET  /metrics    Prometheus text
 
@@ -26,6 +27,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from edgesplit.codec import OUTPUT_CUT, Limits, decode_frame, encode_frame
 from edgesplit.errors import FrameError
+from edgesplit.profile import Profile
 from edgesplit.runtime.batcher import Batcher, QueueFull
 from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.metrics import Metrics
@@ -74,7 +76,7 @@ class ServerConfig:
     max_queue: int = 64
 
 
-def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> FastAPI:
+def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profile: Profile | None = None) -> FastAPI:
     metrics = Metrics()
     limits = Limits(max_body_bytes=config.max_body_bytes)
     expect = engine.expectation(config.max_batch_size)
@@ -147,6 +149,14 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig()) -> Fas
         """The model id clients must match, and every cut a client may send (id, name, shape)."""
         return {**engine.describe(), "max_batch_size": config.max_batch_size,
                 "max_body_bytes": config.max_body_bytes}
+
+    @app.get("/v1/profile", responses={404: {"description": "started without --profile"}})
+    async def own_profile() -> Response:
+        """This server's profile of its model, measured on this machine as it serves (see edgesplit profile)."""
+        if profile is None:
+            return JSONResponse({"error": "no_profile", "detail": "this server was started without --profile"},
+                                status_code=404)
+        return JSONResponse(profile.to_dict())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
