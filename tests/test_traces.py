@@ -36,24 +36,25 @@ def test_mahimahi_packets_per_window(tmp_path):
     trace = read_trace(path, window_s=0.1)
     assert trace.name == "link.up"
     assert trace.times_s == (0.0, 0.1)
-    assert trace.rates_bps == pytest.approx((1.2e6, 3.6e6), rel=1e-12)
+    packet = 1448 * 8  # goodput: the TCP payload of one 1500-byte packet
+    assert trace.rates_bps == pytest.approx((10 * packet / 0.1, 30 * packet / 0.1), rel=1e-12)
     assert trace.duration_s == pytest.approx(0.2)  # last stamp 196 ms, rounded up to whole windows
-    assert trace.mean_bps() == pytest.approx(2.4e6)
+    assert trace.mean_bps() == pytest.approx(20 * packet / 0.1)
 
     one_bin = read_trace(path, window_s=1.0, name="coarse")
     assert (one_bin.name, one_bin.times_s, one_bin.duration_s) == ("coarse", (0.0,), 1.0)
-    assert one_bin.rates_bps == pytest.approx((40 * 12000.0,))
+    assert one_bin.rates_bps == pytest.approx((40 * 1448 * 8.0,))  # goodput: 1448 B of payload per packet
 
 
 def test_mahimahi_final_stamp_and_blank_lines(tmp_path):
     # The last stamp ends the last window exactly; it counts in that window, not in an extra one.
     trace = read_trace(write(tmp_path, "0\n50\n\n100\n200\n"), window_s=0.1)
     assert trace.times_s == (0.0, 0.1)
-    assert trace.rates_bps == pytest.approx((2 * 120_000.0, 2 * 120_000.0))
+    assert trace.rates_bps == pytest.approx((2 * 115_840.0, 2 * 115_840.0))  # 2 packets of 1448 B per 0.1 s
     # A trace that is all at ms 0 still lasts one window.
     single = read_trace(write(tmp_path, "0\n0\n0\n", "zero.up"), window_s=0.1)
     assert single.duration_s == pytest.approx(0.1)
-    assert single.rates_bps == pytest.approx((360_000.0,))
+    assert single.rates_bps == pytest.approx((3 * 115_840.0,))
 
 
 def test_two_column_trace(tmp_path):
@@ -269,9 +270,10 @@ def test_mahimahi_uplinks_match_readme():
     means = {name: trace.mean_bps() / 1e6 for name, trace in traces.items()}
     assert min(means, key=means.__getitem__) == "ATT-LTE-driving.up"
     assert max(means, key=means.__getitem__) == "TMobile-LTE-driving.up"
-    assert means["ATT-LTE-driving.up"] == pytest.approx(0.83, rel=0.02)
-    assert means["TMobile-LTE-driving.up"] == pytest.approx(19.3, rel=0.02)
-    assert all(0.83 <= mean <= 19.3 for mean in means.values())
+    goodput = 1448 / 1500  # the README counts 1500-byte packets; edgesplit's rates are TCP payload
+    assert means["ATT-LTE-driving.up"] == pytest.approx(0.83 * goodput, rel=0.02)
+    assert means["TMobile-LTE-driving.up"] == pytest.approx(19.3 * goodput, rel=0.02)
+    assert all(0.83 * goodput * 0.98 <= mean <= 19.3 * goodput * 1.02 for mean in means.values())
     assert all(120 <= trace.duration_s <= 1366 for trace in traces.values())
     assert any(0.0 in trace.rates_bps for trace in traces.values())  # seconds with no capacity at all
 

@@ -8,7 +8,9 @@ same kind of step function for server load (concurrent clients, batch size).
 ``read_trace`` detects the file format from its first non-blank line::
 
     mahimahi    one integer per line: a ms timestamp at which one 1500-byte packet can cross the
-                link (repeated when several fit in one ms); binned into ``window_s`` windows
+                link (repeated when several fit in one ms); binned into ``window_s`` windows. Rates are
+                goodput, as everywhere in edgesplit: each packet carries 1448 bytes of TCP payload (20 B
+                IP and 32 B TCP header with timestamps)
     two-column  ``time_s  Mbit/s`` per line, whitespace-separated (the Norway HSDPA traces)
     CSV         the header ``time_s,mbps``, then ``time_s,mbps`` rows
 
@@ -34,7 +36,7 @@ import numpy as np
 
 from edgesplit.errors import TraceFileError
 
-_PACKET_BITS = 1500 * 8
+_PACKET_BITS = 1448 * 8  # TCP payload per 1500-byte packet
 _RATE_HEADER = re.compile(r"time_s\s*,\s*mbps")
 _LOAD_HEADER = re.compile(r"time_s\s*,\s*value")
 _FORMATS = "a mahimahi timestamp (one integer, ms), two numbers (time_s Mbit/s) or the CSV header time_s,mbps"

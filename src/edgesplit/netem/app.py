@@ -1,13 +1,13 @@
 """The application shaper: the device's own transport paces every upload to a trace and adds a base RTT.
 
-It needs no privileges and works on loopback. Each request body is cut into 1500-byte packets and packet
+It needs no privileges and works on loopback. Each request body is cut into 1448-byte segments and segment
 k is handed to the socket when a real link would deliver it: when the trace has carried it across the
 bottleneck (``RateTrace.transfer_time`` from the moment the upload starts, after any upload still in
 progress), plus half the RTT of propagation. So the server's receive timestamps follow the trace as they
 would behind a real bottleneck, and a rate change hits the upload at the same moment it would there. A
 request without a body waits half the RTT before it is sent; every answer waits half the RTT after it
-arrives (the downlink is not shaped). The uplink is one FIFO shared by every transport made from one link, so a
-probe and an inference cannot overtake each other.
+arrives (the downlink is not shaped). The uplink is one FIFO shared by every transport made from one
+link, so a probe and an inference cannot overtake each other.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from edgesplit.latency import LinkState
 from edgesplit.runtime.transport import HttpTransport, Response, TransportTimeout
 from edgesplit.traces import RateTrace
 
-PACKET_BYTES = 1500
+PACKET_BYTES = 1448  # one TCP segment of payload at MTU 1500
 
 
 class TraceClock:

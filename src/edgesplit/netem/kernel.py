@@ -23,9 +23,10 @@ below it (only tbf, htb and fifos are needed, so kernels without netem work):
   (``gso_max_segs 1``), so a full queue pushes back into their send buffers instead of losing packets.
   With TSO/GSO super-packets HTB would let 64 KB out at once, and tbf, splitting one, would drop part of
   it while telling TCP it was sent: a real loss, then retransmissions and stalls.
-- Rates count Ethernet frames: a bulk upload's 1448 B segments carry 66 B of headers each, so its payload
-  moves at ~95.6 % of the trace rate. Rates below 8 kbit/s are set to 8 kbit/s; the gate passes up to
-  1 Gbit/s.
+- A trace's rate is goodput (TCP payload, as everywhere in edgesplit), but qdiscs count Ethernet frames:
+  a bulk upload's 1448 B segments travel in 1514 B frames, so the HTB class is set to the trace rate ×
+  1514 / 1448 and the payload moves at the trace rate. Rates below 8 kbit/s are set to 8 kbit/s; the
+  gate passes up to 1 Gbit/s.
 
 A driver thread samples the trace at t = 0, ``update_s``, 2 ``update_s``... after :meth:`KernelLink.restart`
 and writes a change only when the rate differs, to one long-lived ``tc -batch -``. The kernel has no
@@ -66,6 +67,7 @@ _OURS = re.compile(r"esplit-(\d+)-")  # esplit-<pid>-<n>-device and -server
 _DEVICE_IP, _SERVER_IP = "10.201.0.1", "10.201.0.2"  # /30; private to each pair of namespaces
 _DEVICE_MAC, _SERVER_MAC = "02:00:0a:c9:00:01", "02:00:0a:c9:00:02"
 _FRAME_BYTES = 1514  # a full Ethernet frame at MTU 1500, as qdiscs count it
+_SEGMENT_BYTES = 1448  # the TCP payload it carries (20 B IP, 32 B TCP header with timestamps)
 _FLOOR_BPS = 8_000  # tbf and htb need a rate > 0: the closed gate's rate, and the lowest rate set
 _GATE_OPEN_BPS = 1_000_000_000
 _CLONE_NEWNET = 0x40000000
@@ -270,7 +272,7 @@ class KernelLink:
         self._driver.start()
 
     def _class_args(self, rate_bps: float) -> list[str]:
-        rate = f"{rate_bps:.0f}bit"
+        rate = f"{rate_bps * _FRAME_BYTES / _SEGMENT_BYTES:.0f}bit"  # frames on the wire for rate_bps of payload
         burst = str(self.burst_bytes)
         return [
             "dev", self._device_veth, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate,
