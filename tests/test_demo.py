@@ -53,3 +53,18 @@ def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp
     code, _, err = run(monkeypatch, capsys, "demo", "--trace", str(bad), "--out", str(tmp_path))
     assert code == 2 and "line 3" in err
     assert not (tmp_path / "server.log").exists()
+
+
+def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys, tmp_path):
+    from edgesplit.netem.kernel import available, leftovers
+
+    if reason := available():
+        pytest.skip(f"kernel shaping is not available here: {reason}")
+    out = tmp_path / "demo"
+    code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--policies", "dsc,oracle",
+                            "--exact", "--out", str(out))
+    assert code == 0, err
+    assert "kernel shaping (tc" in stdout and "http://10.201.0.2:" in stdout
+    policies = json.loads((out / "demo.json").read_text())["policies"]
+    assert all(s["count"] == 4 and s["same_top1_as_local"] == 4 for s in policies.values())
+    assert leftovers() == []

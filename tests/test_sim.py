@@ -25,7 +25,7 @@ LOCAL = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
 RAW = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 40_000, 0.002, {1: 0.01, 4: 0.02, 8: 0.03}, 4000, True)
 SPLIT = Option("split:c:fp32", "split", "c", "fp32", 0.03, 0.0, 10_000, 0.0, {1: 0.008, 4: 0.016}, 4000, True)
 OPTIONS = [LOCAL, RAW, SPLIT]
-CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS)
+CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, probe_interval_s=1.0)  # the arithmetic below
 
 
 def run(policy: str | Policy, trace: RateTrace, *, fps: float = 2.0, duration_s: float | None = None,

@@ -44,7 +44,7 @@ class ClientConfig:
     timeout_s: float = 10.0
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
-    probe_interval_s: float = 1.0
+    probe_interval_s: float = 0.5
     probe_bytes: int = 16_000
 
 

@@ -61,7 +61,7 @@ class SimConfig:
     sequential: bool = False  # one request at a time, arrival to answer (as the live client)
     downlink_bps: float = 20e6
     prior_bps: float = 2e6  # the estimate before the first sample
-    probe_interval_s: float = 1.0
+    probe_interval_s: float = 0.5
     probe_bytes: int = 16_000
     max_batch_size: int = 8
     background_fps: float = 2.0  # per other client in the load trace
