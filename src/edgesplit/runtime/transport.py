@@ -56,8 +56,12 @@ class HttpTransport:
             connection = self._connect()
             try:
                 connection.timeout = timeout_s or self.timeout_s
-                if connection.sock is not None:
-                    connection.sock.settimeout(connection.timeout)
+                if connection.sock is None:
+                    connection.connect()
+                    # http.client writes headers and a body over 2 KiB separately: without TCP_NODELAY
+                    # the body's first segment waits for the headers' ACK
+                    connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection.sock.settimeout(connection.timeout)
                 connection.request(method, self._prefix + path, body=self._body(body), headers=headers or {})
                 answer = connection.getresponse()
                 data = answer.read()
