@@ -174,7 +174,9 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--fps", type=float, default=2.0, show_default=True, help="request rate")
 @click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
 @click.option("--rtt-ms", type=float, default=40.0, show_default=True)
-@click.option("--deadline-ms", type=float, help="count requests slower than this as misses")
+@click.option("--deadline-ms", type=float,
+              help="give up on the server this long after taking a request up and finish it on the device, as "
+                   "edgesplit run does; requests slower than this count as misses")
 @click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
 @click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
@@ -318,7 +320,8 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--images", type=click.Path(file_okay=False, exists=True), help="folder of JPEG/PNG images")
 @click.option("--fps", type=float, help="request rate (default: as fast as answered)")
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
-@click.option("--deadline-ms", type=float, help="finish locally when the server has not answered by then")
+@click.option("--deadline-ms", type=float,
+              help="finish a request locally when the server has not answered this long after it was taken up")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
 @click.option("--server-profile", type=click.Path(dir_okay=False),
               help="default: the server's own (GET /v1/profile), else this machine's")
