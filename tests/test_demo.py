@@ -52,6 +52,8 @@ def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp
     bad.write_text("10\n20\nabc\n")
     code, _, err = run(monkeypatch, capsys, "demo", "--trace", str(bad), "--out", str(tmp_path))
     assert code == 2 and "line 3" in err
+    code, _, err = run(monkeypatch, capsys, "demo", "--private", "--policies", "dsc,offload", "--out", str(tmp_path))
+    assert code == 2 and "--private keeps the input on the device, so policy 'offload' cannot run" in err
     assert not (tmp_path / "server.log").exists()
 
 

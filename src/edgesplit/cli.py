@@ -373,7 +373,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
               help="uplink trace (mahimahi, time_s Mbit/s, or CSV); default: the shipped Verizon LTE segment")
 @click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=25.0, show_default=True,
               help="seconds of the trace replayed per policy")
-@click.option("--policies", default=",".join(("dsc", "best-static", "local", "offload", "oracle")), show_default=True)
+@click.option("--policies", help="default: dsc,best-static,local,offload,oracle (without offload when --private)")
 @click.option("--estimator", default="harmonic", show_default=True)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
 @click.option("--rtt-ms", type=click.FloatRange(min=0), default=40.0, show_default=True)
@@ -386,7 +386,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
-def demo(model: str, trace_path: str | None, duration_s: float, policies: str, estimator: str, fps: float,
+def demo(model: str, trace_path: str | None, duration_s: float, policies: str | None, estimator: str, fps: float,
          rtt_ms: float, deadline_ms: float, device_slowdown: float, codecs: str, exact: bool, private: bool,
          netns: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
@@ -394,11 +394,13 @@ def demo(model: str, trace_path: str | None, duration_s: float, policies: str, e
     try:
         import fastapi  # noqa: F401  (the server's extra)
 
-        from edgesplit.demo import DEFAULT_TRACE, DemoConfig, run_demo
+        from edgesplit.demo import DEFAULT_POLICIES, DEFAULT_TRACE, DemoConfig, run_demo
     except ImportError as exc:
         raise EdgesplitError(f"the demo needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
+    chosen = tuple(p for p in policies.split(",") if p) if policies is not None else \
+        tuple(p for p in DEFAULT_POLICIES if not (private and p == "offload"))
     config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s,
-                        tuple(p for p in policies.split(",") if p), estimator, fps, rtt_ms / 1000,
+                        chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000, device_slowdown, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir))
     run_demo(config, console)

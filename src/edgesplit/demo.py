@@ -173,8 +173,13 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
 
 def run_live(config: DemoConfig, console: Console) -> LiveResult:
     """Start the link and the server, measure this machine, and run each policy over the trace segment."""
+    if not config.policies:
+        raise EdgesplitError("no policy to run: --policies is empty")
     for spec in config.policies:
         make_policy(spec, LinkState(1e6))  # unknown names fail before anything starts
+        if config.private and spec.startswith("offload"):
+            raise EdgesplitError(f"--private keeps the input on the device, so policy {spec!r} cannot run; "
+                                 "drop it from --policies")
     trace = read_trace(config.trace).segment(0.0, config.duration_s)
     from edgesplit.analysis import analyze
     from edgesplit.measure import measure
