@@ -41,7 +41,6 @@ from edgesplit.runtime.tail_engine import TailEngine  # noqa: E402
 from edgesplit.runtime.transport import HttpTransport, TransportError  # noqa: E402
 
 
-
 @contextlib.contextmanager
 def _server(batch_wait_timeout_s: float) -> Iterator[str]:
     """``edgesplit serve efficientnet_b0`` in its own process; its URL once it answers."""
@@ -65,7 +64,11 @@ def _server(batch_wait_timeout_s: float) -> Iterator[str]:
         yield url
     finally:
         process.terminate()
-        process.wait(10)
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 console = Console(width=160)
 

@@ -148,7 +148,14 @@ def test_503_and_deadline_fall_back_locally(setup):
         assert record.executed == "local" and record.fallback_reason == "deadline"
         assert record.latency_ms < 1500
         assert record.top1 == _local_top1(setup, setup[3][0])
-        # the attempt taught the estimator: at most the frame's bytes over the ~0.3 s waited
+        assert client.estimator.predict() is None  # the upload had arrived: a slow server says nothing of the link
+        slow_link = PacedLink(RateTrace.constant(50e3, duration_s=100), rtt_s=0.0)  # ~2 s for the 12 KiB frame
+        client = _client(setup, slow.url, "offload", connect=lambda: ShapedTransport(slow.url, slow_link),
+                         deadline_s=0.3)
+        client.connect()
+        record = client.infer(setup[3][0])
+        assert record.executed == "local" and record.fallback_reason == "deadline"
+        # the upload was cut short: the link gave at most the frame's bytes over the ~0.3 s waited
         assert 0.8 * record.bytes_sent * 8 / 0.3 < client.estimator.predict() <= record.bytes_sent * 8 / 0.3
 
 

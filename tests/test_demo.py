@@ -66,7 +66,7 @@ def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys,
     code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--policies", "dsc,oracle",
                             "--exact", "--out", str(out))
     assert code == 0, err
-    assert "kernel shaping (tc" in stdout and "http://10.201.0.2:" in stdout
+    assert "kernel shaping (a tc HTB class" in stdout and "http://10.201.0.2:" in stdout
     policies = json.loads((out / "demo.json").read_text())["policies"]
     assert all(s["count"] == 4 and s["same_top1_as_local"] == 4 for s in policies.values())
     assert leftovers() == []

@@ -175,8 +175,8 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
 @click.option("--rtt-ms", type=float, default=40.0, show_default=True)
 @click.option("--deadline-ms", type=float,
-              help="give up on the server this long after taking a request up and finish it on the device, as "
-                   "edgesplit run does; requests slower than this count as misses")
+              help="give up on the server this long after taking a request up and finish it on the device; "
+                   "requests slower than this count as misses")
 @click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
 @click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
@@ -378,7 +378,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
 @click.option("--rtt-ms", type=click.FloatRange(min=0), default=40.0, show_default=True)
 @click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=1500.0, show_default=True,
-              help="finish a request locally when the server has not answered by then")
+              help="finish a request locally when the server has not answered this long after it was taken up")
 @click.option("--device-slowdown", type=click.FloatRange(min=1), default=8.0, show_default=True,
               help="emulate a device this many times slower than this machine")
 @click.option("--codecs", default="fp32,fp16,int8", show_default=True, help="how a split's tensor may cross")

@@ -81,6 +81,10 @@ class LiveRequest:
 
 
 class EmulatedLink(Protocol):
+    """What the demo needs of a link emulation (:class:`AppLink`, :class:`KernelLinkAdapter`)."""
+
+    describe: str
+
     def restart(self) -> None: ...
     def truth(self) -> LinkState: ...
     def connect(self, url: str) -> HttpTransport: ...
@@ -124,8 +128,8 @@ class KernelLinkAdapter:
 
     def __init__(self, link: Any) -> None:
         self.link = link
-        self.describe = (f"kernel shaping (tc tbf on a veth pair between network namespaces, following the trace "
-                         f"every 100 ms; RTT {link.rtt_s * 1e3:.0f} ms from a delaying relay)")
+        self.describe = (f"kernel shaping (a tc HTB class on a veth pair between network namespaces, following the "
+                         f"trace every {link.update_s * 1e3:.0f} ms; RTT {link.rtt_s * 1e3:.0f} ms from a delaying relay)")
 
     def restart(self) -> None:
         self.link.restart()
@@ -218,7 +222,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
 
 
 @contextlib.contextmanager
-def _link(config: DemoConfig, trace: RateTrace) -> Iterator[Any]:
+def _link(config: DemoConfig, trace: RateTrace) -> Iterator[EmulatedLink]:
     if not config.netns:
         yield AppLink(trace, config.rtt_s)
         return
@@ -232,7 +236,7 @@ def _link(config: DemoConfig, trace: RateTrace) -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _server(config: DemoConfig, link: Any, console: Console) -> Iterator[str]:
+def _server(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterator[str]:
     """``edgesplit serve`` in its own process (batch size 1: answers stay bit-exact); its URL once ready."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -264,7 +268,7 @@ def _idle_s(config: DemoConfig) -> float:
     return min(0.5, 0.8 / config.fps)
 
 
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, link: Any) -> None:
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, link: EmulatedLink) -> None:
     deadline = time.monotonic() + 120
     with link.device_side():
         while time.monotonic() < deadline:
@@ -275,11 +279,12 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path
                     if http.request("GET", "/healthz").status == 200:
                         return
             except TransportError:
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
     raise EdgesplitError(f"the edge server did not answer within 120 s; see {log_path}")
 
 
-def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: Any, url: str, engine: Any,
+def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: EmulatedLink, url: str, engine: Any,
                 photos: list[Any], options: list[Option], allowed: list[Option], console: Console
                 ) -> list[LiveRequest]:
     policy = make_policy(spec, LinkState(trace.mean_bps(), config.rtt_s))

@@ -121,6 +121,9 @@ class ShapedTransport(HttpTransport):
             raise TransportTimeout("no answer within the timeout (spent on the round trip)")
         self._deadline = deadline
         response = super().request(method, path, body, headers, left)
+        if time.perf_counter() + half > deadline:  # the answer would arrive too late
+            time.sleep(max(0.0, deadline - time.perf_counter()))
+            raise TransportTimeout(f"no answer within {timeout_s or self.timeout_s:.3g} s (still on its way back)")
         time.sleep(half)
         return response
 

@@ -103,7 +103,7 @@ class KernelLink:
                 f"got {burst_bytes!r} and {queue_bytes!r}"
             )
         if max(trace.rates_bps) > _GATE_OPEN_BPS:
-            raise ValueError(
+            raise EdgesplitError(
                 f"trace {trace.name!r} peaks at {max(trace.rates_bps) / 1e6:g} Mbit/s; KernelLink shapes "
                 f"up to {_GATE_OPEN_BPS / 1e6:g} Mbit/s, scale the trace down"
             )

@@ -100,7 +100,7 @@ class DeviceClient:
 
     def close(self) -> None:
         if self._probe is not None:
-            self._probe.join()
+            self._probe.join(self.config.timeout_s)
         self.http.close()
         if self._prober is not None:
             self._prober.close()
@@ -165,7 +165,7 @@ class DeviceClient:
         """Measure the uplink beside a local run, when the newest sample is old and no probe is out."""
         fresh = time.perf_counter() - self._last_sample_at < self.config.probe_interval_s
         busy = self._probe is not None and self._probe.is_alive()
-        if self.refusal or self._unavailable() or fresh or busy:
+        if self._unavailable() or fresh or busy:
             return
         self._last_sample_at = time.perf_counter()  # one probe per interval, even if it fails
         self._probe = threading.Thread(target=self._send_probe, name="edgesplit-probe", daemon=True)
@@ -211,18 +211,21 @@ class DeviceClient:
         fall back.
 
         The deadline counts from when the device took the request up (``begun``), not from its arrival:
-        a device that fell behind still gives each request its chance. A request that times out teaches
-        the estimator that the link gave at most the frame's bytes over the time waited."""
+        a device that fell behind still gives each request its chance. A request whose upload had not all
+        arrived when it timed out teaches the estimator that the link gave at most the frame's bytes over
+        the time waited."""
         timeout = self.config.timeout_s
         if self.config.deadline_s is not None:
             timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - begun))
         sending = time.perf_counter()
         try:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout)
-        except TransportTimeout:
-            with self._lock:
-                self.estimator.update(len(payload) * 8 / (time.perf_counter() - sending))
-                self._last_sample_at = time.perf_counter()
+        except TransportTimeout as exc:
+            waited = time.perf_counter() - sending
+            if exc.upload_incomplete and waited > 0.01:  # the link gave less than this; a slow server teaches nothing
+                with self._lock:
+                    self.estimator.update(len(payload) * 8 / waited)
+                    self._last_sample_at = time.perf_counter()
             return None, "deadline" if self.config.deadline_s is not None else "timeout", None, None
         except TransportError as exc:
             self._mark_down()

@@ -17,7 +17,7 @@ from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, make_policy
-from edgesplit.profile import load_profile
+from edgesplit.profile import Profile, load_profile
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
 from edgesplit.runtime.transport import HttpTransport, TransportError
@@ -52,11 +52,9 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         console.print(client.connect())
         started = time.perf_counter()
         for index in range(total):
-            if fps:
-                wait = started + index / fps - time.perf_counter()
-                if wait > 0:
-                    time.sleep(wait)
-            r = client.infer(frames[index % len(frames)])
+            arrival = started + index / fps if fps else time.perf_counter()
+            time.sleep(max(0.0, arrival - time.perf_counter()))
+            r = client.infer(frames[index % len(frames)], arrived=arrival)
             note = f" · fallback: {r.fallback_reason}" if r.fallback_reason else ""
             console.print(f"#{r.index:<4} {r.executed:<7} {r.cut or '-':<28} {r.latency_ms:8.1f} ms  "
                           f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_mbps:7.2f} Mbit/s  top1 {r.top1}{note}")
@@ -98,7 +96,7 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
     return TorchEngine(analysis, loaded.normalization), device
 
 
-def _server_profile(url: str, console: Console):  # type: ignore[no-untyped-def]
+def _server_profile(url: str, console: Console) -> Profile | None:
     """The server's own profile if it serves one; else None (and this device's profile stands in)."""
     try:
         with HttpTransport(url, timeout_s=5) as http:

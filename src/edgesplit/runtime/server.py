@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from edgesplit.codec import OUTPUT_CUT, Limits, decode_frame, encode_frame
 from edgesplit.errors import FrameError
@@ -112,6 +113,8 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
             body = await receive(request, limits.max_body_bytes)
         except BodyTooLarge:
             return refuse("too_large", 413, f"body exceeds max_body_bytes={limits.max_body_bytes}")
+        except ClientDisconnect:  # the device gave up (its deadline) while uploading: nobody to answer
+            return refuse("client_disconnected", 400, "the client went away before its body arrived")
         finally:
             batcher.arriving -= 1
         received = time.perf_counter()
@@ -142,6 +145,8 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
             body = await receive(request, MAX_PROBE_BYTES)
         except BodyTooLarge:
             return refuse("too_large", 413, f"a probe is at most {MAX_PROBE_BYTES} bytes")
+        except ClientDisconnect:
+            return refuse("client_disconnected", 400, "the client went away before its body arrived")
         return Response(status_code=204, headers={"Server-Timing": body.timing(), "Edgesplit-Load": json.dumps(load())})
 
     @app.get("/v1/model")

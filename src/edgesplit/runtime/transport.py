@@ -11,6 +11,8 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import struct
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -19,12 +21,17 @@ from urllib.parse import urlsplit
 from edgesplit.errors import EdgesplitError
 
 
-class TransportError(Exception):
+class TransportError(EdgesplitError):
     """The server could not be reached, or the connection broke."""
 
 
 class TransportTimeout(TransportError):
-    """The server did not answer within the timeout."""
+    """The server did not answer within the timeout; ``upload_incomplete`` when the request itself had not
+    all arrived by then (it was still being written, or the server had not acknowledged all of it)."""
+
+    def __init__(self, message: str, upload_incomplete: bool = False) -> None:
+        super().__init__(message)
+        self.upload_incomplete = upload_incomplete
 
 
 @dataclass(frozen=True)
@@ -50,12 +57,16 @@ class HttpTransport:
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout_s: float | None = None) -> Response:
-        """One request; a kept-alive connection that went stale is reopened once."""
+        """One request, answered within ``timeout_s`` in all (else :class:`TransportTimeout`); a kept-alive
+        connection that went stale is reopened once."""
+        timeout = timeout_s or self.timeout_s
+        deadline = time.perf_counter() + timeout
         for attempt in (0, 1):
             fresh = self._connection is None
             connection = self._connect()
+            sending = True
             try:
-                connection.timeout = timeout_s or self.timeout_s
+                connection.timeout = max(1e-3, deadline - time.perf_counter())
                 if connection.sock is None:
                     connection.connect()
                     # http.client writes headers and a body over 2 KiB separately: without TCP_NODELAY
@@ -63,13 +74,19 @@ class HttpTransport:
                     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.sock.settimeout(connection.timeout)
                 connection.request(method, self._prefix + path, body=self._body(body), headers=headers or {})
+                sending = False
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise TimeoutError()
+                connection.sock.settimeout(left)
                 answer = connection.getresponse()
                 data = answer.read()
                 return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
             except (TimeoutError, socket.timeout) as exc:
+                incomplete = sending or _unacknowledged(connection.sock)
                 self.close()
                 detail = "" if str(exc) in ("", "timed out") else f" ({exc})"
-                raise TransportTimeout(f"no answer within {connection.timeout:.3g} s{detail}") from exc
+                raise TransportTimeout(f"no answer within {timeout:.3g} s{detail}", incomplete) from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
                 if fresh or attempt:
@@ -99,3 +116,15 @@ class HttpTransport:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _unacknowledged(sock: socket.socket | None) -> bool:
+    """Whether the peer has not yet acknowledged everything sent on ``sock`` (Linux TCP_INFO
+    ``tcpi_unacked``; False where that cannot be read)."""
+    if sock is None or not hasattr(socket, "TCP_INFO"):
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return False
+    return len(info) >= 28 and struct.unpack_from("I", info, 24)[0] > 0  # u8 × 8, then rto ato snd_mss rcv_mss unacked

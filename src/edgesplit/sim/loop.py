@@ -11,8 +11,8 @@ probe when its newest sample is older than ``probe_interval_s`` (as a real clien
 Two settings make it behave exactly like ``edgesplit run`` and the demo: ``sequential`` (the device
 takes the next request only once the previous one is answered, as the live client does) and
 ``deadline_s`` (a request the server has not answered that long after the device took it up is given up
-and finished on the device: an upload still in progress is dropped, and the attempt teaches the estimator
-that the link gave at most its bytes over the time waited).
+and finished on the device: an upload still in progress is dropped, and teaches the estimator that the
+link gave at most its bytes over the time waited).
 """
 
 from __future__ import annotations
@@ -155,7 +155,8 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
                 remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
                 finish = max(give_up, cpu_free) + remaining
                 cpu_free = finish
-                pending.append((give_up, option.bytes * 8 / (give_up - start), None))
+                if arrives > give_up and give_up - start > 0.01:  # cut short: the link gave less than this
+                    pending.append((give_up, option.bytes * 8 / (give_up - start), None))
             else:
                 pending.append((finish, option.bytes * 8 / upload if upload > 0 else None,
                                 server.state(served.done_s)))
