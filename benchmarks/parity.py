@@ -2,7 +2,7 @@
 
 For each link emulation (the application shaper; kernel shaping in network namespaces when root), the
 demo's setup runs every policy live (pretrained EfficientNet-Lite0, scikit-image photos, device = this
-machine slowed 8x). The simulator then replays the same segment with the profile that run measured, the
+machine slowed to run the whole model in 350 ms). The simulator then replays the same segment with the profile that run measured, the
 same options (priced with the device profile the demo measured and the server's own profile), policies,
 estimator, fps, RTT and deadline, and a device that — like the live client — serves one request at a
 time. Printed per policy: measured vs predicted mean and p95 and their ratio.
@@ -77,7 +77,7 @@ def main() -> None:
                          "measured_p95_ms": quantile(live, 0.95), "predicted_p95_ms": quantile(sim, 0.95),
                          "fallbacks": sum(r.record.fallback_reason is not None for r in requests)})
     table = Table(title=f"Simulator vs live, {args.duration:g} s of the demo's trace, EfficientNet-Lite0, "
-                        "device 8x slower than this machine")
+                        "device: whole model in 350 ms")
     for column in ("link", "policy", "measured mean", "predicted mean", "ratio", "measured p95", "predicted p95",
                    "ratio p95", "fallbacks"):
         table.add_column(column, justify="left" if column in ("link", "policy") else "right")

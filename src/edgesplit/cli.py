@@ -379,15 +379,15 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--rtt-ms", type=click.FloatRange(min=0), default=40.0, show_default=True)
 @click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=1500.0, show_default=True,
               help="finish a request locally when the server has not answered this long after it was taken up")
-@click.option("--device-slowdown", type=click.FloatRange(min=1), default=8.0, show_default=True,
-              help="emulate a device this many times slower than this machine")
+@click.option("--device-ms", type=click.FloatRange(min=0, min_open=True), default=350.0, show_default=True,
+              help="emulate a device that runs the whole model in this time (this machine, slowed to match)")
 @click.option("--codecs", default="fp32,fp16,int8", show_default=True, help="how a split's tensor may cross")
 @click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 def demo(model: str, trace_path: str | None, duration_s: float, policies: str | None, estimator: str, fps: float,
-         rtt_ms: float, deadline_ms: float, device_slowdown: float, codecs: str, exact: bool, private: bool,
+         rtt_ms: float, deadline_ms: float, device_ms: float, codecs: str, exact: bool, private: bool,
          netns: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
     trace, policy after policy, and compare them."""
@@ -401,7 +401,7 @@ def demo(model: str, trace_path: str | None, duration_s: float, policies: str | 
         tuple(p for p in DEFAULT_POLICIES if not (private and p == "offload"))
     config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s,
                         chosen, estimator, fps, rtt_ms / 1000,
-                        deadline_ms / 1000, device_slowdown, tuple(codecs.split(",")), not exact, private, netns,
+                        deadline_ms / 1000, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir))
     run_demo(config, console)
 

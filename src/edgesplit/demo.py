@@ -3,8 +3,9 @@
 The server (``edgesplit serve``, its own process) and the device (this process) hold the pretrained
 EfficientNet-Lite0; the device serves scikit-image photos at ``fps`` and, per policy in turn, replays the
 same trace segment from its start. The device is emulated: this machine's profile, measured at the start,
-slowed ``device_slowdown`` times (a small ARM board); each head, tail or local run really computes and is
-stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`). The
+slowed so that the whole model takes ``device_local_s`` (350 ms: a small ARM board; a fixed time rather
+than a fixed factor, so the demo does not depend on how fast this machine happens to be); each head, tail
+or local run really computes and is stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`). The
 server runs at this machine's real speed. The link is the application shaper by default
 (:mod:`edgesplit.netem.app`) or, with ``netns``, kernel shaping in network namespaces
 (:mod:`edgesplit.netem.kernel`, root only). Every answer's top-1 is compared with the local model's.
@@ -54,7 +55,7 @@ class DemoConfig:
     fps: float = 2.0
     rtt_s: float = 0.04
     deadline_s: float | None = 1.5
-    device_slowdown: float = 8.0
+    device_local_s: float = 0.35
     codecs: tuple[str, ...] = ("fp32", "fp16", "int8")
     lossy: bool = True
     private: bool = False
@@ -156,7 +157,8 @@ class LiveResult:
 
     runs: dict[str, list[LiveRequest]]
     trace: RateTrace  # the segment replayed
-    measured: Profile  # this machine, measured by the device (the emulated device is this × device_slowdown)
+    measured: Profile  # this machine, measured by the device (the emulated device is this, slowed)
+    device: Profile  # the emulated device
     server: Profile  # the server's own profile, from GET /v1/profile
     options: list[Option]
     allowed: list[Option]
@@ -194,13 +196,18 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     with _link(config, trace) as link, _server(config, link, console) as url:
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
-        console.print(f"device: {config.model} ({loaded.weights}), this machine slowed "
-                      f"{config.device_slowdown:g}× (emulating a small board); measuring its profile…")
+        console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
         # requests come about 1/fps apart: profile after as long an idle (a CPU that idled is slower for its
         # next inference); the device is emulated from these numbers, slowed
         measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
                            idle_s=_idle_s(config))
-        device = with_slowdown(measured, config.device_slowdown)
+        slowdown = config.device_local_s / measured.model_s[1].median_s
+        if slowdown < 1:
+            raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
+                                 f"an emulated device cannot be faster (--device-ms {config.device_local_s * 1e3:g})")
+        device = with_slowdown(measured, slowdown)
+        console.print(f"emulated device: this machine slowed {slowdown:.1f}× (whole model "
+                      f"{measured.model_s[1].median_s * 1e3:.0f} → {config.device_local_s * 1e3:.0f} ms)")
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
@@ -218,7 +225,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                       f"{len(allowed)} options · setup {setup_s:.0f} s")
         runs = {spec: _run_policy(spec, config, trace, link, url, engine, photos, options, allowed, console)
                 for spec in config.policies}
-    return LiveResult(runs, trace, measured, server, options, allowed, reference, setup_s)
+    return LiveResult(runs, trace, measured, device, server, options, allowed, reference, setup_s)
 
 
 @contextlib.contextmanager
@@ -329,7 +336,7 @@ def _summary(requests: list[LiveRequest], reference: list[int]) -> dict[str, Any
 
 def _print_summary(summary: dict[str, Any], config: DemoConfig, console: Console) -> None:
     table = Table(title=f"{config.model} over {Path(config.trace).name} ({config.duration_s:g} s, {config.fps:g} "
-                        f"requests/s, device {config.device_slowdown:g}× slower than this machine)")
+                        f"requests/s, device: whole model in {config.device_local_s * 1e3:.0f} ms)")
     for column in ("policy", "mean ms", "p50 ms", "p95 ms", "KiB sent", "fallbacks", "top-1 = local",
                    "options chosen"):
         table.add_column(column, justify="left" if column in ("policy", "options chosen") else "right")
@@ -352,14 +359,14 @@ def _write(config: DemoConfig, result: LiveResult, summary: dict[str, Any], cons
     simulated = {spec: [r.as_simulated() for r in requests] for spec, requests in runs.items()}
     plot_timeline(simulated, f"{trace.name} (live)", out / "timeline.png")
     plot_cdf(simulated, f"{trace.name} (live)", out / "cdf.png")
-    (out / "device-profile.json").write_text(json.dumps(result.measured.to_dict(), indent=1) + "\n")
+    (out / "device-profile.json").write_text(json.dumps(result.device.to_dict(), indent=1) + "\n")
     (out / "server-profile.json").write_text(json.dumps(result.server.to_dict(), indent=1) + "\n")
     document = {"trace": trace.name, "duration_s": config.duration_s, "fps": config.fps, "rtt_s": config.rtt_s,
-                "device_slowdown": config.device_slowdown, "link": "netns" if config.netns else "app",
+                "device_local_s": config.device_local_s, "link": "netns" if config.netns else "app",
                 "policies": summary,
                 "requests": {spec: [{"arrival_s": r.arrival_s, "true_mbps": r.true_bps / 1e6, **r.record.to_dict()}
                                     for r in requests] for spec, requests in runs.items()}}
     (out / "demo.json").write_text(json.dumps(document, indent=1) + "\n")
     console.print(f"wrote {out / 'demo.json'}, {out / 'timeline.png'}, {out / 'cdf.png'}, the profiles "
-                  f"(device-profile.json: this machine, before the {config.device_slowdown:g}× slowdown; "
+                  f"(device-profile.json: the emulated device; "
                   f"server-profile.json) and server.log")
