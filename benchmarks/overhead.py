@@ -25,7 +25,6 @@ import contextlib  # noqa: E402
 import json  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -38,7 +37,8 @@ from rich.table import Table  # noqa: E402
 from edgesplit import analyze, load_model, split  # noqa: E402
 from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
 from edgesplit.runtime.tail_engine import TailEngine  # noqa: E402
-from edgesplit.runtime.transport import HttpTransport, TransportError  # noqa: E402
+from edgesplit.demo import server_process  # noqa: E402
+from edgesplit.runtime.transport import HttpTransport  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -47,28 +47,12 @@ def _server(batch_wait_timeout_s: float) -> Iterator[str]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port", str(port),
-                                "--batch-wait-timeout-s", str(batch_wait_timeout_s), "--warm-up"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port", str(port),
+            "--batch-wait-timeout-s", str(batch_wait_timeout_s), "--warm-up"]
     url = f"http://127.0.0.1:{port}"
-    try:
-        while True:
-            try:
-                with HttpTransport(url, timeout_s=2) as http:
-                    http.request("GET", "/healthz")
-                break
-            except TransportError:
-                if process.poll() is not None:
-                    raise SystemExit("the server exited")
-                time.sleep(0.3)
+    with server_process(argv, url, Path("out/overhead-server.log")):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+
 
 console = Console(width=160)
 

@@ -22,7 +22,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -251,16 +251,25 @@ def _server(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterato
     argv = link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
                                 "--max-batch-size", "1", "--warm-up", "--profile",
                                 "--profile-idle-ms", str(_idle_s(config) * 1000)])
-    log_path = config.out_dir / "server.log"
-    config.out_dir.mkdir(parents=True, exist_ok=True)
+    url = link.server_url(port)
+    with server_process(argv, url, config.out_dir / "server.log", link.device_side) as process:
+        console.print(f"edge server ready at {url} (pid {process.pid}, log {config.out_dir / 'server.log'})")
+        yield url
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], url: str, log_path: Path,
+                   reach: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
+                   ) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` (an ``edgesplit serve`` command) with its output in ``log_path`` until ``url`` answers
+    ``/healthz`` (from inside ``reach()``, e.g. a network namespace); stop it on exit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "HF_HUB_OFFLINE": "1"})
     try:
-        url = link.server_url(port)
-        _wait_until_ready(url, process, log_path, link)
-        console.print(f"edge server ready at {url} (pid {process.pid}, log {log_path})")
-        yield url
+        _wait_until_ready(url, process, log_path, reach)
+        yield process
     finally:
         process.terminate()
         try:
@@ -275,9 +284,10 @@ def _idle_s(config: DemoConfig) -> float:
     return min(0.5, 0.8 / config.fps)
 
 
-def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path, link: EmulatedLink) -> None:
+def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,
+                      reach: Callable[[], contextlib.AbstractContextManager[None]]) -> None:
     deadline = time.monotonic() + 120
-    with link.device_side():
+    with reach():
         while time.monotonic() < deadline:
             if process.poll() is not None:
                 raise EdgesplitError(f"the edge server exited with code {process.returncode}; see {log_path}")
