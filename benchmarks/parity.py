@@ -28,7 +28,6 @@ from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState
 from edgesplit.policies import make_policy
 from edgesplit.profile import quantile
-from edgesplit.runtime.client import ClientConfig
 from edgesplit.sim import SimConfig, Workload, simulate
 
 console = Console(width=200)
@@ -37,7 +36,7 @@ console = Console(width=200)
 def predict(result: LiveResult, config: DemoConfig) -> dict[str, list[float]]:
     """Latencies (ms) the simulator predicts for each policy of a live run."""
     sim_config = SimConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, sequential=True,
-                           downlink_bps=math.inf, prior_bps=ClientConfig().prior_bps, max_batch_size=1)
+                           downlink_bps=math.inf, max_batch_size=1)
     predicted = {}
     for spec in result.runs:
         policy = make_policy(spec, LinkState(result.trace.mean_bps(), config.rtt_s))

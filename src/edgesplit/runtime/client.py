@@ -25,7 +25,7 @@ import numpy as np
 
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
 from edgesplit.errors import EdgesplitError, FrameError
-from edgesplit.estimators import Estimator
+from edgesplit.estimators import PRIOR_BPS, PROBE_BYTES, PROBE_INTERVAL_S, Estimator
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
 from edgesplit.profile import Profile, profile_from_dict
@@ -40,12 +40,12 @@ _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
 class ClientConfig:
     rtt_s: float = 0.04  # assumed until measured
     deadline_s: float | None = None
-    prior_bps: float = 2e6
+    prior_bps: float = PRIOR_BPS
     timeout_s: float = 10.0
     backoff_s: float = 0.5
     max_backoff_s: float = 8.0
-    probe_interval_s: float = 0.5
-    probe_bytes: int = 16_000
+    probe_interval_s: float = PROBE_INTERVAL_S
+    probe_bytes: int = PROBE_BYTES
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.estimators import Estimator
+from edgesplit.estimators import PRIOR_BPS, PROBE_BYTES, PROBE_INTERVAL_S, Estimator
 from edgesplit.latency import LinkState, Option, ServerState, find_option
 from edgesplit.policies import Policy, State
 from edgesplit.profile import quantile
@@ -60,9 +60,9 @@ class SimConfig:
     deadline_s: float | None = None  # after starting a request, give up on the server then (as the live client)
     sequential: bool = False  # one request at a time, arrival to answer (as the live client)
     downlink_bps: float = 20e6
-    prior_bps: float = 2e6  # the estimate before the first sample
-    probe_interval_s: float = 0.5
-    probe_bytes: int = 16_000
+    prior_bps: float = PRIOR_BPS  # the estimate before the first sample
+    probe_interval_s: float = PROBE_INTERVAL_S
+    probe_bytes: int = PROBE_BYTES
     max_batch_size: int = 8
     background_fps: float = 2.0  # per other client in the load trace
 
