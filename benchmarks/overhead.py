@@ -23,7 +23,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
-import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
@@ -37,16 +36,15 @@ from rich.table import Table  # noqa: E402
 from edgesplit import analyze, load_model, split  # noqa: E402
 from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
 from edgesplit.runtime.tail_engine import TailEngine  # noqa: E402
-from edgesplit.demo import server_process  # noqa: E402
+from edgesplit.demo import free_port, server_process  # noqa: E402
+from edgesplit.runtime.client import server_timings  # noqa: E402
 from edgesplit.runtime.transport import HttpTransport  # noqa: E402
 
 
 @contextlib.contextmanager
 def _server(batch_wait_timeout_s: float) -> Iterator[str]:
     """``edgesplit serve efficientnet_b0`` in its own process; its URL once it answers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port", str(port),
             "--batch-wait-timeout-s", str(batch_wait_timeout_s), "--warm-up"]
     url = f"http://127.0.0.1:{port}"
@@ -87,7 +85,7 @@ def main() -> None:
                     response = http.request("POST", "/v1/infer", payload)
                     decode_frame(response.body)
                     b = time.perf_counter() - started
-                    compute = float(response.headers["server-timing"].split("compute;dur=")[1].split(",")[0]) / 1e3
+                    compute = server_timings(response)["compute"][0]
                     if i >= 3:
                         direct.append(a)
                         remote.append(b)

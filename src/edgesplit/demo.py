@@ -18,7 +18,6 @@ import json
 import math
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import time
@@ -35,10 +34,10 @@ from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.policies import allowed_options, make_policy
-from edgesplit.profile import Profile, quantile, with_slowdown
+from edgesplit.profile import Profile, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, RequestRecord, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, TransportError
-from edgesplit.sim.loop import Request
+from edgesplit.sim.loop import Request, summarize
 from edgesplit.traces import RateTrace, read_trace
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
@@ -74,10 +73,8 @@ class LiveRequest:
     def as_simulated(self) -> Request:
         """The simulator's record of the same request, so that one set of plots and summaries serves both."""
         r = self.record
-        kind = "local" if r.cut is None and r.codec == "-" else ("offload" if r.cut is None else "split")
-        option = "local" if kind == "local" else (f"offload:{r.codec}" if kind == "offload"
-                                                  else f"split:{r.cut}:{r.codec}")
-        return Request(r.index, self.arrival_s, option, kind, r.cut, r.bytes_sent, r.predicted_ms / 1e3,
+        return Request(r.index, self.arrival_s, r.option, r.option.partition(":")[0], r.cut, r.bytes_sent,
+                       r.predicted_ms / 1e3,
                        r.latency_ms / 1e3, self.true_bps, r.estimated_mbps * 1e6, 0.0, 0.0, 0.0, 0)
 
 
@@ -170,7 +167,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
     """Run every policy over the same trace segment; print, plot and write the results."""
     started = time.perf_counter()
     result = run_live(config, console)
-    summary = {spec: _summary(requests, result.reference) for spec, requests in result.runs.items()}
+    summary = {spec: _summary(requests, result.reference, config.deadline_s) for spec, requests in result.runs.items()}
     _print_summary(summary, config, console)
     _write(config, result, summary, console)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s (setup {result.setup_s:.0f} s)")
@@ -245,9 +242,7 @@ def _link(config: DemoConfig, trace: RateTrace) -> Iterator[EmulatedLink]:
 @contextlib.contextmanager
 def _server(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterator[str]:
     """``edgesplit serve`` in its own process (batch size 1: answers stay bit-exact); its URL once ready."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     argv = link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
                                 "--max-batch-size", "1", "--warm-up", "--profile",
                                 "--profile-idle-ms", str(_idle_s(config) * 1000)])
@@ -255,6 +250,13 @@ def _server(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterato
     with server_process(argv, url, config.out_dir / "server.log", link.device_side) as process:
         console.print(f"edge server ready at {url} (pid {process.pid}, log {config.out_dir / 'server.log'})")
         yield url
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (the kernel's pick)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @contextlib.contextmanager
@@ -328,20 +330,12 @@ def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: EmulatedL
     return requests
 
 
-def _summary(requests: list[LiveRequest], reference: list[int]) -> dict[str, Any]:
-    latencies = sorted(r.record.latency_ms for r in requests)
-    chosen: dict[str, int] = {}
-    for r in requests:
-        option = r.as_simulated().option
-        chosen[option] = chosen.get(option, 0) + 1
-    return {
-        "count": len(requests), "mean_ms": statistics.fmean(latencies), "p50_ms": quantile(latencies, 0.5),
-        "p95_ms": quantile(latencies, 0.95), "mean_bytes": statistics.fmean(r.record.bytes_sent for r in requests),
-        "fallbacks": sum(r.record.fallback_reason is not None for r in requests),
-        "same_top1_as_local": sum(r.record.top1 == reference[r.record.index % len(reference)] for r in requests),
-        "labels": [r.record.top1 for r in requests],
-        "cuts": dict(sorted(chosen.items(), key=lambda kv: -kv[1])),
-    }
+def _summary(requests: list[LiveRequest], reference: list[int], deadline_s: float | None) -> dict[str, Any]:
+    """The simulator's summary of the live requests, with what only a live run knows."""
+    return {**summarize([r.as_simulated() for r in requests], deadline_s),
+            "fallbacks": sum(r.record.fallback_reason is not None for r in requests),
+            "same_top1_as_local": sum(r.record.top1 == reference[r.record.index % len(reference)] for r in requests),
+            "labels": [r.record.top1 for r in requests]}
 
 
 def _print_summary(summary: dict[str, Any], config: DemoConfig, console: Console) -> None:

@@ -106,7 +106,6 @@ class ShapedTransport(HttpTransport):
     def __init__(self, url: str, link: PacedLink, timeout_s: float = 10.0) -> None:
         super().__init__(url, timeout_s)
         self.link = link
-        self._deadline: float | None = None
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                 timeout_s: float | None = None) -> Response:
@@ -119,7 +118,6 @@ class ShapedTransport(HttpTransport):
         left = deadline - time.perf_counter()
         if left <= 0:
             raise TransportTimeout("no answer within the timeout (spent on the round trip)")
-        self._deadline = deadline
         response = super().request(method, path, body, headers, left)
         if time.perf_counter() + half > deadline:  # the answer would arrive too late
             time.sleep(max(0.0, deadline - time.perf_counter()))
@@ -127,5 +125,5 @@ class ShapedTransport(HttpTransport):
         time.sleep(half)
         return response
 
-    def _body(self, body: bytes | None) -> Iterator[bytes] | None:
-        return None if body is None else self.link.paced(body, self._deadline)
+    def _body(self, body: bytes | None, deadline: float) -> Iterator[bytes] | None:
+        return None if body is None else self.link.paced(body, deadline)

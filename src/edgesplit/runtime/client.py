@@ -51,6 +51,7 @@ class ClientConfig:
 @dataclass(frozen=True)
 class RequestRecord:
     index: int
+    option: str  # the option chosen (Option.name); ``executed`` says where it ended
     cut: str | None
     codec: str
     executed: str  # "local" | "split" | "offload"
@@ -131,7 +132,7 @@ class DeviceClient:
         ``arrived`` (a ``time.perf_counter()`` value; default now): a request that waited for the previous
         one to finish has waited."""
         begun = time.perf_counter()
-        started = begun if arrived is None else arrived
+        arrived = begun if arrived is None else arrived
         x = self.engine.normalize(image)
         with self._lock:
             estimate = self.estimator.predict() or self.config.prior_bps
@@ -154,8 +155,8 @@ class DeviceClient:
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
                 executed = "local"
-        record = RequestRecord(len(self.records), option.cut, option.codec, executed, reason,
-                               (time.perf_counter() - started) * 1e3, sent, int(np.argmax(logits[0])),
+        record = RequestRecord(len(self.records), option.name, option.cut, option.codec, executed, reason,
+                               (time.perf_counter() - arrived) * 1e3, sent, int(np.argmax(logits[0])),
                                decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None,
                                server_ms)
         self.records.append(record)
@@ -242,7 +243,7 @@ class DeviceClient:
         if frame.cut != OUTPUT_CUT:
             return None, "bad answer from the server (not an output frame)", None, None
         self._learn(response)
-        timings = _timings(response)
+        timings = server_timings(response)
         server_ms = (timings["queue"][0] + timings["compute"][0]) * 1e3 if {"queue", "compute"} <= set(timings) else None
         return frame.array, None, self._goodput(response), server_ms
 
@@ -257,7 +258,7 @@ class DeviceClient:
             self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
 
     def _goodput(self, response: Response) -> float | None:
-        recv = _timings(response).get("recv")
+        recv = server_timings(response).get("recv")
         if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
             return None  # one chunk: too small to time at the receiver
         rate = int(recv[1]) * 8 / recv[0]
@@ -295,7 +296,7 @@ def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
     return profile_from_dict(data, f"{url}/v1/profile")
 
 
-def _timings(response: Response) -> dict[str, tuple[float, str]]:
+def server_timings(response: Response) -> dict[str, tuple[float, str]]:
     """Server-Timing entries: name → (seconds, description)."""
     return {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
 

@@ -73,7 +73,8 @@ class HttpTransport:
                     # the body's first segment waits for the headers' ACK
                     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 connection.sock.settimeout(connection.timeout)
-                connection.request(method, self._prefix + path, body=self._body(body), headers=headers or {})
+                connection.request(method, self._prefix + path, body=self._body(body, deadline),
+                                   headers=headers or {})
                 sending = False
                 left = deadline - time.perf_counter()
                 if left <= 0:
@@ -96,8 +97,9 @@ class HttpTransport:
                 raise TransportError(f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _body(self, body: bytes | None) -> bytes | Iterable[bytes] | None:
-        """What to send for ``body`` on each attempt (a shaping transport paces it)."""
+    def _body(self, body: bytes | None, deadline: float) -> bytes | Iterable[bytes] | None:
+        """What to send for ``body`` on each attempt (a shaping transport paces it to arrive by ``deadline``,
+        a ``time.perf_counter()`` value)."""
         return body
 
     def _connect(self) -> http.client.HTTPConnection:
