@@ -1,6 +1,8 @@
 """The dynamic batcher on its own: who runs together, when it waits, what each request gets back."""
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -88,3 +90,26 @@ def test_full_queue_and_failing_model():
             await b.close()
 
     asyncio.run(scenario())
+
+
+def test_a_lone_short_tail_runs_on_the_event_loop_and_compute_is_timed_where_it_runs():
+    async def scenario():
+        threads = []
+
+        def run(cut, batch):
+            threads.append((cut, threading.current_thread() is threading.main_thread()))
+            if cut == 2:
+                time.sleep(0.02)
+            return batch
+
+        batcher = Batcher(run, Metrics(), batch_wait_timeout_s=0, inline_below_s=0.005)
+        results = []
+        for cut in (1, 1, 2, 2):
+            results.append(await batcher.submit(cut, np.zeros((1, 2), np.float32)))
+        await batcher.close()
+        return threads, results
+
+    threads, results = asyncio.run(scenario())
+    # the first run of a cut is unknown, so it goes to the worker thread; a short one then stays on the loop
+    assert threads == [(1, False), (1, True), (2, False), (2, False)]
+    assert results[2].compute_s >= 0.02 and results[1].compute_s < 0.005

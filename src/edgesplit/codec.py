@@ -195,7 +195,7 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
         if dtype.name not in expect.allowed(cut):
             raise FrameError(f"dtype {dtype.name} is not accepted at cut {cut} (accepted: "
                              f"{', '.join(sorted(expect.allowed(cut)))})", 422)
-    raw = _decompress(bytes(payload), compression, decoded_length)
+    raw = _decompress(payload, compression, decoded_length)
     if codec == "raw":
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     elif codec == "int8":
@@ -248,7 +248,8 @@ def _compress(data: bytes, compression: str) -> bytes:
     raise FrameError(f"unknown compression {compression!r}; known: {', '.join(COMPRESSIONS.values())}")
 
 
-def _decompress(payload: bytes, compression: str, decoded_length: int) -> bytes:
+def _decompress(payload: memoryview, compression: str, decoded_length: int) -> bytearray:
+    """The payload decoded, in a new writable buffer (the arrays made from it can be handed to torch)."""
     try:
         if compression == "none":
             raw = payload
@@ -265,7 +266,7 @@ def _decompress(payload: bytes, compression: str, decoded_length: int) -> bytes:
     if len(raw) != decoded_length:
         raise FrameError(f"{compression} payload does not decompress to the declared {decoded_length} bytes "
                          f"({'more' if len(raw) > decoded_length else len(raw)})")
-    return raw
+    return bytearray(raw)
 
 
 def _zstd():  # type: ignore[no-untyped-def]
