@@ -8,7 +8,7 @@ estimator, fps, RTT and deadline, and a device that — like the live client —
 time. Printed per policy: measured vs predicted mean and p95 and their ratio.
 
     python benchmarks/parity.py [--duration 25] [--policies dsc,best-static,local,offload,oracle]
-                                [--links app,netns] [--out benchmarks/results/parity.json]
+                                [--links app,netns] [--hedge] [--out benchmarks/results/parity.json]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ console = Console(width=200)
 
 def predict(result: LiveResult, config: DemoConfig) -> dict[str, list[float]]:
     """Latencies (ms) the simulator predicts for each policy of a live run."""
-    sim_config = SimConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, sequential=True,
+    sim_config = SimConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, sequential=True, hedge=config.hedge,
                            downlink_bps=math.inf, max_batch_size=1)
     predicted = {}
     for spec in result.runs:
@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=25.0)
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
     parser.add_argument("--links", default="app,netns", help="app, netns or both (netns needs root)")
+    parser.add_argument("--hedge", action="store_true", help="the device runs the rest itself while it waits")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "parity.json")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -64,7 +65,7 @@ def main() -> None:
                 console.print(f"skipping kernel shaping: {reason}")
                 continue
         config = DemoConfig(duration_s=args.duration, policies=tuple(args.policies.split(",")), netns=link == "netns",
-                            out_dir=Path("out/parity") / link)
+                            out_dir=Path("out/parity") / link, hedge=args.hedge)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
         predicted = predict(result, config)

@@ -4,7 +4,8 @@ EfficientNet-B0 (random weights, seed 0) is profiled here once, per node, at bat
 server runs at the measured speed (and, in a second variant, 10x faster: --slowdown 0.1, a GPU edge
 server); the device is this machine slowed 8x (emulating a small ARM board: B0 takes ~0.4 s). Every
 mahimahi uplink trace and the first 20 Norway HSDPA traces (sorted by name) are replayed at 2 requests
-per second, 40 ms RTT, with and without --private.
+per second, 40 ms RTT, with and without --private. "hedged" is dsc with --hedge: while it waits for the
+server, the device runs the rest of the model itself, and the first answer wins.
 
     python benchmarks/policies.py [--estimator harmonic] [--profile FILE] [--traces ../shared/traces]
                                   [--out benchmarks/results/policies.json]
@@ -18,6 +19,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -32,7 +34,7 @@ from edgesplit.profile import load_profile, with_slowdown
 from edgesplit.sim import SimConfig, Workload, simulate, summarize
 from edgesplit.traces import read_trace
 
-POLICIES = ["dsc", "oracle", "best-static", "local", "offload", "offload:jpeg90"]
+POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "local", "offload", "offload:jpeg90"]  # +hedge: SimConfig.hedge
 DEVICE_SLOWDOWN = 8.0
 console = Console(width=200)
 
@@ -52,9 +54,10 @@ def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) 
         if private and spec.startswith("offload"):
             continue
         estimator = make_estimator(estimator_spec)
-        policy = make_policy(spec, mean_link)
+        name, hedge = spec.removesuffix("+hedge"), spec.endswith("+hedge")
+        policy = make_policy(name, mean_link)
         records = simulate(policy, estimator, options, allowed if policy.dynamic else options, trace,
-                           Workload(fps=2.0), config)
+                           Workload(fps=2.0), replace(config, hedge=hedge))
         summary = summarize(records)
         summary["latencies_ms"] = [r.latency_s * 1000 for r in records]
         if spec == "dsc":
@@ -69,15 +72,16 @@ def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) 
 def report(title: str, rows: list[dict], private: bool) -> dict:
     baselines = ["local"] if private else ["local", "offload"]
     table = Table(title=title)
-    for column in ("trace", "Mbit/s", "dsc ms", "oracle", "best-static", *baselines,
+    for column in ("trace", "Mbit/s", "dsc ms", "hedged", "oracle", "best-static", *baselines,
                    *([] if private else ["jpeg90"]), "dsc/oracle", "dsc/best-st", "dsc/min(base)",
-                   "p95 dsc/bst", "oracle/bst", "MAPE %", "oracle's choice"):
+                   "p95 dsc/bst", "hedged/bst", "p95 hedged/bst", "oracle/bst", "MAPE %", "oracle's choice"):
         table.add_column(column, justify="left" if column in ("trace", "oracle's choice") else "right")
     for row in rows:
         base = min(row[b]["mean_ms"] for b in baselines)
         dominant = f"dominated by {row['dominant']}" if row["dominant"] else \
             ", ".join(f"{k} {v}" for k, v in list(row["oracle"]["cuts"].items())[:2])
         table.add_row(row["trace"], f"{row['mean_mbps']:.2f}", f"{row['dsc']['mean_ms']:.0f}",
+                      f"{row['dsc+hedge']['mean_ms']:.0f}",
                       f"{row['oracle']['mean_ms']:.0f}", f"{row['best-static']['mean_ms']:.0f}",
                       *(f"{row[b]['mean_ms']:.0f}" for b in baselines),
                       *([] if private else [f"{row['offload:jpeg90']['mean_ms']:.0f}"]),
@@ -85,10 +89,12 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                       f"{row['dsc']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
                       f"{row['dsc']['mean_ms'] / base:.3f}",
                       f"{row['dsc']['p95_ms'] / row['best-static']['p95_ms']:.3f}",
+                      f"{row['dsc+hedge']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
+                      f"{row['dsc+hedge']['p95_ms'] / row['best-static']['p95_ms']:.3f}",
                       f"{row['oracle']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
                       f"{row['estimator_mape']:.0f}" if row["estimator_mape"] is not None else "-", dominant)
     pooled = {p: statistics.fmean(v for row in rows for v in row[p]["latencies_ms"])
-              for p in ["dsc", "oracle", "best-static", *baselines]}
+              for p in ["dsc", "dsc+hedge", "oracle", "best-static", *baselines]}
     overall = {
         "mean_ms": pooled,
         "dsc_over_oracle": pooled["dsc"] / pooled["oracle"],
@@ -96,20 +102,30 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
         "dsc_over_min_baseline": pooled["dsc"] / min(pooled[b] for b in baselines),
         "traces_where_dsc_beats_best_static_mean": sum(r["dsc"]["mean_ms"] <= r["best-static"]["mean_ms"] for r in rows),
         "traces_where_dsc_beats_best_static_p95": sum(r["dsc"]["p95_ms"] <= r["best-static"]["p95_ms"] for r in rows),
+        "hedged_dsc_over_oracle": pooled["dsc+hedge"] / pooled["oracle"],
+        "hedged_dsc_over_best_static": pooled["dsc+hedge"] / pooled["best-static"],
+        "traces_where_hedged_dsc_beats_best_static_mean": sum(r["dsc+hedge"]["mean_ms"] <= r["best-static"]["mean_ms"]
+                                                              for r in rows),
+        "traces_where_hedged_dsc_beats_best_static_p95": sum(r["dsc+hedge"]["p95_ms"] <= r["best-static"]["p95_ms"]
+                                                             for r in rows),
         "traces_where_oracle_loses_to_best_static_mean": [r["trace"] for r in rows
                                                           if r["oracle"]["mean_ms"] > r["best-static"]["mean_ms"]],
         "traces": len(rows),
     }
-    table.add_row("overall (all requests)", "", f"{pooled['dsc']:.0f}", f"{pooled['oracle']:.0f}",
+    table.add_row("overall (all requests)", "", f"{pooled['dsc']:.0f}", f"{pooled['dsc+hedge']:.0f}",
+                  f"{pooled['oracle']:.0f}",
                   f"{pooled['best-static']:.0f}", *(f"{pooled[b]:.0f}" for b in baselines),
                   *([] if private else [""]), f"{overall['dsc_over_oracle']:.3f}",
-                  f"{overall['dsc_over_best_static']:.3f}", f"{overall['dsc_over_min_baseline']:.3f}", "", "", "", "",
-                  style="bold")
+                  f"{overall['dsc_over_best_static']:.3f}", f"{overall['dsc_over_min_baseline']:.3f}", "",
+                  f"{overall['hedged_dsc_over_best_static']:.3f}", "", "", "", "", style="bold")
     console.print(table)
     console.print(f"dsc ≤ best-static: mean on {overall['traces_where_dsc_beats_best_static_mean']}/{len(rows)} "
                   f"traces, p95 on {overall['traces_where_dsc_beats_best_static_p95']}/{len(rows)}; even the oracle loses to "
                   f"best-static (which knows the trace's mean in hindsight) on "
-                  f"{', '.join(overall['traces_where_oracle_loses_to_best_static_mean']) or 'no trace'}\n")
+                  f"{', '.join(overall['traces_where_oracle_loses_to_best_static_mean']) or 'no trace'}; hedged dsc "
+                  f"≤ best-static: mean on {overall['traces_where_hedged_dsc_beats_best_static_mean']}/{len(rows)}, "
+                  f"p95 on {overall['traces_where_hedged_dsc_beats_best_static_p95']}/{len(rows)}; hedged dsc/oracle "
+                  f"{overall['hedged_dsc_over_oracle']:.3f}\n")
     for row in rows:
         for p in POLICIES:
             row.get(p, {}).pop("latencies_ms", None)

@@ -19,7 +19,7 @@ from edgesplit.measure import measure
 from edgesplit.netem.app import PacedLink, ShapedTransport
 from edgesplit.runtime.client import ClientConfig, DeviceClient
 from edgesplit.runtime.tail_engine import TailEngine
-from edgesplit.runtime.device_engines import TorchEngine
+from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 from edgesplit.runtime.server import ServerConfig, create_app
 from edgesplit.profile import with_slowdown
 from edgesplit.traces import RateTrace
@@ -199,3 +199,38 @@ def test_the_oracle_runs_live_over_an_emulated_link(setup, live):
     blind = _client(setup, live.url, "oracle")
     with pytest.raises(EdgesplitError, match="the oracle policy needs the true link rate"):
         blind.infer(setup[3][0])
+
+
+def test_hedged_requests_take_the_first_answer_and_stop_the_other(setup, live):
+    loaded, analysis, options, images, profile = setup
+    image = images[0]
+    # a slow server: the device's own run wins, the exchange is stopped, the answer is the local model's
+    with LiveServer(_stub(TorchEngine(analysis, loaded.normalization).model_id.hex(), delay_s=5.0)) as slow:
+        client = _client(setup, slow.url, "offload", hedge=True)
+        client.connect()
+        started = time.perf_counter()
+        record = client.infer(image)
+        assert time.perf_counter() - started < 2.5
+        assert (record.executed, record.fallback_reason) == ("local", "hedge: the device finished first")
+        assert record.top1 == _local_top1(setup, image) and record.bytes_sent == 32 + 16 + 3 * 64 * 64
+        assert client.estimator.predict() is None  # the upload had arrived: a slow server says nothing of the link
+        assert client.down_until == 0.0  # stopping on purpose is no sign of a dead server
+        # a slow link: the upload is cut short, and teaches the estimator a bound
+        link = PacedLink(RateTrace.constant(20e3, duration_s=100), rtt_s=0.0)  # ~5 s for the 12 KiB frame
+        client = _client(setup, slow.url, "offload", connect=lambda: ShapedTransport(slow.url, link), hedge=True)
+        client.connect()
+        record = client.infer(image)
+        assert record.fallback_reason == "hedge: the device finished first"
+        waited = record.latency_ms / 1e3
+        assert client.estimator.predict() <= record.bytes_sent * 8 / (0.5 * waited)
+    # a device 50x slower than the server: the server's answer wins; the local run finishes before the next
+    device = EmulatedDevice(TorchEngine(analysis, loaded.normalization), with_slowdown(profile, 50))
+    client = DeviceClient(live.url, device, options, make_policy("offload", LinkState(1e6)), make_estimator("harmonic"),
+                          ClientConfig(hedge=True))
+    OPEN.append(client)
+    client.connect()
+    first = client.infer(image)
+    assert (first.executed, first.fallback_reason, first.top1) == ("offload", None, _local_top1(setup, image))
+    assert first.latency_ms < profile.model_s[1].median_s * 50 * 1e3
+    second = client.infer(image)
+    assert second.executed == "offload" and client.summary()["fallbacks"] == 0

@@ -455,3 +455,27 @@ def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
     records = run(Script("local", "offload:raw"), RateTrace.constant(8 * MBPS), fps=2.0, duration_s=1.0,
                   options=[slow, RAW], config=config)
     assert records[1].latency_s == pytest.approx(0.2 + 0.093)
+
+
+# --- hedging: the device runs the rest itself while it waits; the first answer wins ---------------
+
+
+def test_a_hedged_request_is_never_later_than_the_devices_own_run():
+    trace = RateTrace("outage", (0.0, 1.0), (8 * MBPS, 0.0), 10.0)
+    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, hedge=True, sequential=True)
+    records = run(Script("split:c:fp32", "split:c:fp32", "offload:raw", "local"), trace, fps=1.0,
+                  duration_s=4.0, config=config, estimator="last")
+    assert records[0].latency_s == pytest.approx(0.03 + 0.01 + 0.04 + 0.008 + 0.001)  # the server was faster
+    # in the outage: the tail here (70 ms after the 30 ms head) wins; the upload is dropped and teaches a bound
+    assert records[1].latency_s == pytest.approx(0.1)
+    assert records[2].latency_s == pytest.approx(0.1) and records[2].estimated_bps == pytest.approx(10_000 * 8 / 0.07)
+    assert records[3].latency_s == pytest.approx(0.1)  # the uplink was freed
+
+
+def test_a_hedge_the_server_beat_still_keeps_the_processor_busy():
+    fast_server = SimConfig(rtt_s=0.0, downlink_bps=32 * MBPS, hedge=True)
+    records = run(Script("offload:raw", "local"), RateTrace.constant(800 * MBPS), fps=50.0, duration_s=0.04,
+                  config=fast_server)
+    assert records[0].latency_s == pytest.approx(0.0004 + 0.002 + 0.01 + 0.001)  # the server's answer
+    # the device's own run of request 0 (100 ms from 0 s) cannot be stopped: request 1 (at 20 ms) waits for it
+    assert records[1].latency_s == pytest.approx(0.1 - 0.02 + 0.1)

@@ -177,6 +177,7 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--deadline-ms", type=float,
               help="give up on the server this long after taking a request up and finish it on the device; "
                    "requests slower than this count as misses")
+@click.option("--hedge", is_flag=True, help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
 @click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
 @click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
@@ -188,7 +189,7 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write every request as CSV")
 @click.option("--plot", "plot_prefix", help="write PREFIX-timeline.png and PREFIX-cdf.png")
 def simulate(device_profile: str, server_profile: str, trace_path: str, policies: str, estimator: str,
-             fps: float, arrivals: str, rtt_ms: float, deadline_ms: float | None, start_s: float,
+             fps: float, arrivals: str, rtt_ms: float, deadline_ms: float | None, hedge: bool, start_s: float,
              duration_s: float | None, load_trace: str | None, private: bool, lossy: bool, codecs: str,
              seed: int, json_path: str | None, csv_path: str | None, plot_prefix: str | None) -> None:
     """Replay an uplink trace through each policy and compare their latency."""
@@ -197,7 +198,7 @@ def simulate(device_profile: str, server_profile: str, trace_path: str, policies
     scenario = Scenario.from_files(
         device_profile, server_profile, trace_path, load_trace=load_trace, codecs=tuple(codecs.split(",")),
         private=private, lossy=lossy, estimator=estimator, fps=fps, arrivals=arrivals, rtt_ms=rtt_ms,
-        deadline_ms=deadline_ms, start_s=start_s, duration_s=duration_s, seed=seed)
+        deadline_ms=deadline_ms, hedge=hedge, start_s=start_s, duration_s=duration_s, seed=seed)
     result = run_policies(scenario, [p.strip() for p in policies.split(",") if p.strip()])
     table = Table(title=f"{scenario.trace.name} · mean {scenario.trace.mean_bps() / 1e6:.2f} Mbit/s · "
                         f"{scenario.trace.duration_s:.0f} s · {fps:g} fps · RTT {rtt_ms:g} ms · estimator "
@@ -322,6 +323,7 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
 @click.option("--deadline-ms", type=float,
               help="finish a request locally when the server has not answered this long after it was taken up")
+@click.option("--hedge", is_flag=True, help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
 @click.option("--server-profile", type=click.Path(dir_okay=False),
               help="default: the server's own (GET /v1/profile), else this machine's")
@@ -331,14 +333,14 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="per-request decisions and a summary (JSON)")
 def run(model: str, weights: str | None, input_size: int | None, input_shape: str | None, server_url: str,
         engine_name: str, policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
-        deadline_ms: float | None, device_profile: str | None, server_profile: str | None, private: bool,
-        lossy: bool, codecs: str, out_path: str | None) -> None:
+        deadline_ms: float | None, hedge: bool, device_profile: str | None, server_profile: str | None,
+        private: bool, lossy: bool, codecs: str, out_path: str | None) -> None:
     """Serve requests on this device with MODEL's head, splitting at the cut the policy picks."""
     from edgesplit.runtime.device import run_device
 
     run_device(model, weights, input_size, input_shape, engine_name=engine_name, server_url=server_url,
                policy_spec=policy_spec,
-               estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms,
+               estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms, hedge=hedge,
                device_profile=device_profile, server_profile=server_profile, private=private, lossy=lossy,
                codecs=tuple(codecs.split(",")), out_path=out_path, console=console)
 
@@ -385,10 +387,12 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
+@click.option("--hedge", is_flag=True,
+              help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 def demo(model: str, trace_path: str | None, duration_s: float, policies: str | None, estimator: str, fps: float,
          rtt_ms: float, deadline_ms: float, device_ms: float, codecs: str, exact: bool, private: bool,
-         netns: bool, out_dir: str) -> None:
+         netns: bool, hedge: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
     trace, policy after policy, and compare them."""
     try:
@@ -402,7 +406,7 @@ def demo(model: str, trace_path: str | None, duration_s: float, policies: str | 
     config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s,
                         chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
-                        Path(out_dir))
+                        Path(out_dir), hedge)
     run_demo(config, console)
 
 

@@ -60,6 +60,7 @@ class DemoConfig:
     private: bool = False
     netns: bool = False
     out_dir: Path = Path("out/demo")
+    hedge: bool = False  # the device runs the rest itself while it waits; the first answer wins
 
 
 @dataclass(frozen=True)
@@ -307,7 +308,7 @@ def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: EmulatedL
                 photos: list[Any], options: list[Option], allowed: list[Option], console: Console
                 ) -> list[LiveRequest]:
     policy = make_policy(spec, LinkState(trace.mean_bps(), config.rtt_s))
-    client_config = ClientConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s)
+    client_config = ClientConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge)
     requests: list[LiveRequest] = []
     with link.device_side(), DeviceClient(url, engine, allowed if policy.dynamic else options, policy,
                                           make_estimator(config.estimator), client_config,

@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 
 from edgesplit.latency import LinkState
-from edgesplit.runtime.transport import HttpTransport, Response, TransportTimeout
+from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportTimeout
 from edgesplit.traces import RateTrace
 
 PACKET_BYTES = 1448  # one TCP segment of payload at MTU 1500
@@ -78,8 +78,9 @@ class PacedLink:
         with self._lock:
             self._free_at = min(self._free_at, max(0.0, not_sent_after - self.clock.to_wall(0.0)))
 
-    def paced(self, body: bytes, deadline: float | None) -> Iterator[bytes]:
-        """Yield ``body`` in pieces, each when the link has delivered it; TimeoutError past ``deadline``."""
+    def paced(self, body: bytes, deadline: float | None, abort: threading.Event | None = None) -> Iterator[bytes]:
+        """Yield ``body`` in pieces, each when the link has delivered it; TimeoutError past ``deadline`` or
+        once ``abort`` is set (the rest of the upload is dropped)."""
         due = [t + self.rtt_s / 2 for t in self.schedule(len(body))]
         sent = 0
         while sent < len(body):
@@ -97,7 +98,11 @@ class PacedLink:
                 time.sleep(max(0.0, deadline - now))
                 self.release(deadline)
                 raise TimeoutError(f"upload not delivered by the deadline ({sent} of {len(body)} bytes)")
-            time.sleep(wake - now)
+            if abort is not None and abort.wait(wake - now):
+                self.release(time.perf_counter())
+                raise TimeoutError(f"upload stopped ({sent} of {len(body)} bytes)")
+            if abort is None:
+                time.sleep(wake - now)
 
 
 class ShapedTransport(HttpTransport):
@@ -108,22 +113,30 @@ class ShapedTransport(HttpTransport):
         self.link = link
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                timeout_s: float | None = None) -> Response:
+                timeout_s: float | None = None, abort: threading.Event | None = None) -> Response:
         deadline = time.perf_counter() + (timeout_s or self.timeout_s)
         half = self.link.rtt_s / 2
         if body is None:
-            time.sleep(min(half, max(0.0, deadline - time.perf_counter())))
+            _wait(min(half, max(0.0, deadline - time.perf_counter())), abort)
         else:
             headers = {**(headers or {}), "content-length": str(len(body))}
         left = deadline - time.perf_counter()
         if left <= 0:
             raise TransportTimeout("no answer within the timeout (spent on the round trip)")
-        response = super().request(method, path, body, headers, left)
+        response = super().request(method, path, body, headers, left, abort)
         if time.perf_counter() + half > deadline:  # the answer would arrive too late
-            time.sleep(max(0.0, deadline - time.perf_counter()))
+            _wait(max(0.0, deadline - time.perf_counter()), abort)
             raise TransportTimeout(f"no answer within {timeout_s or self.timeout_s:.3g} s (still on its way back)")
-        time.sleep(half)
+        _wait(half, abort)
         return response
 
     def _body(self, body: bytes | None, deadline: float) -> Iterator[bytes] | None:
-        return None if body is None else self.link.paced(body, deadline)
+        return None if body is None else self.link.paced(body, deadline, self._abort)
+
+
+def _wait(seconds: float, abort: threading.Event | None) -> None:
+    """Sleep ``seconds``; TransportAborted at once when ``abort`` is set meanwhile."""
+    if abort is None:
+        time.sleep(seconds)
+    elif abort.wait(seconds):
+        raise TransportAborted("stopped on purpose")

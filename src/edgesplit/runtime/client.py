@@ -30,7 +30,8 @@ from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
 from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
-from edgesplit.runtime.transport import HttpTransport, Response, TransportError, TransportTimeout
+from edgesplit.runtime.transport import (HttpTransport, Response, TransportAborted, TransportError,
+                                        TransportTimeout)
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
 _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
@@ -46,6 +47,10 @@ class ClientConfig:
     max_backoff_s: float = 8.0
     probe_interval_s: float = PROBE_INTERVAL_S
     probe_bytes: int = PROBE_BYTES
+    hedge: bool = False  # while waiting for the server, run the rest here too; the first answer wins
+
+
+HEDGE_WON = "hedge: the device finished first"
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,7 @@ class DeviceClient:
         self.truth = truth
         self._prober: HttpTransport | None = None
         self._probe: threading.Thread | None = None
+        self._hedge: threading.Thread | None = None  # a hedged local run that lost, still finishing
         self._last_sample_at = -math.inf
         self._lock = threading.Lock()  # the estimator and the reported load, shared with the probe thread
         self.model_id = engine.model_id
@@ -100,6 +106,8 @@ class DeviceClient:
         self.records: list[RequestRecord] = []
 
     def close(self) -> None:
+        if self._hedge is not None:
+            self._hedge.join()
         if self._probe is not None:
             self._probe.join(self.config.timeout_s)
         self.http.close()
@@ -131,6 +139,9 @@ class DeviceClient:
         """Answer one uint8 image (3, H, W); always returns exactly one result. Its latency counts from
         ``arrived`` (a ``time.perf_counter()`` value; default now): a request that waited for the previous
         one to finish has waited."""
+        if self._hedge is not None:  # the processor is still busy with the last request's hedge
+            self._hedge.join()
+            self._hedge = None
         begun = time.perf_counter()
         arrived = begun if arrived is None else arrived
         x = self.engine.normalize(image)
@@ -150,11 +161,13 @@ class DeviceClient:
             if reason is None:
                 payload = self._frame(option, image, mid)
                 sent = len(payload)
-                logits, reason, measured, server_ms = self._remote(payload, begun)
-            executed = option.kind
+                if self.config.hedge:
+                    logits, reason, measured, server_ms = self._race(option, x, mid, payload, begun)
+                else:
+                    logits, reason, measured, server_ms = self._remote(payload, begun)
+            executed = option.kind if reason is None else "local"
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
-                executed = "local"
         record = RequestRecord(len(self.records), option.name, option.cut, option.codec, executed, reason,
                                (time.perf_counter() - arrived) * 1e3, sent, int(np.argmax(logits[0])),
                                decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None,
@@ -206,7 +219,31 @@ class DeviceClient:
         codec = "int8" if option.codec == "int8" else "raw"
         return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
 
-    def _remote(self, payload: bytes, begun: float
+    def _race(self, option: Option, x: np.ndarray, mid: np.ndarray | None, payload: bytes, begun: float
+              ) -> tuple[np.ndarray, str | None, float | None, float | None]:
+        """Hedged: the rest of the model runs here while the server is asked; the first answer wins. When
+        the device finishes first, the exchange is stopped (an upload still in progress is dropped, and
+        teaches the estimator as a deadline would); when the server answers first, the local run cannot be
+        stopped midway, so it finishes before the device takes its next request (as in the simulator)."""
+        abort = threading.Event()
+        answered = threading.Lock()  # held by whichever side claims the win
+        local: list[np.ndarray] = []
+
+        def run_here() -> None:
+            local.append(self._finish_locally(option, x, mid))
+            if answered.acquire(blocking=False):
+                self.http.interrupt(abort)
+
+        self._hedge = threading.Thread(target=run_here, name="edgesplit-hedge", daemon=True)
+        self._hedge.start()
+        logits, reason, measured, server_ms = self._remote(payload, begun, abort)
+        if answered.acquire(blocking=False) and logits is not None:  # else the device's answer it is
+            return logits, None, measured, server_ms
+        self._hedge.join()
+        self._hedge = None
+        return local[0], reason or HEDGE_WON, None, None
+
+    def _remote(self, payload: bytes, begun: float, abort: threading.Event | None = None
                 ) -> tuple[np.ndarray | None, str | None, float | None, float | None]:
         """POST the frame; (logits, None, goodput, server ms) on success, (None, reason, None, None) when to
         fall back.
@@ -220,13 +257,15 @@ class DeviceClient:
             timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - begun))
         sending = time.perf_counter()
         try:
-            response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout)
-        except TransportTimeout as exc:
+            response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout, abort)
+        except (TransportTimeout, TransportAborted) as exc:
             waited = time.perf_counter() - sending
             if exc.upload_incomplete and waited > 0.01:  # the link gave less than this; a slow server teaches nothing
                 with self._lock:
                     self.estimator.update(len(payload) * 8 / waited)
                     self._last_sample_at = time.perf_counter()
+            if isinstance(exc, TransportAborted):
+                return None, HEDGE_WON, None, None
             return None, "deadline" if self.config.deadline_s is not None else "timeout", None, None
         except TransportError as exc:
             self._mark_down()

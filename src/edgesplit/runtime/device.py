@@ -25,8 +25,9 @@ from edgesplit.runtime.transport import HttpTransport, TransportError
 
 def run_device(model: str, weights: str | None, input_size: int | None, input_shape: str | None, *,
                engine_name: str, server_url: str, policy_spec: str, estimator_spec: str, images: str | None,
-               fps: float | None, count: int | None, deadline_ms: float | None, device_profile: str | None,
-               server_profile: str | None, private: bool, lossy: bool, codecs: tuple[str, ...],
+               fps: float | None, count: int | None, deadline_ms: float | None, hedge: bool,
+               device_profile: str | None, server_profile: str | None, private: bool, lossy: bool,
+               codecs: tuple[str, ...],
                out_path: str | None, console: Console) -> dict:
     if policy_spec == "oracle":
         raise EdgesplitError("the oracle needs the true link rate, which a live device cannot know; "
@@ -46,7 +47,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
     options = build_options(device, server, codecs=codecs, private=private)
     choices = allowed_options(options, private, lossy) if policy.dynamic else options
     client = DeviceClient(server_url, engine, choices, policy, estimator,
-                          ClientConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None))
+                          ClientConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge))
     total = count or (len(frames) if images else 20)
     with client:
         console.print(client.connect())

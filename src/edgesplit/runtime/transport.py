@@ -12,6 +12,7 @@ import http.client
 import json
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,15 @@ class TransportError(EdgesplitError):
 class TransportTimeout(TransportError):
     """The server did not answer within the timeout; ``upload_incomplete`` when the request itself had not
     all arrived by then (it was still being written, or the server had not acknowledged all of it)."""
+
+    def __init__(self, message: str, upload_incomplete: bool = False) -> None:
+        super().__init__(message)
+        self.upload_incomplete = upload_incomplete
+
+
+class TransportAborted(TransportError):
+    """The request was stopped on purpose (:meth:`HttpTransport.interrupt`, a hedged request the device
+    answered first); ``upload_incomplete`` when its request had not all arrived by then."""
 
     def __init__(self, message: str, upload_incomplete: bool = False) -> None:
         super().__init__(message)
@@ -54,17 +64,49 @@ class HttpTransport:
         self._prefix = parts.path.rstrip("/")
         self.timeout_s = timeout_s
         self._connection: http.client.HTTPConnection | None = None
+        self._abort: threading.Event | None = None  # set by interrupt() to stop the request in progress
+        self._sending = False
+        self._cut_short = False
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None,
-                timeout_s: float | None = None) -> Response:
+                timeout_s: float | None = None, abort: threading.Event | None = None) -> Response:
         """One request, answered within ``timeout_s`` in all (else :class:`TransportTimeout`); a kept-alive
-        connection that went stale is reopened once."""
+        connection that went stale is reopened once. ``abort``, once set (see :meth:`interrupt`), stops it
+        with :class:`TransportAborted`."""
+        self._abort, self._cut_short = abort, False
+        try:
+            if abort is not None and abort.is_set():
+                raise TransportError("aborted before it began")
+            return self._request(method, path, body, headers, timeout_s)
+        except TransportError as exc:
+            if abort is not None and abort.is_set():
+                raise TransportAborted(f"stopped on purpose ({exc})", self._cut_short) from exc
+            raise
+        finally:
+            self._abort = None
+            self._sending = False
+
+    def interrupt(self, abort: threading.Event) -> None:
+        """From another thread: set ``abort`` and stop the request it was given to at once (its socket is
+        shut down); the request raises :class:`TransportAborted`."""
+        connection = self._connection
+        sock = connection.sock if connection is not None else None
+        self._cut_short = self._sending or _unacknowledged(sock)
+        abort.set()
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None,
+                 timeout_s: float | None) -> Response:
         timeout = timeout_s or self.timeout_s
         deadline = time.perf_counter() + timeout
         for attempt in (0, 1):
             fresh = self._connection is None
             connection = self._connect()
-            sending = True
+            self._sending = True
             try:
                 connection.timeout = max(1e-3, deadline - time.perf_counter())
                 if connection.sock is None:
@@ -75,7 +117,7 @@ class HttpTransport:
                 connection.sock.settimeout(connection.timeout)
                 connection.request(method, self._prefix + path, body=self._body(body, deadline),
                                    headers=headers or {})
-                sending = False
+                self._sending = False
                 left = deadline - time.perf_counter()
                 if left <= 0:
                     raise TimeoutError()
@@ -84,13 +126,13 @@ class HttpTransport:
                 data = answer.read()
                 return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
             except (TimeoutError, socket.timeout) as exc:
-                incomplete = sending or _unacknowledged(connection.sock)
+                incomplete = self._sending or _unacknowledged(connection.sock)
                 self.close()
                 detail = "" if str(exc) in ("", "timed out") else f" ({exc})"
                 raise TransportTimeout(f"no answer within {timeout:.3g} s{detail}", incomplete) from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
                 self.close()
-                if fresh or attempt:
+                if fresh or attempt or (self._abort is not None and self._abort.is_set()):
                     raise TransportError(f"{type(exc).__name__}: {exc}") from exc
             except (OSError, http.client.HTTPException) as exc:
                 self.close()

@@ -59,6 +59,7 @@ class SimConfig:
     rtt_s: float = 0.04
     deadline_s: float | None = None  # after starting a request, give up on the server then (as the live client)
     sequential: bool = False  # one request at a time, arrival to answer (as the live client)
+    hedge: bool = False  # while waiting for the server, the device runs the rest itself; the first answer wins
     downlink_bps: float = 20e6
     prior_bps: float = PRIOR_BPS  # the estimate before the first sample
     probe_interval_s: float = PROBE_INTERVAL_S
@@ -150,14 +151,19 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
                 served = server.serve(arrives, option.name, lambda b, o=option: o.decode_s + o.tail_at(b))
                 queue, tail, batch = served.queue_s, served.tail_s, served.batch_size
                 finish = served.done_s + config.rtt_s / 2 + option.result_bytes * 8 / config.downlink_bps
+            remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
+            hedged = cpu_free + remaining  # when the device's own run would finish, had it started at once
+            if config.hedge:
+                give_up = min(give_up, hedged)
             if finish > give_up:  # the device stops waiting, drops what is still uploading, runs the rest
                 uplink_free = min(uplink_free, max(give_up, start))
-                remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
-                finish = max(give_up, cpu_free) + remaining
+                finish = hedged if config.hedge else max(give_up, cpu_free) + remaining
                 cpu_free = finish
                 if arrives > give_up and give_up - start > 0.01:  # cut short: the link gave less than this
                     pending.append((give_up, option.bytes * 8 / (give_up - start), None))
             else:
+                if config.hedge:
+                    cpu_free = hedged  # a model run cannot be stopped midway: the processor stays busy
                 pending.append((finish, option.bytes * 8 / upload if upload > 0 else None,
                                 server.state(served.done_s)))
         answered = finish

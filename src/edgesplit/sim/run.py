@@ -33,10 +33,10 @@ class Scenario:
     def from_files(cls, device_profile: str, server_profile: str, trace_path: str, *, load_trace: str | None = None,
                    codecs: tuple[str, ...] = ("fp32",), private: bool = False, lossy: bool = False,
                    estimator: str = "harmonic", fps: float = 2.0, arrivals: str = "periodic",
-                   rtt_ms: float = 40.0, deadline_ms: float | None = None, start_s: float = 0.0,
+                   rtt_ms: float = 40.0, deadline_ms: float | None = None, hedge: bool = False, start_s: float = 0.0,
                    duration_s: float | None = None, seed: int = 0) -> Scenario:
         device, server = load_profile(device_profile), load_profile(server_profile)
-        config = SimConfig(rtt_s=rtt_ms / 1000, deadline_s=deadline_ms / 1000 if deadline_ms else None)
+        config = SimConfig(rtt_s=rtt_ms / 1000, deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge)
         require_batch_sizes(server, config.max_batch_size)
         options = build_options(device, server, codecs=codecs, private=private)
         trace = read_trace(trace_path)
