@@ -25,7 +25,8 @@ LOCAL = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
 RAW = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 40_000, 0.002, {1: 0.01, 4: 0.02, 8: 0.03}, 4000, True)
 SPLIT = Option("split:c:fp32", "split", "c", "fp32", 0.03, 0.0, 10_000, 0.0, {1: 0.008, 4: 0.016}, 4000, True)
 OPTIONS = [LOCAL, RAW, SPLIT]
-CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, probe_interval_s=1.0)  # the arithmetic below
+CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, probe_interval_s=1.0,
+                   probe_on_connect=False)  # the arithmetic below
 
 
 def run(policy: str | Policy, trace: RateTrace, *, fps: float = 2.0, duration_s: float | None = None,
@@ -193,9 +194,18 @@ def test_probes_teach_a_device_that_runs_locally():
     assert all(r.latency_s == pytest.approx(0.05) for r in records)  # probing costs the requests nothing
 
 
+def test_the_device_measures_its_uplink_when_it_connects():
+    trace = RateTrace("steps", (0.0, 1.0), (8 * MBPS, 1 * MBPS), 2.0)
+    records = run("local", trace, fps=2.0, config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+    assert [r.estimated_bps for r in records] == [8 * MBPS] * 4  # the link at 0, not the prior; no probe after
+    outage = RateTrace("outage", (0.0, 1.0), (0.0, 1 * MBPS), 2.0)
+    records = run("local", outage, fps=2.0, config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+    assert records[0].estimated_bps == 2 * MBPS  # a probe into an outage tells nothing: the prior it is
+
+
 def test_no_probe_without_a_stale_sample():
     records = run("local", RateTrace.constant(8 * MBPS, 3.0), fps=10.0,
-                  config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+                  config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf, probe_on_connect=False))
     assert {r.estimated_bps for r in records} == {2 * MBPS}  # no probe: the prior throughout
 
 
@@ -204,7 +214,7 @@ def test_answers_known_at_the_same_instant_are_both_learnt():
     # 0.25 s and sends a 0.5 Mbit probe (0.125 s) known at 0.625 s too: both samples are 4 Mbit/s
     offload = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 125_000, 0.0, {1: 0.125}, 0, True)
     local = Option("local", "local", None, "-", 0.25, 0.0, 0, 0.0, {}, 0, True)
-    config = SimConfig(rtt_s=0.25, prior_bps=2 * MBPS, probe_bytes=62_500)
+    config = SimConfig(rtt_s=0.25, prior_bps=2 * MBPS, probe_bytes=62_500, probe_on_connect=False)
     records = run(Script("offload:raw", "local", "local", "local"), RateTrace.constant(4 * MBPS), fps=4.0,
                   options=[local, offload], config=config)
     assert records[0].latency_s == 0.625
@@ -318,7 +328,8 @@ def test_dsc_comes_back_when_a_load_spike_ends():
     # The probes' answers report the load: busy at first (dsc stays local), idle from the probe at 1.2 s on
     spike = LoadTrace("spike", (0.0, 1.0), (40.0, 0.0), 10.0)
     records = run("dsc", RateTrace.constant(8 * MBPS, 10.0), fps=5.0, duration_s=4.0, load=spike,
-                  options=[LOCAL, RAW], config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0))
+                  options=[LOCAL, RAW], config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0,
+                                                         probe_on_connect=False))
     assert [r.option for r in records if r.arrival_s < 1.3] == ["local"] * 7
     after = [r for r in records if r.arrival_s > 1.3]
     assert [r.option for r in after] == ["offload:raw"] * 13

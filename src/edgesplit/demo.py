@@ -314,6 +314,7 @@ def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: EmulatedL
                                           make_estimator(config.estimator), client_config,
                                           connect=lambda: link.connect(url), truth=link.truth) as client:
         console.rule(f"policy {spec}")
+        link.restart()  # the probe on connecting sees the link as it is at the start (as in the simulator)
         console.print(client.connect())
         link.restart()
         began = time.perf_counter()

@@ -48,6 +48,7 @@ class ClientConfig:
     probe_interval_s: float = PROBE_INTERVAL_S
     probe_bytes: int = PROBE_BYTES
     hedge: bool = False  # while waiting for the server, run the rest here too; the first answer wins
+    probe_on_connect: bool = True  # measure the uplink (and learn the load) once before the first request
 
 
 HEDGE_WON = "hedge: the device finished first"
@@ -121,7 +122,8 @@ class DeviceClient:
         self.close()
 
     def connect(self) -> str:
-        """Check that the server holds the same model; returns a line for the user."""
+        """Check that the server holds the same model and, unless ``probe_on_connect`` is off, measure the
+        uplink once (a probe on the second connection); returns a line for the user."""
         try:
             started = time.perf_counter()
             info = self.http.request("GET", "/v1/model").json()
@@ -133,6 +135,9 @@ class DeviceClient:
             self.refusal = (f"the server's model id {info.get('model_id')} differs from ours {self.model_id.hex()}: "
                             "start both with the same model and weights; running locally")
             return self.refusal
+        if self.config.probe_on_connect:
+            self._last_sample_at = time.perf_counter()
+            self._send_probe()
         return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.rtt_s * 1e3:.1f} ms"
 
     def infer(self, image: np.ndarray, arrived: float | None = None) -> RequestRecord:

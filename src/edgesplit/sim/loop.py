@@ -60,6 +60,7 @@ class SimConfig:
     deadline_s: float | None = None  # after starting a request, give up on the server then (as the live client)
     sequential: bool = False  # one request at a time, arrival to answer (as the live client)
     hedge: bool = False  # while waiting for the server, the device runs the rest itself; the first answer wins
+    probe_on_connect: bool = True  # the device measures its uplink once before its first request
     downlink_bps: float = 20e6
     prior_bps: float = PRIOR_BPS  # the estimate before the first sample
     probe_interval_s: float = PROBE_INTERVAL_S
@@ -106,6 +107,10 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
     pending: list[tuple[float, float | None, ServerState | None]] = []  # (known at, rate sample, report)
     reported = ServerState()
     last_sample_at = -math.inf
+    if config.probe_on_connect and trace.rate_at(0.0) > 0:  # connected just before 0, the link and load as at 0
+        estimator.update(trace.rate_at(0.0))
+        last_sample_at = 0.0
+        reported = server.state(0.0)
     records: list[Request] = []
     duration = workload.duration_s or trace.duration_s
     for index, arrival in enumerate(workload.times(duration)):
