@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from edgesplit.profile import load_profile
 from test_cli import run
 
 
@@ -136,3 +137,18 @@ def test_load_trace_puts_other_clients_on_the_server(profiles, monkeypatch, caps
     second_half = [r for r in rows["loaded"] if float(r["arrival_s"]) >= 10]
     assert all(float(r["queue_s"]) == 0 and r["batch_size"] == "1" for r in first_half)
     assert any(float(r["queue_s"]) > 0 or r["batch_size"] != "1" for r in second_half)
+
+
+def test_hedge_caps_every_request_at_the_devices_own_time(profiles, monkeypatch, capsys, tmp_path):
+    outage = "0 20\n5 0\n10 20\n20 20\n"  # 20 Mbit/s, then nothing for 5 s
+    rows = {}
+    for name, extra in (("plain", []), ("hedged", ["--hedge"])):
+        out = tmp_path / f"{name}.csv"
+        code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                           "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, outage),
+                           "--policies", "offload", "--fps", "2", "--csv", str(out), *extra)
+        assert code == 0, err
+        rows[name] = [float(r["latency_s"]) for r in csv.DictReader(out.read_text().splitlines())]
+    local = load_profile(profiles / "device.json").model_s[1].median_s
+    assert max(rows["plain"]) > 1.0  # stuck behind the outage
+    assert max(rows["hedged"]) <= local + 1e-9 and all(h <= p + 1e-9 for h, p in zip(rows["hedged"], rows["plain"]))

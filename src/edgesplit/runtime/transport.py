@@ -114,6 +114,8 @@ class HttpTransport:
                     # http.client writes headers and a body over 2 KiB separately: without TCP_NODELAY
                     # the body's first segment waits for the headers' ACK
                     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self._abort is not None and self._abort.is_set():  # interrupted while connecting
+                        raise ConnectionAbortedError("interrupted")
                 connection.sock.settimeout(connection.timeout)
                 connection.request(method, self._prefix + path, body=self._body(body, deadline),
                                    headers=headers or {})
