@@ -2,7 +2,8 @@
 
 A real uvicorn server holds EfficientNet-B0 (224×224, random weights). Eight client threads each send
 fp32 frames at one cut as fast as they are answered, for --seconds; the two server settings alternate
-(--rounds times each) and the table reports the median throughput of each and their ratio.
+(--rounds times each) and the table reports the median throughput of each and their ratio, beside the
+most batching can give here: how much faster per request the tail alone runs at batch 8 than at 1.
 
     python benchmarks/batching.py [--seconds 8] [--rounds 2] [--cut record-low-1] [--out ...]
 """
@@ -60,6 +61,21 @@ def throughput(engine: TailEngine, payload: bytes, max_batch_size: int, seconds:
     return len(done) / elapsed, float(np.mean(batches))
 
 
+def compute_gain(engine: TailEngine, cut: int, one: np.ndarray, batch_size: int, repeats: int = 5) -> float:
+    """How much faster per request the tail alone runs at ``batch_size`` than at 1 (interleaved medians):
+    the most batching can give on this machine."""
+    many = np.concatenate([one] * batch_size)
+    single, batched = [], []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        engine.run(cut, one)
+        single.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        engine.run(cut, many)
+        batched.append((time.perf_counter() - started) / batch_size)
+    return statistics.median(single[1:]) / statistics.median(batched[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0)
@@ -83,14 +99,16 @@ def main() -> None:
         batched = statistics.median(r[0] for r in runs[8])
         single = statistics.median(r[0] for r in runs[1])
         rows.append({"cut": cut.name, "clients": CLIENTS, "batched_rps": batched, "unbatched_rps": single,
-                     "ratio": batched / single, "mean_batch": statistics.mean(r[1] for r in runs[8])})
+                     "ratio": batched / single, "mean_batch": statistics.mean(r[1] for r in runs[8]),
+                     "compute_gain_batch8": compute_gain(engine, cut.index, mid.numpy(), 8)})
     table = Table(title=f"Throughput with {CLIENTS} concurrent clients, EfficientNet-B0 224×224 "
                         f"({args.rounds} alternating rounds of {args.seconds:g} s, medians)")
-    for column in ("cut", "max batch 8 (req/s)", "max batch 1 (req/s)", "ratio", "mean batch"):
+    for column in ("cut", "max batch 8 (req/s)", "max batch 1 (req/s)", "ratio", "mean batch",
+                   "compute alone, batch 8 vs 1 per request"):
         table.add_column(column, justify="left" if column == "cut" else "right")
     for r in rows:
         table.add_row(r["cut"], f"{r['batched_rps']:.1f}", f"{r['unbatched_rps']:.1f}", f"{r['ratio']:.2f}",
-                      f"{r['mean_batch']:.1f}")
+                      f"{r['mean_batch']:.1f}", f"{r['compute_gain_batch8']:.2f}")
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "torch_threads": torch.get_num_threads()}, indent=1) + "\n")
