@@ -32,6 +32,14 @@ def test_run_writes_the_documented_json(live, monkeypatch, capsys, tmp_path):
     assert [r["executed"] for r in data["requests"]] == ["offload"] * 4
     assert data["summary"]["count"] == data["summary"]["answered"] == 4 and data["summary"]["fallbacks"] == 0
     assert "holds the same model" in stdout
+    # hedged: the device's own run races the server; each request has one answer, from either side
+    code, _, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,
+                       "--policy", "offload", "--count", "3", "--hedge", "--out", str(out))
+    assert code == 0, err
+    hedged = json.loads(out.read_text())["requests"]
+    assert len(hedged) == 3 and all((r["executed"], r["fallback_reason"]) in {
+        ("offload", None), ("local", "hedge: the device finished first")} for r in hedged)
+    assert [r["top1"] for r in hedged] == [r["top1"] for r in data["requests"][:3]]  # the same photos, answers
 
 
 def test_run_with_an_empty_image_folder_or_the_oracle(live, monkeypatch, capsys, tmp_path):
