@@ -9,7 +9,8 @@ activations at three record-low cuts. Per request, interleaved, ``--repeats`` ti
   client's transport, receive and validate, batcher, encode the answer, decode it), with C = the compute
   time the server reports for it, timed where the tail ran;
 - F: the floor — the same body to a server on the same stack (uvicorn + Starlette) that does nothing but
-  read it, hold the request as long as B's compute took, and answer 4 KiB.
+  read it, hold the request as long as B's compute took (its server idles meanwhile, where the real one
+  computes), and answer 4 KiB.
 
 The overhead is median(B − C); the floor median(F − hold); the difference is edgesplit's own share.
 The floor is not a constant: on this 2-core VM an idle core takes long to wake (HLT exits), so a
@@ -80,8 +81,8 @@ def _serve_floor(port: int) -> None:
     from starlette.routing import Route
 
     async def infer(request: Request) -> Response:
-        started = time.perf_counter()
         await request.body()
+        started = time.perf_counter()
         await asyncio.sleep(float(request.query_params["hold_ms"]) / 1e3)
         held = time.perf_counter() - started
         return Response(bytes(4096), headers={"Server-Timing": f"hold;dur={held * 1e3:.3f}"})

@@ -34,7 +34,8 @@ from edgesplit.profile import load_profile, with_slowdown
 from edgesplit.sim import SimConfig, Workload, simulate, summarize
 from edgesplit.traces import read_trace
 
-POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "local", "offload", "offload:jpeg90"]  # +hedge: SimConfig.hedge
+POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "best-static+hedge", "local", "offload",
+            "offload:jpeg90"]  # +hedge: with SimConfig.hedge
 DEVICE_SLOWDOWN = 8.0
 console = Console(width=200)
 
@@ -72,7 +73,7 @@ def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) 
 def report(title: str, rows: list[dict], private: bool) -> dict:
     baselines = ["local"] if private else ["local", "offload"]
     table = Table(title=title)
-    for column in ("trace", "Mbit/s", "dsc ms", "hedged", "oracle", "best-static", *baselines,
+    for column in ("trace", "Mbit/s", "dsc ms", "hedged", "oracle", "best-static", "bst hedged", *baselines,
                    *([] if private else ["jpeg90"]), "dsc/oracle", "dsc/best-st", "dsc/min(base)",
                    "p95 dsc/bst", "hedged/bst", "p95 hedged/bst", "oracle/bst", "MAPE %", "oracle's choice"):
         table.add_column(column, justify="left" if column in ("trace", "oracle's choice") else "right")
@@ -83,6 +84,7 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
         table.add_row(row["trace"], f"{row['mean_mbps']:.2f}", f"{row['dsc']['mean_ms']:.0f}",
                       f"{row['dsc+hedge']['mean_ms']:.0f}",
                       f"{row['oracle']['mean_ms']:.0f}", f"{row['best-static']['mean_ms']:.0f}",
+                      f"{row['best-static+hedge']['mean_ms']:.0f}",
                       *(f"{row[b]['mean_ms']:.0f}" for b in baselines),
                       *([] if private else [f"{row['offload:jpeg90']['mean_ms']:.0f}"]),
                       f"{row['dsc']['mean_ms'] / row['oracle']['mean_ms']:.3f}",
@@ -94,7 +96,7 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                       f"{row['oracle']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
                       f"{row['estimator_mape']:.0f}" if row["estimator_mape"] is not None else "-", dominant)
     pooled = {p: statistics.fmean(v for row in rows for v in row[p]["latencies_ms"])
-              for p in ["dsc", "dsc+hedge", "oracle", "best-static", *baselines]}
+              for p in ["dsc", "dsc+hedge", "oracle", "best-static", "best-static+hedge", *baselines]}
     overall = {
         "mean_ms": pooled,
         "dsc_over_oracle": pooled["dsc"] / pooled["oracle"],
@@ -108,13 +110,17 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                                                               for r in rows),
         "traces_where_hedged_dsc_beats_best_static_p95": sum(r["dsc+hedge"]["p95_ms"] <= r["best-static"]["p95_ms"]
                                                              for r in rows),
+        "traces_where_hedged_dsc_beats_hedged_best_static_mean": sum(
+            r["dsc+hedge"]["mean_ms"] <= r["best-static+hedge"]["mean_ms"] for r in rows),
+        "traces_where_hedged_dsc_beats_hedged_best_static_p95": sum(
+            r["dsc+hedge"]["p95_ms"] <= r["best-static+hedge"]["p95_ms"] for r in rows),
         "traces_where_oracle_loses_to_best_static_mean": [r["trace"] for r in rows
                                                           if r["oracle"]["mean_ms"] > r["best-static"]["mean_ms"]],
         "traces": len(rows),
     }
     table.add_row("overall (all requests)", "", f"{pooled['dsc']:.0f}", f"{pooled['dsc+hedge']:.0f}",
-                  f"{pooled['oracle']:.0f}",
-                  f"{pooled['best-static']:.0f}", *(f"{pooled[b]:.0f}" for b in baselines),
+                  f"{pooled['oracle']:.0f}", f"{pooled['best-static']:.0f}", f"{pooled['best-static+hedge']:.0f}",
+                  *(f"{pooled[b]:.0f}" for b in baselines),
                   *([] if private else [""]), f"{overall['dsc_over_oracle']:.3f}",
                   f"{overall['dsc_over_best_static']:.3f}", f"{overall['dsc_over_min_baseline']:.3f}", "",
                   f"{overall['hedged_dsc_over_best_static']:.3f}", "", "", "", "", style="bold")
@@ -125,7 +131,9 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                   f"{', '.join(overall['traces_where_oracle_loses_to_best_static_mean']) or 'no trace'}; hedged dsc "
                   f"≤ best-static: mean on {overall['traces_where_hedged_dsc_beats_best_static_mean']}/{len(rows)}, "
                   f"p95 on {overall['traces_where_hedged_dsc_beats_best_static_p95']}/{len(rows)}; hedged dsc/oracle "
-                  f"{overall['hedged_dsc_over_oracle']:.3f}\n")
+                  f"{overall['hedged_dsc_over_oracle']:.3f}; hedged dsc ≤ hedged best-static: mean on "
+                  f"{overall['traces_where_hedged_dsc_beats_hedged_best_static_mean']}/{len(rows)}, p95 on "
+                  f"{overall['traces_where_hedged_dsc_beats_hedged_best_static_p95']}/{len(rows)}\n")
     for row in rows:
         for p in POLICIES:
             row.get(p, {}).pop("latencies_ms", None)

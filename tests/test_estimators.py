@@ -234,3 +234,14 @@ def test_unknown_names_get_the_registry_message(spec, message):
 def test_constructors_check_their_parameters(make, message):
     with pytest.raises(EdgesplitError, match=message):
         make()
+
+
+def test_recent_keeps_the_last_five_samples_for_every_estimator():
+    for spec in ("last", "ewma", "harmonic:2", "robust"):
+        estimator = make_estimator(spec)
+        assert estimator.recent() == ()
+        for rate in range(1, 8):
+            estimator.update(float(rate))
+        assert estimator.recent() == (3.0, 4.0, 5.0, 6.0, 7.0)
+        estimator.reset()
+        assert estimator.recent() == ()

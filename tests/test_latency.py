@@ -9,7 +9,7 @@ import math
 import pytest
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import LinkState, Option, ServerState, build_options, find_option, latency
+from edgesplit.latency import LinkState, Option, ServerState, build_options, find_option, hedged_latency, latency
 from edgesplit.errors import ProfileError
 from edgesplit.profile import CutProfile, Profile, Timing, load_profile, with_slowdown
 
@@ -388,3 +388,13 @@ def test_uplink_backlog_counts_only_where_the_head_does_not_hide_it(head_s, adde
     free = LinkState(8e6)
     busy = LinkState(8e6, backlog_bytes=40_000)  # 0.04 s of the device's earlier bytes still queued
     assert latency(option, busy, ServerState()) - latency(option, free, ServerState()) == pytest.approx(added_s)
+
+
+def test_hedged_latency_is_the_first_answer_averaged_over_the_rates_given():
+    split = Option("split:c:fp32", "split", "c", "fp32", 0.1, 0.01, 100_000, 0.0, {1: 0.05}, 0, True)
+    link = LinkState(8e6, 0.04)
+    # at 8 Mbit/s: 0.11 ready + 0.1 upload + 0.04 + 0.05 = 0.3 s; at 1 Mbit/s 1.0 s, capped at 0.5 + 0.01
+    assert hedged_latency(split, link, ServerState(), 0.5) == pytest.approx(0.3)
+    assert hedged_latency(split, link, ServerState(), 0.5, (8e6, 1e6)) == pytest.approx((0.3 + 0.51) / 2)
+    local = Option("local", "local", None, "-", 0.5, 0.0, 0, 0.0, {}, 0, True)
+    assert hedged_latency(local, link, ServerState(), 0.5, (1e6,)) == 0.5

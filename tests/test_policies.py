@@ -253,3 +253,21 @@ def test_policies_are_pure(spec):
     assert vars(policy) == before  # nothing is remembered
     fresh = make_policy(spec, LinkState(6 * MBPS, RTT))
     assert [fresh.choose(s, EXACT) for s in states] == first
+
+
+def test_hedged_dsc_sends_what_may_win_since_the_device_runs_the_rest_anyway():
+    # at 2 Mbit/s local (0.5 s) beats offload (1.125 s) and the split (0.75 s); unhedged, dsc stays local
+    state = State(LinkState(2 * MBPS, RTT), ServerState())
+    assert DynamicSplit().choose(state, [LOCAL, RAW, FP32]).option is LOCAL
+    # hedged, with recent samples of 2 and 16 Mbit/s: offload is min(1.125, 0.5) or min(0.25, 0.5), 0.375 s
+    # expected; the split min(0.75, 0.5) or min(0.3125, 0.5), 0.40625 s: offload it is
+    hedged = State(LinkState(2 * MBPS, RTT), ServerState(), hedged=True, recent_bps=(2 * MBPS, 16 * MBPS))
+    decision = DynamicSplit().choose(hedged, [LOCAL, RAW, FP32])
+    assert decision.option is RAW and decision.predicted_s == pytest.approx(0.375)
+    # when no recent rate lets the server win, nothing is sent
+    slow = State(LinkState(2 * MBPS, RTT), ServerState(), hedged=True, recent_bps=(2 * MBPS, 3 * MBPS))
+    assert DynamicSplit().choose(slow, [LOCAL, RAW, FP32]) == Decision(LOCAL, 0.5)
+    # nor when the expected saving is under HEDGE_MIN_GAIN_S (1 ms): at 4 and 4.01 Mbit/s the split is
+    # expected at (0.5 + 0.49938) / 2 = 0.49969 s, 0.3 ms better than local
+    close = State(LinkState(4 * MBPS, RTT), ServerState(), hedged=True, recent_bps=(4.0 * MBPS, 4.01 * MBPS))
+    assert DynamicSplit().choose(close, [LOCAL, FP32]).option is LOCAL

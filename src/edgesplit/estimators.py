@@ -39,6 +39,9 @@ PROBE_INTERVAL_S = 0.5
 PROBE_BYTES = 16_000
 
 
+RECENT_SAMPLES = 5  # how many past samples Estimator.recent() keeps (the harmonic mean's default window)
+
+
 class Estimator(ABC):
     """Predicts the next transfer's throughput (bits/s) from the throughputs of completed transfers."""
 
@@ -59,11 +62,16 @@ class Estimator(ABC):
         if predicted is not None:
             self._error_sum += abs(predicted - rate) / rate
             self._scored += 1
+        self._recent.append(rate)
         self._observe(rate)
 
     @abstractmethod
     def predict(self) -> float | None:
         """The predicted throughput of the next transfer in bits/s, or None before the first sample."""
+
+    def recent(self) -> tuple[float, ...]:
+        """The last samples, oldest first (at most ``RECENT_SAMPLES``): a spread of what the link may do next."""
+        return tuple(self._recent)
 
     def mape(self) -> float | None:
         """Mean absolute percentage error (e.g. 12.5) of the scored predictions, None before the first."""
@@ -73,6 +81,7 @@ class Estimator(ABC):
         """Forget all samples and all scored predictions."""
         self._error_sum = 0.0
         self._scored = 0
+        self._recent: deque[float] = deque(maxlen=RECENT_SAMPLES)
 
     @abstractmethod
     def _observe(self, rate_bps: float) -> None:

@@ -15,7 +15,7 @@ the options; :func:`latency` prices one of them for a link and a server state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from edgesplit.codec import SPLIT_CODECS
@@ -77,6 +77,18 @@ def latency(option: Option, link: LinkState, server: ServerState) -> float:
     return (ready + uplink_wait + option.bytes * 8 / link.uplink_bps + link.rtt_s
             + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
             + option.result_bytes * 8 / link.downlink_bps)
+
+
+def hedged_latency(option: Option, link: LinkState, server: ServerState, local_s: float,
+                   rates_bps: tuple[float, ...] = ()) -> float:
+    """Expected seconds to the answer when the device also runs the rest itself (``--hedge``): the first of
+    the server's answer and the device's own run (``local_s`` for the whole model, from when the frame is
+    ready), averaged over ``rates_bps`` as equally likely uplink rates (default: ``link``'s)."""
+    if option.kind == "local":
+        return option.head_s
+    own = local_s + option.encode_s
+    rates = rates_bps or (link.uplink_bps,)
+    return sum(min(latency(option, replace(link, uplink_bps=rate), server), own) for rate in rates) / len(rates)
 
 
 def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = None,

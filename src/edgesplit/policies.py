@@ -19,8 +19,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import LinkState, Option, ServerState, find_option, latency
+from edgesplit.latency import LinkState, Option, ServerState, find_option, hedged_latency, latency
 from edgesplit.registry import Registry
+
+
+HEDGE_MIN_GAIN_S = 0.001  # hedged, a request goes to the server only if expected to save this much
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,8 @@ class State:
     reported: ServerState  # the load the server reported last
     actual: LinkState | None = None  # the true link now: simulation and emulated links only
     current: ServerState | None = None  # the true load now: simulation only
+    hedged: bool = False  # the device runs the rest itself while it waits (--hedge)
+    recent_bps: tuple[float, ...] = ()  # the estimator's last samples: how the link may turn out
 
 
 @dataclass(frozen=True)
@@ -81,13 +86,26 @@ class BestStatic(Policy):
 
 
 class DynamicSplit(Policy):
-    """The paper's method made real: argmin at the estimated rate and the reported load."""
+    """The paper's method made real: argmin at the estimated rate and the reported load.
+
+    Hedged, a request sent to the server is never later than the device's own run, so what counts is
+    the expected first answer over how the link may turn out (the estimator's recent samples): an option
+    that may win is worth sending even when it loses at the estimate. Sending must be expected to save at
+    least ``HEDGE_MIN_GAIN_S`` over running locally."""
 
     name = "dsc"
     dynamic = True
 
     def choose(self, state: State, options: list[Option]) -> Decision:
-        return argmin(options, state.estimated, state.reported)
+        local = next((o for o in options if o.kind == "local"), None)
+        if not state.hedged or local is None:
+            return argmin(options, state.estimated, state.reported)
+        best = Decision(local, local.head_s)
+        for option in options:
+            expected = hedged_latency(option, state.estimated, state.reported, local.head_s, state.recent_bps)
+            if expected < best.predicted_s - (HEDGE_MIN_GAIN_S if best.option is local else 0.0):
+                best = Decision(option, expected)
+        return best
 
 
 class Oracle(Policy):

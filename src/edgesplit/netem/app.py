@@ -12,6 +12,7 @@ link, so a probe and an inference cannot overtake each other.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -83,26 +84,25 @@ class PacedLink:
         once ``abort`` is set (the rest of the upload is dropped)."""
         due = [t + self.rtt_s / 2 for t in self.schedule(len(body))]
         sent = 0
-        while sent < len(body):
-            now = time.perf_counter()
-            ready = sent // PACKET_BYTES
-            while ready < len(due) and due[ready] <= now:
-                ready += 1
-            if ready * PACKET_BYTES > sent or ready == len(due):
-                end = min(ready * PACKET_BYTES, len(body))
-                yield body[sent:end]
-                sent = end
-                continue
-            wake = due[ready]
-            if deadline is not None and wake > deadline:
-                time.sleep(max(0.0, deadline - now))
-                self.release(deadline)
-                raise TimeoutError(f"upload not delivered by the deadline ({sent} of {len(body)} bytes)")
-            if abort is not None and abort.wait(wake - now):
+        try:
+            while sent < len(body):
+                now = time.perf_counter()
+                ready = sent // PACKET_BYTES
+                while ready < len(due) and due[ready] <= now:
+                    ready += 1
+                if ready * PACKET_BYTES > sent or ready == len(due):
+                    end = min(ready * PACKET_BYTES, len(body))
+                    yield body[sent:end]
+                    sent = end
+                    continue
+                wake = due[ready]
+                if _stopped(min(wake, deadline or math.inf) - now, abort):
+                    raise TimeoutError(f"upload stopped ({sent} of {len(body)} bytes)")
+                if deadline is not None and wake > deadline:
+                    raise TimeoutError(f"upload not delivered by the deadline ({sent} of {len(body)} bytes)")
+        finally:
+            if sent < len(body):  # given up (deadline, abort, or the connection broke): the rest is dropped
                 self.release(time.perf_counter())
-                raise TimeoutError(f"upload stopped ({sent} of {len(body)} bytes)")
-            if abort is None:
-                time.sleep(wake - now)
 
 
 class ShapedTransport(HttpTransport):
@@ -134,9 +134,15 @@ class ShapedTransport(HttpTransport):
         return None if body is None else self.link.paced(body, deadline, self._abort)
 
 
+def _stopped(seconds: float, abort: threading.Event | None) -> bool:
+    """Sleep ``seconds``, or less if ``abort`` is set meanwhile; whether it was."""
+    if abort is None:
+        time.sleep(max(0.0, seconds))
+        return False
+    return abort.wait(max(0.0, seconds))
+
+
 def _wait(seconds: float, abort: threading.Event | None) -> None:
     """Sleep ``seconds``; TransportAborted at once when ``abort`` is set meanwhile."""
-    if abort is None:
-        time.sleep(seconds)
-    elif abort.wait(seconds):
+    if _stopped(seconds, abort):
         raise TransportAborted("stopped on purpose")

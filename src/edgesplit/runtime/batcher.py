@@ -104,8 +104,8 @@ class Batcher:
                 self._pending.remove(item)
             self.metrics.queue_length = len(self._pending)
             sizes = [len(i.array) for i in batch]
-            inputs = batch[0].array if len(batch) == 1 else np.concatenate([i.array for i in batch])
             try:
+                inputs = batch[0].array if len(batch) == 1 else np.concatenate([i.array for i in batch])
                 if self._inline(batch):
                     logits, started, compute = self._timed(first.cut, inputs)
                 else:

@@ -52,6 +52,7 @@ class ClientConfig:
 
 
 HEDGE_WON = "hedge: the device finished first"
+CONNECT_PROBE_TIMEOUT_S = 2.0  # a link in an outage when the device connects teaches nothing: do not wait
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ class DeviceClient:
             return self.refusal
         if self.config.probe_on_connect:
             self._last_sample_at = time.perf_counter()
-            self._send_probe()
+            self._send_probe(min(self.config.timeout_s, CONNECT_PROBE_TIMEOUT_S))
         return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.rtt_s * 1e3:.1f} ms"
 
     def infer(self, image: np.ndarray, arrived: float | None = None) -> RequestRecord:
@@ -152,8 +153,8 @@ class DeviceClient:
         x = self.engine.normalize(image)
         with self._lock:
             estimate = self.estimator.predict() or self.config.prior_bps
-            state = State(LinkState(estimate, self.rtt_s), self.reported,
-                          self.truth() if self.truth else None)
+            state = State(LinkState(estimate, self.rtt_s), self.reported, self.truth() if self.truth else None,
+                          hedged=self.config.hedge, recent_bps=self.estimator.recent())
         decision = self.policy.choose(state, self.options)
         option = decision.option
         reason, measured, sent, server_ms = None, None, 0, None
@@ -190,12 +191,13 @@ class DeviceClient:
         self._probe = threading.Thread(target=self._send_probe, name="edgesplit-probe", daemon=True)
         self._probe.start()
 
-    def _send_probe(self) -> None:
+    def _send_probe(self, timeout_s: float | None = None) -> None:
         if self._prober is None:
             self._prober = self._open()
         try:
             response = self._prober.request("POST", "/v1/probe", bytes(self.config.probe_bytes),
-                                            {"content-type": "application/octet-stream"}, self.config.timeout_s)
+                                            {"content-type": "application/octet-stream"},
+                                            timeout_s or self.config.timeout_s)
         except TransportError:
             return
         if response.status == 204:

@@ -8,8 +8,11 @@ time).
 
 from __future__ import annotations
 
+import errno
 import http.client
 import json
+import os
+import select
 import socket
 import struct
 import threading
@@ -88,16 +91,15 @@ class HttpTransport:
 
     def interrupt(self, abort: threading.Event) -> None:
         """From another thread: set ``abort`` and stop the request it was given to at once (its socket is
-        shut down); the request raises :class:`TransportAborted`."""
-        connection = self._connection
-        sock = connection.sock if connection is not None else None
-        self._cut_short = self._sending or _unacknowledged(sock)
+        reset: what it had not sent yet is dropped, not delivered); the request raises
+        :class:`TransportAborted`."""
+        self._cut_short = self._sending or _unacknowledged(self._socket())
         abort.set()
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        _reset(self._socket())  # read again: a connection may have opened meanwhile
+
+    def _socket(self) -> socket.socket | None:
+        connection = self._connection
+        return connection.sock if connection is not None else None
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str] | None,
                  timeout_s: float | None) -> Response:
@@ -110,7 +112,10 @@ class HttpTransport:
             try:
                 connection.timeout = max(1e-3, deadline - time.perf_counter())
                 if connection.sock is None:
-                    connection.connect()
+                    if self._scheme == "http":  # connect in slices, so that interrupt() can stop it
+                        connection.sock = _connect((self._host, self._port), deadline, self._abort)
+                    else:
+                        connection.connect()
                     # http.client writes headers and a body over 2 KiB separately: without TCP_NODELAY
                     # the body's first segment waits for the headers' ACK
                     connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -129,6 +134,7 @@ class HttpTransport:
                 return Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, data)
             except (TimeoutError, socket.timeout) as exc:
                 incomplete = self._sending or _unacknowledged(connection.sock)
+                _reset(connection.sock)  # given up: what is still queued must not keep the uplink busy
                 self.close()
                 detail = "" if str(exc) in ("", "timed out") else f" ({exc})"
                 raise TransportTimeout(f"no answer within {timeout:.3g} s{detail}", incomplete) from exc
@@ -162,6 +168,40 @@ class HttpTransport:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+
+
+def _connect(address: tuple[str, int], deadline: float, abort: threading.Event | None) -> socket.socket:
+    """A TCP connection to ``address``, waited for in 50 ms slices: TimeoutError past ``deadline`` (a
+    ``time.perf_counter()`` value), ConnectionAbortedError once ``abort`` is set."""
+    failure: OSError = OSError(f"cannot resolve {address[0]}")
+    for family, kind, proto, _, target in socket.getaddrinfo(*address, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        code = sock.connect_ex(target)
+        while code in (errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK):
+            left = deadline - time.perf_counter()
+            if left <= 0 or (abort is not None and abort.is_set()):
+                sock.close()
+                raise TimeoutError("connect timed out") if left <= 0 else ConnectionAbortedError("interrupted")
+            if select.select([], [sock], [], min(left, 0.05))[1]:
+                code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code == 0:
+            sock.setblocking(True)
+            return sock
+        sock.close()
+        failure = OSError(code, os.strerror(code))
+    raise failure
+
+
+def _reset(sock: socket.socket | None) -> None:
+    """Close ``sock`` abortively from any thread: a reset, and whatever was queued is dropped."""
+    if sock is None:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _unacknowledged(sock: socket.socket | None) -> bool:

@@ -107,8 +107,8 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
     pending: list[tuple[float, float | None, ServerState | None]] = []  # (known at, rate sample, report)
     reported = ServerState()
     last_sample_at = -math.inf
-    if config.probe_on_connect and trace.rate_at(0.0) > 0:  # connected just before 0, the link and load as at 0
-        estimator.update(trace.rate_at(0.0))
+    if config.probe_on_connect and trace.rate_at(0.0) > 0:  # connected just before 0: the link and load as then
+        estimator.update(config.probe_bytes * 8 / trace.transfer_time(0.0, config.probe_bytes))
         last_sample_at = 0.0
         reported = server.state(0.0)
     records: list[Request] = []
@@ -127,7 +127,7 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
         backlog = trace.delivered_bits(now, uplink_free) / 8 if uplink_free > now else 0.0  # the device knows
         actual = LinkState(max(true_bps, 1.0), config.rtt_s, config.downlink_bps, backlog)  # 1 bit/s: an outage
         state = State(LinkState(estimate, config.rtt_s, config.downlink_bps, backlog), reported, actual,
-                      server.state(now))
+                      server.state(now), config.hedge, estimator.recent())
         decision = policy.choose(state, allowed)
         option = decision.option
         upload = queue = tail = 0.0
@@ -150,16 +150,16 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], allowe
             upload = trace.transfer_time(start, option.bytes)
             uplink_free = start + upload
             give_up = now + config.deadline_s if config.deadline_s is not None else math.inf
+            remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
+            hedged = cpu_free + remaining  # when the device's own run would finish, had it started at once
+            if config.hedge:
+                give_up = min(give_up, hedged)
             arrives = uplink_free + config.rtt_s / 2
             finish = math.inf
             if arrives <= give_up:  # else the body never arrives whole and the server computes nothing
                 served = server.serve(arrives, option.name, lambda b, o=option: o.decode_s + o.tail_at(b))
                 queue, tail, batch = served.queue_s, served.tail_s, served.batch_size
                 finish = served.done_s + config.rtt_s / 2 + option.result_bytes * 8 / config.downlink_bps
-            remaining = local_s - (option.head_s if option.kind == "split" else 0.0)
-            hedged = cpu_free + remaining  # when the device's own run would finish, had it started at once
-            if config.hedge:
-                give_up = min(give_up, hedged)
             if finish > give_up:  # the device stops waiting, drops what is still uploading, runs the rest
                 uplink_free = min(uplink_free, max(give_up, start))
                 finish = hedged if config.hedge else max(give_up, cpu_free) + remaining
