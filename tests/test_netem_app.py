@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from edgesplit.netem.app import PACKET_BYTES, PacedLink, ShapedTransport
+from edgesplit.netem.app import PacedLink, ShapedTransport
 from edgesplit.runtime.transport import TransportTimeout
-from edgesplit.traces import RateTrace
+from edgesplit.traces import SEGMENT_BYTES, RateTrace
 
 
 class Receiver:
@@ -94,20 +94,20 @@ def test_an_upload_past_its_deadline_times_out_and_frees_the_link(receiver):
             pytest.raises(TransportTimeout, match=r"no answer within 0.3 s \(upload not delivered by the deadline"):
         transport.request("POST", "/big", b"x" * 1_000_000, timeout_s=0.3)  # needs 8 s
     assert time.perf_counter() - started == pytest.approx(0.3, abs=0.05)
-    assert link.schedule(PACKET_BYTES)[0] - time.perf_counter() < 0.05  # nothing of it is still queued
+    assert link.schedule(SEGMENT_BYTES)[0] - time.perf_counter() < 0.05  # nothing of it is still queued
 
 
 def test_uploads_share_one_fifo_uplink():
     link = PacedLink(RateTrace.constant(8e6, duration_s=100), rtt_s=0.0)
     first = link.schedule(100_000)  # 0.1 s
-    second = link.schedule(PACKET_BYTES)
-    assert len(first) == -(-100_000 // PACKET_BYTES) and second[0] - first[-1] == pytest.approx(PACKET_BYTES * 8 / 8e6, rel=1e-6)
+    second = link.schedule(SEGMENT_BYTES)
+    assert len(first) == -(-100_000 // SEGMENT_BYTES) and second[0] - first[-1] == pytest.approx(SEGMENT_BYTES * 8 / 8e6, rel=1e-6)
     assert link.truth().uplink_bps == 8e6
 
 
 def test_an_outage_is_waited_out():
     trace = RateTrace("outage", (0.0, 1.0), (0.0, 8e6), 2.0)
     link = PacedLink(trace, rtt_s=0.0)
-    due = link.schedule(PACKET_BYTES)
-    assert due[0] - link.clock.to_wall(0.0) == pytest.approx(1.0 + PACKET_BYTES * 8 / 8e6, abs=0.01)
+    due = link.schedule(SEGMENT_BYTES)
+    assert due[0] - link.clock.to_wall(0.0) == pytest.approx(1.0 + SEGMENT_BYTES * 8 / 8e6, abs=0.01)
     assert link.truth().uplink_bps == 1.0  # an oracle sees the outage as (almost) no rate

@@ -39,6 +39,10 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+hedge_option = click.option("--hedge", is_flag=True, help="while waiting for the server, run the rest of the model "
+                                                          "on the device too; the first answer wins")
+
+
 def _analysis(model: str, weights: str | None, input_size: int | None, input_shape: str | None):  # type: ignore[no-untyped-def]
     try:
         from edgesplit.analysis import analyze as analyze_model
@@ -177,7 +181,7 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--deadline-ms", type=float,
               help="give up on the server this long after taking a request up and finish it on the device; "
                    "requests slower than this count as misses")
-@click.option("--hedge", is_flag=True, help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
+@hedge_option
 @click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
 @click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
@@ -323,7 +327,7 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
 @click.option("--deadline-ms", type=float,
               help="finish a request locally when the server has not answered this long after it was taken up")
-@click.option("--hedge", is_flag=True, help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
+@hedge_option
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
 @click.option("--server-profile", type=click.Path(dir_okay=False),
               help="default: the server's own (GET /v1/profile), else this machine's")
@@ -387,8 +391,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
-@click.option("--hedge", is_flag=True,
-              help="while waiting for the server, run the rest of the model on the device too; the first answer wins")
+@hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 def demo(model: str, trace_path: str | None, duration_s: float, policies: str | None, estimator: str, fps: float,
          rtt_ms: float, deadline_ms: float, device_ms: float, codecs: str, exact: bool, private: bool,

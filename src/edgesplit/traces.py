@@ -36,7 +36,7 @@ import numpy as np
 
 from edgesplit.errors import TraceFileError
 
-_PACKET_BITS = 1448 * 8  # TCP payload per 1500-byte packet
+SEGMENT_BYTES = 1448  # TCP payload of one 1500-byte packet (20 B IP, 32 B TCP header with timestamps)
 _RATE_HEADER = re.compile(r"time_s\s*,\s*mbps")
 _LOAD_HEADER = re.compile(r"time_s\s*,\s*value")
 _FORMATS = "a mahimahi timestamp (one integer, ms), two numbers (time_s Mbit/s) or the CSV header time_s,mbps"
@@ -287,7 +287,7 @@ def _mahimahi(path: str | os.PathLike[str], lines: list[str], window_s: float, n
     index = np.minimum(stamps // window_ms, bins - 1).astype(np.int64)  # the final stamp may end the last bin
     counts = np.bincount(index, minlength=bins)
     times = tuple(k * window_s for k in range(bins))
-    rates = tuple((counts * _PACKET_BITS / window_s).tolist())
+    rates = tuple((counts * SEGMENT_BYTES * 8 / window_s).tolist())
     return RateTrace(name, times, rates, bins * window_s)
 
 

@@ -19,9 +19,7 @@ from collections.abc import Iterator
 
 from edgesplit.latency import LinkState
 from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportTimeout
-from edgesplit.traces import RateTrace
-
-PACKET_BYTES = 1448  # one TCP segment of payload at MTU 1500
+from edgesplit.traces import SEGMENT_BYTES, RateTrace
 
 
 class TraceClock:
@@ -69,8 +67,8 @@ class PacedLink:
         with self._lock:
             start = max(self.clock.elapsed_s(), self._free_at)
             trace = self.clock.trace
-            ends = [start + trace.transfer_time(start, min(k * PACKET_BYTES, n_bytes))
-                    for k in range(1, -(-n_bytes // PACKET_BYTES) + 1)]
+            ends = [start + trace.transfer_time(start, min(k * SEGMENT_BYTES, n_bytes))
+                    for k in range(1, -(-n_bytes // SEGMENT_BYTES) + 1)]
             self._free_at = ends[-1] if ends else start
         return [self.clock.to_wall(t) for t in ends]
 
@@ -87,11 +85,11 @@ class PacedLink:
         try:
             while sent < len(body):
                 now = time.perf_counter()
-                ready = sent // PACKET_BYTES
+                ready = sent // SEGMENT_BYTES
                 while ready < len(due) and due[ready] <= now:
                     ready += 1
-                if ready * PACKET_BYTES > sent or ready == len(due):
-                    end = min(ready * PACKET_BYTES, len(body))
+                if ready * SEGMENT_BYTES > sent or ready == len(due):
+                    end = min(ready * SEGMENT_BYTES, len(body))
                     yield body[sent:end]
                     sent = end
                     continue

@@ -60,14 +60,13 @@ from typing import IO
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.netem import relay
-from edgesplit.traces import RateTrace
+from edgesplit.traces import SEGMENT_BYTES, RateTrace
 
 _PREFIX = "esplit-"
 _OURS = re.compile(r"esplit-(\d+)-")  # esplit-<pid>-<n>-device and -server
 _DEVICE_IP, _SERVER_IP = "10.201.0.1", "10.201.0.2"  # /30; private to each pair of namespaces
 _DEVICE_MAC, _SERVER_MAC = "02:00:0a:c9:00:01", "02:00:0a:c9:00:02"
 _FRAME_BYTES = 1514  # a full Ethernet frame at MTU 1500, as qdiscs count it
-_SEGMENT_BYTES = 1448  # the TCP payload it carries (20 B IP, 32 B TCP header with timestamps)
 _FLOOR_BPS = 8_000  # tbf and htb need a rate > 0: the closed gate's rate, and the lowest rate set
 _GATE_OPEN_BPS = 1_000_000_000
 _CLONE_NEWNET = 0x40000000
@@ -272,7 +271,7 @@ class KernelLink:
         self._driver.start()
 
     def _class_args(self, rate_bps: float) -> list[str]:
-        rate = f"{rate_bps * _FRAME_BYTES / _SEGMENT_BYTES:.0f}bit"  # frames on the wire for rate_bps of payload
+        rate = f"{rate_bps * _FRAME_BYTES / SEGMENT_BYTES:.0f}bit"  # frames on the wire for rate_bps of payload
         burst = str(self.burst_bytes)
         return [
             "dev", self._device_veth, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "ceil", rate,

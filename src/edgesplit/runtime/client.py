@@ -30,8 +30,7 @@ from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import Policy, State
 from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
-from edgesplit.runtime.transport import (HttpTransport, Response, TransportAborted, TransportError,
-                                        TransportTimeout)
+from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportError, TransportStopped
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
 _TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
@@ -202,7 +201,7 @@ class DeviceClient:
             return
         if response.status == 204:
             self._learn(response)
-            self._goodput(response)
+            self._goodput(server_timings(response))
 
     def _unavailable(self) -> str | None:
         """Why the server is not to be tried for this request, if it is not."""
@@ -265,7 +264,7 @@ class DeviceClient:
         sending = time.perf_counter()
         try:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout, abort)
-        except (TransportTimeout, TransportAborted) as exc:
+        except TransportStopped as exc:
             waited = time.perf_counter() - sending
             if exc.upload_incomplete and waited > 0.01:  # the link gave less than this; a slow server teaches nothing
                 with self._lock:
@@ -291,7 +290,7 @@ class DeviceClient:
         self._learn(response)
         timings = server_timings(response)
         server_ms = (timings["queue"][0] + timings["compute"][0]) * 1e3 if {"queue", "compute"} <= set(timings) else None
-        return frame.array, None, self._goodput(response), server_ms
+        return frame.array, None, self._goodput(timings), server_ms
 
     def _learn(self, response: Response) -> None:
         try:
@@ -303,8 +302,9 @@ class DeviceClient:
         with self._lock:
             self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
 
-    def _goodput(self, response: Response) -> float | None:
-        recv = server_timings(response).get("recv")
+    def _goodput(self, timings: dict[str, tuple[float, str]]) -> float | None:
+        """The uplink's goodput from the server's ``recv`` timing (learnt by the estimator), if measurable."""
+        recv = timings.get("recv")
         if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
             return None  # one chunk: too small to time at the receiver
         rate = int(recv[1]) * 8 / recv[0]

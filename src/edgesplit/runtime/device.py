@@ -27,8 +27,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                engine_name: str, server_url: str, policy_spec: str, estimator_spec: str, images: str | None,
                fps: float | None, count: int | None, deadline_ms: float | None, hedge: bool,
                device_profile: str | None, server_profile: str | None, private: bool, lossy: bool,
-               codecs: tuple[str, ...],
-               out_path: str | None, console: Console) -> dict:
+               codecs: tuple[str, ...], out_path: str | None, console: Console) -> dict:
     if policy_spec == "oracle":
         raise EdgesplitError("the oracle needs the true link rate, which a live device cannot know; "
                              "use it in edgesplit simulate")

@@ -29,22 +29,22 @@ class TransportError(EdgesplitError):
     """The server could not be reached, or the connection broke."""
 
 
-class TransportTimeout(TransportError):
-    """The server did not answer within the timeout; ``upload_incomplete`` when the request itself had not
-    all arrived by then (it was still being written, or the server had not acknowledged all of it)."""
+class TransportStopped(TransportError):
+    """The request was given up before an answer came; ``upload_incomplete`` when the request itself had
+    not all arrived by then (it was still being written, or the server had not acknowledged all of it)."""
 
     def __init__(self, message: str, upload_incomplete: bool = False) -> None:
         super().__init__(message)
         self.upload_incomplete = upload_incomplete
 
 
-class TransportAborted(TransportError):
+class TransportTimeout(TransportStopped):
+    """The server did not answer within the timeout."""
+
+
+class TransportAborted(TransportStopped):
     """The request was stopped on purpose (:meth:`HttpTransport.interrupt`, a hedged request the device
-    answered first); ``upload_incomplete`` when its request had not all arrived by then."""
-
-    def __init__(self, message: str, upload_incomplete: bool = False) -> None:
-        super().__init__(message)
-        self.upload_incomplete = upload_incomplete
+    answered first)."""
 
 
 @dataclass(frozen=True)

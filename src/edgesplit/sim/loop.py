@@ -12,7 +12,10 @@ Two settings make it behave exactly like ``edgesplit run`` and the demo: ``seque
 takes the next request only once the previous one is answered, as the live client does) and
 ``deadline_s`` (a request the server has not answered that long after the device took it up is given up
 and finished on the device: an upload still in progress is dropped, and teaches the estimator that the
-link gave at most its bytes over the time waited).
+link gave at most its bytes over the time waited). Like the live client, the device measures its uplink
+when it connects (``probe_on_connect``), and with ``hedge`` runs the rest itself while it waits: the first
+answer wins, a local win drops the upload as a deadline does, and the processor stays busy until its own
+run ends.
 """
 
 from __future__ import annotations
