@@ -11,7 +11,7 @@ import torch
 from edgesplit import analyze, split
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
 from edgesplit.models import load_model
-from edgesplit.runtime.tail_engine import TailEngine, model_id
+from edgesplit.runtime.tail_engine import BatchPlan, TailEngine, best_batch_from, model_id
 from edgesplit.runtime.server import ServerConfig, create_app
 from live_server import LiveServer
 
@@ -105,6 +105,43 @@ def test_concurrent_requests_for_one_cut_run_as_batches(live, b0):
     assert served() == before + 16
     text = httpx.get(f"{live.url}/metrics").text
     assert "edgesplit_batch_size_bucket" in text and "edgesplit_queue_length 0" in text
+
+
+def test_best_batch_from_minimises_time_per_request():
+    # (start cut, one request, a batch of 8): batching the first segment costs more than running it 8 times
+    plan = best_batch_from([(0, 0.010, 0.120), (5, 0.020, 0.080), (9, 0.005, 0.016)], 8)
+    assert plan.batch_from == 5 and plan.batch_size == 8
+    assert plan.per_request_s == pytest.approx({0: 0.027, 5: 0.022, 9: 0.032})
+
+
+def test_a_batch_plan_runs_early_layers_one_request_at_a_time(b0):
+    loaded, analysis, _ = b0
+    engine = TailEngine(analysis, loaded.normalization)
+    x = np.random.default_rng(0).integers(0, 256, (4, *SHAPE), dtype=np.uint8)
+    whole = engine.run(0, x)
+    plan = engine.plan_batching(4, repeats=1)
+    record_lows = [c.index for c in analysis.cuts if c.record_low]
+    assert list(plan.per_request_s) == [0, *record_lows] and plan.batch_size == 4
+    assert plan.batch_from == min(plan.per_request_s, key=plan.per_request_s.__getitem__)
+    assert engine.describe()["batch_plan"]["per_request_ms"].keys() == {
+        "input", *(analysis.cuts[i].name for i in record_lows)}
+
+    engine.batch_plan = BatchPlan(record_lows[1], 4, plan.per_request_s)  # split the batch, whatever was measured
+    fetched = []
+    segment = engine.segment
+    engine.segment = lambda start, end: fetched.append((start, end)) or segment(start, end)
+    planned = engine.run(0, x)
+    assert fetched == [(0, record_lows[1])]
+    np.testing.assert_allclose(planned, whole, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(planned, np.concatenate([engine.run(0, x[i:i + 1]) for i in range(4)]),
+                               rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        late = engine.segment(0, record_lows[2])(torch.from_numpy(engine._normalize(x)).float()).numpy()
+    fetched.clear()
+    engine.run(record_lows[2], late)  # crossed after batch_from: one batch throughout
+    engine.run(0, x[:1])  # a batch of one: nothing to split
+    assert fetched == []
+    assert engine.describe()["batch_plan"]["batch_from"] == analysis.cuts[record_lows[1]].name
 
 
 def _bad_frames(engine, analysis):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from edgesplit import analyze, check_exact, split
+from edgesplit.splitter import segment
 from edgesplit.errors import CutNotFound
 from toy_models import ShapeBranch, Tokens, Toy
 
@@ -51,6 +52,29 @@ def test_tail_reads_the_batch_size_from_the_crossing_tensor():
     analysis = analyze(Toy().eval(), SHAPE)
     _, tail = split(analysis, "pool")
     assert "pool.size(0)" in tail.code and "view(size, -1)" in tail.code.replace("view(size_1", "view(size")
+
+
+def test_segments_between_cuts_compose_to_the_model_bit_exactly():
+    torch.manual_seed(0)
+    model = Toy().eval()
+    analysis = analyze(model, SHAPE)
+    x = torch.randn(3, *SHAPE)
+    with torch.inference_mode():
+        expected = model(x)
+        single = [c for c in analysis.cuts if c.single_tensor]
+        for start, end in zip(single, single[1:]):
+            head, _ = split(analysis, start)
+            _, tail = split(analysis, end)
+            assert torch.equal(tail(segment(analysis, start, end)(head(x))), expected), (start.name, end.name)
+        assert torch.equal(segment(analysis, "x", "pool")(x), split(analysis, "pool")[0](x))
+
+
+def test_segment_runs_forward_only():
+    analysis = analyze(Toy().eval(), SHAPE)
+    with pytest.raises(ValueError, match="a segment runs forward: cut 'relu' does not come after 'pool'"):
+        segment(analysis, "pool", "relu")
+    with pytest.raises(ValueError, match="does not come after 'pool'"):
+        segment(analysis, "pool", "pool")
 
 
 def test_split_by_unknown_name_lists_the_cuts():

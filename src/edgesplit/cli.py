@@ -273,7 +273,9 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
 @click.option("--batch-wait-timeout-s", type=click.FloatRange(0), default=0.005, show_default=True)
 @click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True)
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True, help="answer 503 beyond this")
-@click.option("--warm-up", is_flag=True, help="build and run every natural-bottleneck tail once before serving")
+@click.option("--warm-up", is_flag=True,
+              help="build and run every natural-bottleneck tail once before serving, and (with --max-batch-size > 1) "
+                   "measure from which cut batching pays: earlier layers then run one request at a time")
 @click.option("--profile", "own_profile", is_flag=True,
               help="measure this server's profile before serving (natural bottlenecks, batch sizes up to "
                    "--max-batch-size, on a worker thread, after idle gaps) and serve it at GET /v1/profile")
@@ -286,7 +288,7 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     try:
         import uvicorn
 
-        from edgesplit.runtime.tail_engine import TailEngine
+        from edgesplit.runtime.tail_engine import INPUT_CUT, TailEngine
         from edgesplit.runtime.server import ServerConfig, create_app
     except ImportError as exc:
         raise EdgesplitError(f"the server needs its extra: pip install 'edgesplit[server]' ({exc.name} is missing)")
@@ -295,6 +297,12 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     if warm_up:
         started = time.perf_counter()
         console.print(f"warmed {engine.warm_up()} tails in {time.perf_counter() - started:.1f} s")
+        if max_batch_size > 1:
+            plan = engine.plan_batching(max_batch_size)
+            name = plan.to_dict(engine.cuts)["batch_from"]
+            console.print(f"batches of {max_batch_size} run as one batch from {name} on: "
+                          f"{plan.per_request_s[plan.batch_from] * 1e3:.1f} ms per request, "
+                          f"{plan.per_request_s[INPUT_CUT] * 1e3:.1f} ms as one batch throughout")
     measured = None
     if own_profile:
         from concurrent.futures import ThreadPoolExecutor

@@ -25,6 +25,16 @@ def split(analysis: Analysis, cut: Cut | str) -> tuple[fx.GraphModule, fx.GraphM
     return _head(graph, crossing), _tail(graph, crossing)
 
 
+def segment(analysis: Analysis, start: Cut | str, end: Cut | str) -> fx.GraphModule:
+    """The part of the model between two cuts: takes ``start``'s crossing, as a tail does, and returns
+    ``end``'s crossing, as a head does; ``end`` must come after ``start``."""
+    start, end = analysis.cut(start), analysis.cut(end)
+    if end.index <= start.index:
+        raise ValueError(f"a segment runs forward: cut {end.name!r} does not come after {start.name!r}")
+    nodes = {n.name: n for n in analysis.graph.gm.graph.nodes}
+    return _tail(analysis.graph, [nodes[name] for name in start.crossing], [nodes[name] for name in end.crossing])
+
+
 def _head(graph: CutGraph, crossing: list[fx.Node]) -> fx.GraphModule:
     new = fx.Graph()
     env: dict[fx.Node, fx.Node] = {}
@@ -36,7 +46,8 @@ def _head(graph: CutGraph, crossing: list[fx.Node]) -> fx.GraphModule:
     return fx.GraphModule(graph.gm, new, "Head")
 
 
-def _tail(graph: CutGraph, crossing: list[fx.Node]) -> fx.GraphModule:
+def _tail(graph: CutGraph, crossing: list[fx.Node], ends: list[fx.Node] | None = None) -> fx.GraphModule:
+    """From ``crossing`` to the model's output, or to ``ends`` when given."""
     new = fx.Graph()
     env: dict[fx.Node, Any] = {c: new.placeholder(c.name) for c in crossing}
     batch_source = next((env[c] for c in crossing if graph.batch_dims.get(c.name) == 0), None)
@@ -44,7 +55,7 @@ def _tail(graph: CutGraph, crossing: list[fx.Node]) -> fx.GraphModule:
     output = next(n for n in graph.gm.graph.nodes if n.op == "output")
     rederived = {n for n in graph.gm.graph.nodes if graph.shape_kinds.get(n.name) == "constant"
                  or (graph.shape_kinds.get(n.name) == "batch" and batch_source is not None)}
-    for n in _ancestors([output], stop=set(crossing) | rederived):
+    for n in _ancestors(ends or [output], stop=set(crossing) | rederived):
         if n in env:
             continue
         kind = graph.shape_kinds.get(n.name)
@@ -58,7 +69,11 @@ def _tail(graph: CutGraph, crossing: list[fx.Node]) -> fx.GraphModule:
             new.output(fx.graph.map_arg(n.args[0], lambda a: env[a]))
         else:
             env[n] = new.node_copy(n, lambda a: env[a])
-    return fx.GraphModule(graph.gm, new, "Tail")
+    if ends is None:
+        return fx.GraphModule(graph.gm, new, "Tail")
+    results = [env[e] for e in ends]
+    new.output(results[0] if len(results) == 1 else tuple(results))
+    return fx.GraphModule(graph.gm, new, "Segment")
 
 
 def _ancestors(roots: list[fx.Node], stop: set[fx.Node]) -> list[fx.Node]:
