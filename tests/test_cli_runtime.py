@@ -49,3 +49,27 @@ def test_run_with_an_empty_image_folder_or_the_oracle(live, monkeypatch, capsys,
     code, _, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,
                        "--policy", "oracle")
     assert code == 2 and "the oracle needs the true link rate" in err
+
+
+def test_serve_warm_up_plans_batches_and_its_profile_follows_the_plan(monkeypatch, capsys):
+    import uvicorn
+    from starlette.testclient import TestClient
+
+    served = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: served.update(app=app, **kwargs))
+    code, stdout, err = run(monkeypatch, capsys, "serve", "efficientnet_b0", "--input-size", "64", "--port", "8711",
+                            "--max-batch-size", "4", "--warm-up", "--profile", "--profile-idle-ms", "0")
+    assert code == 0, err
+    assert "batches of 4 run as one batch from " in stdout and served["port"] == 8711
+    with TestClient(served["app"]) as client:
+        plan = client.get("/v1/model").json()["batch_plan"]
+        profile = client.get("/v1/profile").json()
+    analysis = analyze(load_model("efficientnet_b0").module, (3, 64, 64), "efficientnet_b0")
+    assert plan["batch_size"] == 4
+    assert set(plan["per_request_ms"]) == {"input", *(c.name for c in analysis.cuts if c.record_low)}
+    assert plan["batch_from"] == min(plan["per_request_ms"], key=plan["per_request_ms"].__getitem__)
+    assert f"from {plan['batch_from']} on" in stdout
+    if plan["batch_from"] == "input":  # batching the whole model paid: the profile is as measured
+        assert profile["method"] == "per-node"
+    else:
+        assert profile["method"] == f"per-node; batches run one request at a time before {plan['batch_from']}"

@@ -5,7 +5,10 @@ import pytest
 from edgesplit import analyze
 from edgesplit.errors import EdgesplitError
 from edgesplit.measure import measure
-from edgesplit.profile import FORMAT, load_profile
+from dataclasses import replace
+
+from edgesplit.errors import ProfileError
+from edgesplit.profile import FORMAT, load_profile, with_batch_plan
 from toy_models import Toy
 
 SHAPE = (3, 8, 8)
@@ -52,6 +55,23 @@ def test_slowdown_scales_times_and_is_recorded(toy):
     profile = measure(toy, [toy.cut("add")], role="device", batch_sizes=(1,), method="flops", repeats=3, slowdown=8)
     assert profile.slowdown == 8.0
     assert profile.cuts["add"].elements == 64  # sizes are not scaled
+
+
+def test_a_batch_plan_prices_early_cuts_one_request_at_a_time(toy):
+    profile = measure(toy, list(toy.cuts), role="server", batch_sizes=(1, 4), repeats=3, warmup=1)
+    planned = with_batch_plan(profile, "pool")
+    pool = profile.cuts["pool"].tail_s
+    for name in ("x", "conv1", "relu", "add"):  # before the plan's cut: 4 × (to pool at batch 1) + pool's tail at 4
+        one, four = profile.cuts[name].tail_s[1], planned.cuts[name].tail_s[4]
+        assert four.median_s == pytest.approx(4 * (one.median_s - pool[1].median_s) + pool[4].median_s)
+        assert four.p90_s == pytest.approx(4 * (one.p90_s - pool[1].p90_s) + pool[4].p90_s)
+        assert four.source == "estimated" and planned.cuts[name].tail_s[1] == one
+    assert planned.model_s[4].median_s == pytest.approx(4 * (profile.model_s[1].median_s - pool[1].median_s)
+                                                        + pool[4].median_s)
+    assert planned.cuts["pool"] == profile.cuts["pool"] and planned.cuts["view"] == profile.cuts["view"]
+    assert planned.method == "per-node; batches run one request at a time before pool"
+    with pytest.raises(ProfileError, match="has no batch size 1 to plan batches with"):
+        with_batch_plan(replace(profile, batch_sizes=(4,)), "pool")
 
 
 @pytest.mark.parametrize("kwargs,message", [

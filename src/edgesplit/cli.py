@@ -308,12 +308,16 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
         from concurrent.futures import ThreadPoolExecutor
 
         from edgesplit.measure import measure
+        from edgesplit.profile import with_batch_plan
 
         started = time.perf_counter()
         sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size)
         with ThreadPoolExecutor(1) as worker:  # a worker thread, as the tails run when serving
             measured = worker.submit(measure, analysis, analysis.natural_bottlenecks(), role="server",
                                      batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000).result()
+        plan = engine.batch_plan
+        if plan is not None and plan.batch_from != INPUT_CUT:
+            measured = with_batch_plan(measured, engine.cuts[plan.batch_from].name)
         console.print(f"measured this server's profile (batch sizes {', '.join(map(str, sizes))}) in "
                       f"{time.perf_counter() - started:.0f} s: whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
                       f"at batch 1; GET /v1/profile")

@@ -157,6 +157,29 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
                    {b: v / factor for b, v in profile.flops_per_s.items()})
 
 
+def with_batch_plan(profile: Profile, batch_from: str) -> Profile:
+    """The profile of a server that runs batches one request at a time up to cut ``batch_from`` and as one
+    batch from there (``TailEngine.plan_batching``): from an earlier cut, a batch of b takes b × the time
+    from that cut to ``batch_from`` at batch 1, plus the measured tail of ``batch_from`` at b."""
+    boundary = profile.cut(batch_from)
+    if 1 not in profile.batch_sizes:
+        raise ProfileError(f"the {profile.role} profile of {profile.model} has no batch size 1 to plan batches with")
+
+    def planned(table: dict[int, Timing]) -> dict[int, Timing]:
+        one, rest = table[1], boundary.tail_s[1]
+        return {b: t if b == 1 else Timing(*(b * (getattr(one, f) - getattr(rest, f)) + getattr(boundary.tail_s[b], f)
+                                             for f in ("median_s", "p10_s", "p90_s")), t.repeats, "estimated")
+                for b, t in table.items()}
+
+    cuts = {n: c if c.index >= boundary.index else CutProfile(c.name, c.index, c.elements, c.head_s,
+                                                              planned(c.tail_s), c.codec_s)
+            for n, c in profile.cuts.items()}
+    return Profile(profile.model, profile.role, profile.input_shape, profile.batch_sizes,
+                   f"{profile.method}; batches run one request at a time before {batch_from}", profile.slowdown,
+                   profile.machine, planned(profile.model_s), cuts, profile.input_codecs, profile.output_bytes,
+                   profile.flops_per_s)
+
+
 def quantile(ordered: list[float], q: float) -> float:
     """The q-quantile (0..1) of sorted values, linear between neighbours (numpy's default)."""
     if len(ordered) == 1:

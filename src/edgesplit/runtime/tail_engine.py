@@ -126,7 +126,8 @@ class TailEngine:
         """Measure, between the input and the record-low cuts, each segment at batch 1 and at ``batch_size``
         (interleaved, medians of ``repeats`` after an untimed run), and from then on batch from the cut
         where that costs least per request (:func:`best_batch_from`)."""
-        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts if c.record_low and c.index in self.cuts)]
+        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts
+                                if c.record_low and c.natural_bottleneck and c.index in self.cuts)]
         stages = [(start, self.segment(start, end)) for start, end in zip(starts, starts[1:])]
         stages.append((starts[-1], self.tail(starts[-1])))
         example = torch.randn(1, *self.analysis.input_shape, generator=torch.Generator().manual_seed(0))
