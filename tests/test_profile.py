@@ -1,13 +1,12 @@
 """Measuring profiles on a real (tiny) model: composition, estimation, slowdown, codecs."""
 
+from dataclasses import replace
+
 import pytest
 
 from edgesplit import analyze
-from edgesplit.errors import EdgesplitError
+from edgesplit.errors import EdgesplitError, ProfileError
 from edgesplit.measure import measure
-from dataclasses import replace
-
-from edgesplit.errors import ProfileError
 from edgesplit.profile import FORMAT, load_profile, with_batch_plan
 from toy_models import Toy
 
@@ -72,6 +71,8 @@ def test_a_batch_plan_prices_early_cuts_one_request_at_a_time(toy):
     assert planned.method == "per-node; batches run one request at a time before pool"
     with pytest.raises(ProfileError, match="has no batch size 1 to plan batches with"):
         with_batch_plan(replace(profile, batch_sizes=(4,)), "pool")
+    with pytest.raises(ProfileError, match="has no cut 'nope'"):
+        with_batch_plan(profile, "nope")
 
 
 @pytest.mark.parametrize("kwargs,message", [

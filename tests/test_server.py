@@ -124,7 +124,7 @@ def test_a_batch_plan_runs_early_layers_one_request_at_a_time(b0):
     assert list(plan.per_request_s) == [0, *record_lows] and plan.batch_size == 4
     assert plan.batch_from == min(plan.per_request_s, key=plan.per_request_s.__getitem__)
     assert engine.describe()["batch_plan"]["per_request_ms"].keys() == {
-        "input", *(analysis.cuts[i].name for i in record_lows)}
+        analysis.cuts[i].name for i in [0, *record_lows]}
 
     engine.batch_plan = BatchPlan(record_lows[1], 4, plan.per_request_s)  # split the batch, whatever was measured
     fetched = []
@@ -136,9 +136,13 @@ def test_a_batch_plan_runs_early_layers_one_request_at_a_time(b0):
     np.testing.assert_allclose(planned, np.concatenate([engine.run(0, x[i:i + 1]) for i in range(4)]),
                                rtol=1e-5, atol=1e-5)
     with torch.inference_mode():
-        late = engine.segment(0, record_lows[2])(torch.from_numpy(engine._normalize(x)).float()).numpy()
+        normalized = torch.from_numpy(engine._normalize(x)).float()
+        early, late = (split(analysis, analysis.cuts[i])[0](normalized).numpy() for i in record_lows[::2][:2])
     fetched.clear()
-    engine.run(record_lows[2], late)  # crossed after batch_from: one batch throughout
+    np.testing.assert_allclose(engine.run(record_lows[0], early), whole, rtol=1e-5, atol=1e-5)
+    assert fetched == [(record_lows[0], record_lows[1])]  # crossed between two cuts: one row at a time to the plan's
+    fetched.clear()
+    np.testing.assert_allclose(engine.run(record_lows[2], late), whole, rtol=1e-5, atol=1e-5)  # after: one batch
     engine.run(0, x[:1])  # a batch of one: nothing to split
     assert fetched == []
     assert engine.describe()["batch_plan"]["batch_from"] == analysis.cuts[record_lows[1]].name

@@ -7,8 +7,9 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.console import Console
@@ -17,6 +18,7 @@ from rich.table import Table
 from edgesplit.errors import EdgesplitError
 
 console = Console(width=None if sys.stdout.isatty() else 160)
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -298,26 +300,22 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
         started = time.perf_counter()
         console.print(f"warmed {engine.warm_up()} tails in {time.perf_counter() - started:.1f} s")
         if max_batch_size > 1:
-            plan = engine.plan_batching(max_batch_size)
-            name = plan.to_dict(engine.cuts)["batch_from"]
-            console.print(f"batches of {max_batch_size} run as one batch from {name} on: "
+            plan = _as_served(lambda: engine.plan_batching(max_batch_size))
+            start = "the input" if plan.batch_from == INPUT_CUT else engine.cuts[plan.batch_from].name
+            console.print(f"batches of {max_batch_size} run as one batch from {start} on: "
                           f"{plan.per_request_s[plan.batch_from] * 1e3:.1f} ms per request, "
                           f"{plan.per_request_s[INPUT_CUT] * 1e3:.1f} ms as one batch throughout")
     measured = None
     if own_profile:
-        from concurrent.futures import ThreadPoolExecutor
-
         from edgesplit.measure import measure
         from edgesplit.profile import with_batch_plan
 
         started = time.perf_counter()
         sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size)
-        with ThreadPoolExecutor(1) as worker:  # a worker thread, as the tails run when serving
-            measured = worker.submit(measure, analysis, analysis.natural_bottlenecks(), role="server",
-                                     batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000).result()
-        plan = engine.batch_plan
-        if plan is not None and plan.batch_from != INPUT_CUT:
-            measured = with_batch_plan(measured, engine.cuts[plan.batch_from].name)
+        measured = _as_served(lambda: measure(analysis, analysis.natural_bottlenecks(), role="server",
+                                              batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000))
+        if engine.batch_plan is not None and engine.batch_plan.batch_from != INPUT_CUT:
+            measured = with_batch_plan(measured, engine.cuts[engine.batch_plan.batch_from].name)
         console.print(f"measured this server's profile (batch sizes {', '.join(map(str, sizes))}) in "
                       f"{time.perf_counter() - started:.0f} s: whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
                       f"at batch 1; GET /v1/profile")
@@ -325,6 +323,13 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
                   f"accepted · http://{host}:{port}/docs")
     config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)
     uvicorn.run(create_app(engine, config, measured), host=host, port=port, log_level="warning")
+
+
+def _as_served(measurement: Callable[[], T]) -> T:
+    """Run ``measurement`` on a worker thread, as the server runs its tails (each thread has its own
+    OpenMP team)."""
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(measurement).result()
 
 
 @cli.command()

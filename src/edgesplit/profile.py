@@ -160,7 +160,9 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
 def with_batch_plan(profile: Profile, batch_from: str) -> Profile:
     """The profile of a server that runs batches one request at a time up to cut ``batch_from`` and as one
     batch from there (``TailEngine.plan_batching``): from an earlier cut, a batch of b takes b × the time
-    from that cut to ``batch_from`` at batch 1, plus the measured tail of ``batch_from`` at b."""
+    from that cut to ``batch_from`` at batch 1, plus the measured tail of ``batch_from`` at b. The 10th and
+    90th percentiles are composed the same way, an approximation (percentiles do not add), marked
+    "estimated"."""
     boundary = profile.cut(batch_from)
     if 1 not in profile.batch_sizes:
         raise ProfileError(f"the {profile.role} profile of {profile.model} has no batch size 1 to plan batches with")

@@ -16,7 +16,7 @@ from edgesplit.analysis import Analysis
 from edgesplit.codec import FLOATS, Expectation
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization
-from edgesplit.splitter import segment, split
+from edgesplit import splitter
 
 INPUT_CUT = 0
 
@@ -40,8 +40,9 @@ class CutInfo:
 class BatchPlan:
     """Where batching starts to pay on this server. Early layers work on large activations: at batch 8
     they leave the caches and run slower per request than one at a time (EfficientNet-B0 on a 2-core CPU:
-    its first stages 0.25–0.8× as fast per request). A batch that crosses before ``batch_from`` therefore
-    runs one request at a time up to that cut and as one batch from there on.
+    its first stages 0.25–0.8× as fast per request). A batch (two rows or more, whatever its size) that
+    crosses before ``batch_from`` therefore runs one row at a time up to that cut and as one batch from
+    there on.
 
     ``per_request_s`` holds, for each candidate cut (the input and the record-low cuts: the smallest
     tensors so far, cheap to join), the measured time per request at ``batch_size`` when batching from it.
@@ -52,11 +53,8 @@ class BatchPlan:
     per_request_s: dict[int, float]
 
     def to_dict(self, cuts: dict[int, CutInfo]) -> dict[str, Any]:
-        def name(cut_id: int) -> str:
-            return "input" if cut_id == INPUT_CUT else cuts[cut_id].name
-
-        return {"batch_from": name(self.batch_from), "batch_size": self.batch_size,
-                "per_request_ms": {name(c): round(s * 1e3, 3) for c, s in self.per_request_s.items()}}
+        return {"batch_from": cuts[self.batch_from].name, "batch_size": self.batch_size,
+                "per_request_ms": {cuts[c].name: round(s * 1e3, 3) for c, s in self.per_request_s.items()}}
 
 
 def best_batch_from(segment_s: list[tuple[int, float, float]], batch_size: int) -> BatchPlan:
@@ -100,17 +98,18 @@ class TailEngine:
 
     def tail(self, cut_id: int) -> nn.Module:
         if cut_id not in self._tails:
-            self._tails[cut_id] = split(self.analysis, self.cuts[cut_id].name)[1]
+            self._tails[cut_id] = splitter.split(self.analysis, self.cuts[cut_id].name)[1]
         return self._tails[cut_id]
 
     def segment(self, start: int, end: int) -> nn.Module:
         if (start, end) not in self._segments:
-            self._segments[start, end] = segment(self.analysis, self.cuts[start].name, self.cuts[end].name)
+            self._segments[start, end] = splitter.segment(self.analysis, self.cuts[start].name,
+                                                            self.cuts[end].name)
         return self._segments[start, end]
 
     def run(self, cut_id: int, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch that crossed at ``cut_id``; uint8 input at the input cut is normalised here.
-        With a :class:`BatchPlan`, a batch that crossed before its cut runs one request at a time up to it."""
+        With a :class:`BatchPlan`, a batch that crossed before its cut runs one row at a time up to it."""
         if cut_id == INPUT_CUT and batch.dtype == np.uint8:
             batch = self._normalize(batch)
         with torch.inference_mode():
@@ -126,8 +125,7 @@ class TailEngine:
         """Measure, between the input and the record-low cuts, each segment at batch 1 and at ``batch_size``
         (interleaved, medians of ``repeats`` after an untimed run), and from then on batch from the cut
         where that costs least per request (:func:`best_batch_from`)."""
-        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts
-                                if c.record_low and c.natural_bottleneck and c.index in self.cuts)]
+        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts if c.record_low and c.index in self.cuts)]
         stages = [(start, self.segment(start, end)) for start, end in zip(starts, starts[1:])]
         stages.append((starts[-1], self.tail(starts[-1])))
         example = torch.randn(1, *self.analysis.input_shape, generator=torch.Generator().manual_seed(0))
@@ -142,8 +140,12 @@ class TailEngine:
                         samples.setdefault((start, size), []).append(time.perf_counter() - began)
         timed = [(start, statistics.median(samples[start, 1][1:]), statistics.median(samples[start, batch_size][1:]))
                  for start, _ in stages]
-        self.batch_plan = best_batch_from(timed, batch_size)
-        return self.batch_plan
+        plan = best_batch_from(timed, batch_size)
+        for cut_id in (INPUT_CUT, *(i for i, c in self.cuts.items() if c.natural_bottleneck)):
+            if cut_id < plan.batch_from:  # built now, so that no client's first batch pays for it
+                self.segment(cut_id, plan.batch_from)
+        self.batch_plan = plan
+        return plan
 
     def warm_up(self) -> int:
         """Build and run once every natural-bottleneck tail and the whole model, so that no client's
