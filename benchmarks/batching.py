@@ -40,7 +40,7 @@ from edgesplit import analyze, load_model, split  # noqa: E402
 from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
 from edgesplit.demo import free_port, server_process  # noqa: E402
 from edgesplit.images import normalizer  # noqa: E402
-from edgesplit.runtime.tail_engine import BatchPlan, TailEngine  # noqa: E402
+from edgesplit.runtime.tail_engine import INPUT_CUT, BatchPlan, TailEngine  # noqa: E402
 
 console = Console(width=170)
 CLIENTS = 8
@@ -137,7 +137,7 @@ def main() -> None:
                      "compute_gain_batch8": planned_gain, "compute_gain_batch8_one_batch": whole_gain})
     console.print("the server's batch plans: " + "; ".join(
         f"from {p['batch_from']}, {p['per_request_ms'][p['batch_from']]:.1f} ms per request "
-        f"(one batch throughout {p['per_request_ms']['input']:.1f})" for p in plans))
+        f"(one batch throughout {p['per_request_ms'][engine.cuts[INPUT_CUT].name]:.1f})" for p in plans))
     table = Table(title=f"Throughput with {CLIENTS} concurrent clients, EfficientNet-B0 224×224 "
                         f"({args.rounds} alternating rounds of {args.seconds:g} s, medians)")
     for column in ("frame", "max batch 8 (req/s)", "max batch 1 (req/s)", "ratio", "mean batch",
