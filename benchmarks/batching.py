@@ -27,7 +27,6 @@ import statistics  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
@@ -38,7 +37,7 @@ from rich.table import Table  # noqa: E402
 
 from edgesplit import analyze, load_model, split  # noqa: E402
 from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
-from edgesplit.demo import free_port, server_process  # noqa: E402
+from edgesplit.demo import loopback_server  # noqa: E402
 from edgesplit.images import normalizer  # noqa: E402
 from edgesplit.runtime.tail_engine import INPUT_CUT, BatchPlan, TailEngine  # noqa: E402
 
@@ -47,15 +46,11 @@ CLIENTS = 8
 LOGS = Path("out")
 
 
-@contextlib.contextmanager
-def _server(max_batch_size: int) -> Iterator[str]:
+def _server(max_batch_size: int) -> contextlib.AbstractContextManager[str]:
     """``edgesplit serve efficientnet_b0 --warm-up`` in its own process; its URL once it answers."""
-    port = free_port()
-    argv = [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port", str(port),
-            "--max-batch-size", str(max_batch_size), "--warm-up"]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(argv, url, LOGS / f"batching-server-{max_batch_size}.log"):
-        yield url
+    return loopback_server(lambda port: [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port",
+                                         str(port), "--max-batch-size", str(max_batch_size), "--warm-up"],
+                           LOGS / f"batching-server-{max_batch_size}.log")
 
 
 def throughput(url: str, payload: bytes, seconds: float) -> tuple[float, float]:

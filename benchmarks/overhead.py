@@ -34,7 +34,6 @@ import json  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -44,7 +43,7 @@ from rich.table import Table  # noqa: E402
 
 from edgesplit import analyze, load_model, split  # noqa: E402
 from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
-from edgesplit.demo import free_port, server_process  # noqa: E402
+from edgesplit.demo import loopback_server  # noqa: E402
 from edgesplit.images import normalizer  # noqa: E402
 from edgesplit.runtime.client import server_timings  # noqa: E402
 from edgesplit.runtime.tail_engine import TailEngine  # noqa: E402
@@ -53,24 +52,17 @@ from edgesplit.runtime.transport import HttpTransport  # noqa: E402
 LOGS = Path("out")
 
 
-@contextlib.contextmanager
-def _edgesplit_server(batch_wait_timeout_s: float) -> Iterator[str]:
+def _edgesplit_server(batch_wait_timeout_s: float) -> contextlib.AbstractContextManager[str]:
     """``edgesplit serve efficientnet_b0`` in its own process; its URL once it answers."""
-    port = free_port()
-    argv = [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port", str(port),
-            "--batch-wait-timeout-s", str(batch_wait_timeout_s), "--warm-up"]
-    url = f"http://127.0.0.1:{port}"
-    with server_process(argv, url, LOGS / "overhead-server.log"):
-        yield url
+    return loopback_server(lambda port: [sys.executable, "-m", "edgesplit", "serve", "efficientnet_b0", "--port",
+                                         str(port), "--batch-wait-timeout-s", str(batch_wait_timeout_s), "--warm-up"],
+                           LOGS / "overhead-server.log")
 
 
-@contextlib.contextmanager
-def _floor_server() -> Iterator[str]:
+def _floor_server() -> contextlib.AbstractContextManager[str]:
     """This script's do-nothing server (``--floor-server PORT``) in its own process."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with server_process([sys.executable, __file__, "--floor-server", str(port)], url, LOGS / "overhead-floor.log"):
-        yield url
+    return loopback_server(lambda port: [sys.executable, __file__, "--floor-server", str(port)],
+                           LOGS / "overhead-floor.log")
 
 
 def _serve_floor(port: int) -> None:

@@ -282,6 +282,16 @@ def server_process(argv: list[str], url: str, log_path: Path,
             process.wait()
 
 
+@contextlib.contextmanager
+def loopback_server(command: Callable[[int], list[str]], log_path: Path) -> Iterator[str]:
+    """``command(port)`` (a server listening on ``port``) run by :func:`server_process` on a free loopback
+    port; its URL once it answers."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with server_process(command(port), url, log_path):
+        yield url
+
+
 def _idle_s(config: DemoConfig) -> float:
     """How long a machine idles between two requests of the demo, about: for profiling as it will run."""
     return min(0.5, 0.8 / config.fps)
