@@ -1,13 +1,17 @@
-"""Simulator vs reality: the demo's trace segment, live over the emulated link and in the simulator.
+"""Simulator vs reality: segments of the demo's trace, live over the emulated link and in the simulator.
 
 For each link emulation (the application shaper; kernel shaping in network namespaces when root), the
-demo's setup runs every policy live (pretrained EfficientNet-Lite0, scikit-image photos, device = this
-machine slowed to run the whole model in 350 ms). The simulator then replays the same segment with the profile that run measured, the
-same options (priced with the device profile the demo measured and the server's own profile), policies,
-estimator, fps, RTT and deadline, and a device that — like the live client — serves one request at a
-time. Printed per policy: measured vs predicted mean and p95 and their ratio.
+demo's setup runs every policy live over ``--segments`` consecutive segments (pretrained
+EfficientNet-Lite0, scikit-image photos, device = this machine slowed to run the whole model in 350 ms;
+on the application shaper the policies run side by side on identical link replicas). The simulator
+then replays each segment with the options that run priced (the device profile the demo measured, the
+server's own profile), the same policies, estimator, fps, RTT, deadline and probing, and a device that —
+like the live client — serves one request at a time: the same device core
+(:class:`edgesplit.device.DeviceCore`) with a simulated clock and link. Printed per segment and policy:
+measured vs predicted mean and p95, their ratio, and what made the segment hard (its mean rate, an
+outage, whether dsc picked frames too small to time).
 
-    python benchmarks/parity.py [--duration 25] [--policies dsc,best-static,local,offload,oracle]
+    python benchmarks/parity.py [--segments 10] [--duration 25] [--policies dsc,best-static,local,offload,oracle]
                                 [--links app,netns] [--hedge] [--out benchmarks/results/parity.json]
 """
 
@@ -24,8 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.demo import DemoConfig, LiveResult, run_live
+from edgesplit.device import DeviceConfig, times_itself
 from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState
+from edgesplit.latency import LinkState, find_option
 from edgesplit.policies import make_policy
 from edgesplit.profile import quantile
 from edgesplit.sim import SimConfig, Workload, simulate
@@ -33,23 +38,26 @@ from edgesplit.sim import SimConfig, Workload, simulate
 console = Console(width=200)
 
 
-def predict(result: LiveResult, config: DemoConfig) -> dict[str, list[float]]:
-    """Latencies (ms) the simulator predicts for each policy of a live run."""
-    sim_config = SimConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, sequential=True, hedge=config.hedge,
-                           downlink_bps=math.inf, max_batch_size=1)
-    predicted = {}
-    for spec in result.runs:
-        policy = make_policy(spec, LinkState(result.trace.mean_bps(), config.rtt_s))
-        records = simulate(policy, make_estimator(config.estimator), result.options,
-                           result.allowed if policy.dynamic else result.options, result.trace,
-                           Workload(fps=config.fps, duration_s=config.duration_s), sim_config)
-        predicted[spec] = [r.latency_s * 1e3 for r in records]
+def predict(result: LiveResult, config: DemoConfig) -> list[dict[str, list[float]]]:
+    """Per segment, the latencies (ms) the simulator predicts for each policy of a live run."""
+    sim_config = SimConfig(DeviceConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge),
+                           sequential=True, max_batch_size=1)
+    predicted = []
+    for segment in result.segments:
+        per_policy = {}
+        for spec in segment.runs:
+            policy = make_policy(spec, result.options, LinkState(segment.trace.mean_bps(), config.rtt_s))
+            records = simulate(policy, make_estimator(config.estimator), result.allowed, segment.trace,
+                               Workload(fps=config.fps, duration_s=config.duration_s), sim_config)
+            per_policy[spec] = [r.latency_s * 1e3 for r in records]
+        predicted.append(per_policy)
     return predicted
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=25.0)
+    parser.add_argument("--segments", type=int, default=10)
+    parser.add_argument("--duration", type=float, default=25.0, help="seconds per segment")
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
     parser.add_argument("--links", default="app,netns", help="app, netns or both (netns needs root)")
     parser.add_argument("--hedge", action="store_true", help="the device runs the rest itself while it waits")
@@ -64,33 +72,42 @@ def main() -> None:
             if reason := available():
                 console.print(f"skipping kernel shaping: {reason}")
                 continue
-        config = DemoConfig(duration_s=args.duration, policies=tuple(args.policies.split(",")), netns=link == "netns",
-                            out_dir=Path("out/parity") / link, hedge=args.hedge)
+        config = DemoConfig(duration_s=args.duration, segments=args.segments, policies=tuple(args.policies.split(",")),
+                            netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
-        predicted = predict(result, config)
-        for spec, requests in result.runs.items():
-            live = sorted(r.record.latency_ms for r in requests)
-            sim = sorted(predicted[spec])
-            rows.append({"link": link, "policy": spec, "requests": len(live), "predicted_requests": len(sim),
-                         "measured_mean_ms": statistics.fmean(live), "predicted_mean_ms": statistics.fmean(sim),
-                         "measured_p95_ms": quantile(live, 0.95), "predicted_p95_ms": quantile(sim, 0.95),
-                         "fallbacks": sum(r.record.fallback_reason is not None for r in requests)})
-    table = Table(title=f"Simulator vs live, {args.duration:g} s of the demo's trace, EfficientNet-Lite0, "
-                        "device: whole model in 350 ms")
-    for column in ("link", "policy", "measured mean", "predicted mean", "ratio", "measured p95", "predicted p95",
-                   "ratio p95", "fallbacks"):
+        for segment, predicted in zip(result.segments, predict(result, config)):
+            outage_s = sum(segment.trace.delivered_bits(t, t + 1) == 0 for t in range(math.ceil(segment.trace.duration_s)))
+            small = sum(not times_itself(find_option(result.options, r.option)) and r.kind != "local"
+                        for r in segment.runs.get("dsc", []))
+            for spec, records in segment.runs.items():
+                live = sorted(r.latency_s * 1e3 for r in records)
+                sim = sorted(predicted[spec])
+                rows.append({"link": link, "start_s": segment.start_s, "policy": spec, "requests": len(live),
+                             "mean_mbps": segment.trace.mean_bps() / 1e6, "outage_s": outage_s,
+                             "dsc_untimed_frames": small,
+                             "measured_mean_ms": statistics.fmean(live), "predicted_mean_ms": statistics.fmean(sim),
+                             "measured_p95_ms": quantile(live, 0.95), "predicted_p95_ms": quantile(sim, 0.95),
+                             "fallbacks": sum(r.fallback_reason is not None for r in records)})
+    table = Table(title=f"Simulator vs live, {args.segments} × {args.duration:g} s of the demo's trace, "
+                        "EfficientNet-Lite0, device: whole model in 350 ms")
+    for column in ("link", "start s", "Mbit/s", "outage s", "dsc untimed", "policy", "measured mean",
+                   "predicted mean", "ratio", "measured p95", "predicted p95", "ratio p95", "fallbacks"):
         table.add_column(column, justify="left" if column in ("link", "policy") else "right")
     for row in rows:
-        table.add_row(row["link"], row["policy"], f"{row['measured_mean_ms']:.0f}", f"{row['predicted_mean_ms']:.0f}",
-                      f"{row['measured_mean_ms'] / row['predicted_mean_ms']:.3f}", f"{row['measured_p95_ms']:.0f}",
-                      f"{row['predicted_p95_ms']:.0f}", f"{row['measured_p95_ms'] / row['predicted_p95_ms']:.3f}",
-                      str(row["fallbacks"]))
+        table.add_row(row["link"], f"{row['start_s']:g}", f"{row['mean_mbps']:.2f}", str(row["outage_s"]),
+                      str(row["dsc_untimed_frames"]), row["policy"], f"{row['measured_mean_ms']:.0f}",
+                      f"{row['predicted_mean_ms']:.0f}", f"{row['measured_mean_ms'] / row['predicted_mean_ms']:.3f}",
+                      f"{row['measured_p95_ms']:.0f}", f"{row['predicted_p95_ms']:.0f}",
+                      f"{row['measured_p95_ms'] / row['predicted_p95_ms']:.3f}", str(row["fallbacks"]))
     console.print(table)
     within = sum(abs(r["measured_mean_ms"] / r["predicted_mean_ms"] - 1) <= 0.10 for r in rows)
-    console.print(f"means within 10 %: {within}/{len(rows)}")
+    ratios = [r["measured_mean_ms"] / r["predicted_mean_ms"] for r in rows]
+    console.print(f"means within 10 %: {within}/{len(rows)}; measured/predicted from {min(ratios):.3f} to "
+                  f"{max(ratios):.3f}, median {statistics.median(ratios):.3f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"duration_s": args.duration, "rows": rows}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"segments": args.segments, "duration_s": args.duration, "rows": rows},
+                                   indent=1) + "\n")
     console.print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
 
 

@@ -2,13 +2,17 @@
 
 EfficientNet-B0 (random weights, seed 0) is profiled here once, per node, at batch sizes 1, 2, 4, 8. The
 server runs at the measured speed (and, in a second variant, 10x faster: --slowdown 0.1, a GPU edge
-server); the device is this machine slowed 8x (emulating a small ARM board: B0 takes ~0.4 s). Every
-mahimahi uplink trace and the first 20 Norway HSDPA traces (sorted by name) are replayed at 2 requests
-per second, 40 ms RTT, with and without --private. "hedged" is dsc with --hedge: while it waits for the
-server, the device runs the rest of the model itself, and the first answer wins.
+server); the device is given by an absolute whole-model time (``--device-ms``, default 350 ms, a small ARM
+board; also 100 and 1000), this machine's profile scaled to it, so the result does not follow how fast
+this machine happens to be today. Every mahimahi uplink trace and the first 20 Norway HSDPA traces
+(sorted by name) are replayed at 2 requests per second, 40 ms RTT, with and without --private; the device
+takes one request at a time (as the live client does) and gives up on the server at its default deadline
+(twice its whole-model time). "hedged" is dsc with
+--hedge: while it waits for the server, the device runs the rest of the model itself, and the first
+answer wins. A trace is "mixed" when no single option is the oracle's choice for 95 % of its requests.
 
     python benchmarks/policies.py [--estimator harmonic] [--profile FILE] [--traces ../shared/traces]
-                                  [--out benchmarks/results/policies.json]
+                                  [--device-ms 350,100,1000] [--out benchmarks/results/policies.json]
 
 Prints one table per variant and writes every number as JSON.
 """
@@ -26,17 +30,17 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit import analyze, load_model
+from edgesplit.device import DeviceConfig, summarize
 from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.estimators import make_estimator
 from edgesplit.measure import measure
-from edgesplit.profile import load_profile, with_slowdown
-from edgesplit.sim import SimConfig, Workload, simulate, summarize
+from edgesplit.profile import load_profile, with_device_time, with_slowdown
+from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.traces import read_trace
 
 POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "best-static+hedge", "local", "offload",
-            "offload:jpeg90"]  # +hedge: with SimConfig.hedge
-DEVICE_SLOWDOWN = 8.0
+            "offload:jpeg90"]  # +hedge: with DeviceConfig.hedge
 console = Console(width=200)
 
 
@@ -48,17 +52,17 @@ def traces(root: Path) -> list[Path]:
 
 def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) -> dict:
     trace = read_trace(path)
-    config = SimConfig(rtt_s=0.04)
-    mean_link = LinkState(trace.mean_bps(), config.rtt_s, config.downlink_bps)
+    device = DeviceConfig(rtt_s=0.04, downlink_bps=20e6)
+    mean_link = LinkState(trace.mean_bps(), device.rtt_s, device.downlink_bps)
     row = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6, "duration_s": trace.duration_s}
     for spec in POLICIES:
         if private and spec.startswith("offload"):
             continue
         estimator = make_estimator(estimator_spec)
         name, hedge = spec.removesuffix("+hedge"), spec.endswith("+hedge")
-        policy = make_policy(name, mean_link)
-        records = simulate(policy, estimator, options, allowed if policy.dynamic else options, trace,
-                           Workload(fps=2.0), replace(config, hedge=hedge))
+        policy = make_policy(name, options, mean_link)
+        records = simulate(policy, estimator, allowed, trace, Workload(fps=2.0),
+                           SimConfig(replace(device, hedge=hedge), sequential=True))
         summary = summarize(records)
         summary["latencies_ms"] = [r.latency_s * 1000 for r in records]
         if spec == "dsc":
@@ -67,6 +71,7 @@ def run_trace(path: Path, options, allowed, private: bool, estimator_spec: str) 
     oracle_cuts = row["oracle"]["cuts"]
     top, count = next(iter(oracle_cuts.items()))
     row["dominant"] = top if count / sum(oracle_cuts.values()) >= 0.95 else None
+    row["probe_bytes_per_s"] = row["dsc"]["probe_bytes_per_s"]
     return row
 
 
@@ -116,6 +121,11 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
             r["dsc+hedge"]["p95_ms"] <= r["best-static+hedge"]["p95_ms"] for r in rows),
         "traces_where_oracle_loses_to_best_static_mean": [r["trace"] for r in rows
                                                           if r["oracle"]["mean_ms"] > r["best-static"]["mean_ms"]],
+        "worst_trace": max(rows, key=lambda r: r["dsc"]["mean_ms"] / r["best-static"]["mean_ms"])["trace"],
+        "worst_dsc_over_best_static": max(r["dsc"]["mean_ms"] / r["best-static"]["mean_ms"] for r in rows),
+        "worst_p95_dsc_over_best_static": max(r["dsc"]["p95_ms"] / r["best-static"]["p95_ms"] for r in rows),
+        "mixed_traces": sum(r["dominant"] is None for r in rows),
+        "dsc_probe_bytes_per_s": statistics.fmean(r["probe_bytes_per_s"] for r in rows),
         "traces": len(rows),
     }
     table.add_row("overall (all requests)", "", f"{pooled['dsc']:.0f}", f"{pooled['dsc+hedge']:.0f}",
@@ -133,7 +143,10 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                   f"p95 on {overall['traces_where_hedged_dsc_beats_best_static_p95']}/{len(rows)}; hedged dsc/oracle "
                   f"{overall['hedged_dsc_over_oracle']:.3f}; hedged dsc ≤ hedged best-static: mean on "
                   f"{overall['traces_where_hedged_dsc_beats_hedged_best_static_mean']}/{len(rows)}, p95 on "
-                  f"{overall['traces_where_hedged_dsc_beats_hedged_best_static_p95']}/{len(rows)}\n")
+                  f"{overall['traces_where_hedged_dsc_beats_hedged_best_static_p95']}/{len(rows)}; worst trace for dsc: "
+                  f"{overall['worst_trace']} ({overall['worst_dsc_over_best_static']:.3f} × best-static's mean); "
+                  f"no single option dominates on {overall['mixed_traces']}/{len(rows)} traces; dsc probes "
+                  f"{overall['dsc_probe_bytes_per_s'] / 1024:.1f} KiB/s on average\n")
     for row in rows:
         for p in POLICIES:
             row.get(p, {}).pop("latencies_ms", None)
@@ -146,6 +159,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "policies.json")
     parser.add_argument("--estimator", default="harmonic", help="estimator spec for dsc (default harmonic)")
     parser.add_argument("--profile", type=Path, help="reuse this measured profile (written on first use)")
+    parser.add_argument("--device-ms", default="350,100,1000",
+                        help="the device's whole-model times to run, comma-separated (default 350,100,1000)")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.profile and args.profile.exists():
@@ -158,18 +173,21 @@ def main() -> None:
         if args.profile:
             args.profile.parent.mkdir(parents=True, exist_ok=True)
             measured.save(args.profile)
-    device = with_slowdown(measured, DEVICE_SLOWDOWN)
-    console.print(f"profiled in {time.perf_counter() - started:.0f} s: B0 whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
-                  f"here, {device.model_s[1].median_s * 1e3:.0f} ms on the emulated device")
+    console.print(f"profiled in {time.perf_counter() - started:.0f} s: B0 whole model "
+                  f"{measured.model_s[1].median_s * 1e3:.1f} ms here")
     results = []
-    for server_name, server in (("server at measured speed", measured),
-                                ("server 10x faster (--slowdown 0.1)", with_slowdown(measured, 0.1))):
-        for private in (False, True):
-            options = build_options(device, server, private=private)
-            allowed = allowed_options(options, private, lossy=False)
-            rows = [run_trace(path, options, allowed, private, args.estimator) for path in traces(args.traces)]
-            title = f"EfficientNet-B0, device 8x slower than this machine, {server_name}" + (", --private" if private else "")
-            results.append(report(title, rows, private))
+    for device_ms in (float(v) for v in args.device_ms.split(",")):
+        device = with_device_time(measured, device_ms / 1000)
+        for server_name, server in (("server at measured speed", measured),
+                                    ("server 10x faster (--slowdown 0.1)", with_slowdown(measured, 0.1))):
+            for private in (False, True):
+                options = build_options(device, server, private=private)
+                allowed = allowed_options(options, private, lossy=False)
+                rows = [run_trace(path, options, allowed, private, args.estimator) for path in traces(args.traces)]
+                title = (f"EfficientNet-B0, device: whole model in {device_ms:g} ms, {server_name}"
+                         + (", --private" if private else ""))
+                results.append({"device_ms": device_ms, "private": private, "server": server_name,
+                                **report(title, rows, private)})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"profile": measured.to_dict(), "variants": results}, indent=1) + "\n")
     console.print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")

@@ -49,7 +49,8 @@ def test_simulate_writes_the_documented_json_csv_and_plots(profiles, monkeypatch
     assert list(data) == ["trace", "policies", "estimator_mape"]
     assert list(data["policies"]) == ["dsc", "oracle", "best-static", "local", "offload"]
     for summary in data["policies"].values():
-        assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "cuts"]
+        assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "fallbacks",
+                                 "probe_bytes_per_s", "cuts"]
         assert sum(summary["cuts"].values()) == 100  # 20 s at 5 fps
     assert data["policies"]["local"]["cuts"] == {"local": 100}
     assert data["policies"]["offload"]["mean_bytes"] == 192
@@ -146,9 +147,32 @@ def test_hedge_caps_every_request_at_the_devices_own_time(profiles, monkeypatch,
         out = tmp_path / f"{name}.csv"
         code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
                            "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, outage),
-                           "--policies", "offload", "--fps", "2", "--csv", str(out), *extra)
+                           "--policies", "offload", "--fps", "2", "--deadline-ms", "60000", "--csv", str(out), *extra)
         assert code == 0, err
         rows[name] = [float(r["latency_s"]) for r in csv.DictReader(out.read_text().splitlines())]
     local = load_profile(profiles / "device.json").model_s[1].median_s
     assert max(rows["plain"]) > 1.0  # stuck behind the outage
     assert max(rows["hedged"]) <= local + 1e-9 and all(h <= p + 1e-9 for h, p in zip(rows["hedged"], rows["plain"]))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--start", "20"], "--start 20 is at or past the end of the trace (20 s)"),
+    (["--start", "1000"], "--start 1000 is at or past the end of the trace (20 s)"),
+    (["--start", "-1"], "--start must be a finite number >= 0, got -1"),
+    (["--duration", "0"], "--duration must be a finite number > 0, got 0"),
+    (["--duration", "-1"], "--duration must be a finite number > 0, got -1"),
+    (["--rtt-ms", "-5"], "--rtt-ms must be a finite number >= 0, got -5"),
+    (["--deadline-ms", "0"], "--deadline-ms must be a finite number > 0, got 0"),
+    (["--fps", "0"], "--fps must be a finite number > 0, got 0"),
+    (["--fps", "-2"], "--fps must be a finite number > 0, got -2"),
+    *([[option, value], f"{option} must be a finite number"] for option in
+      ("--start", "--duration", "--rtt-ms", "--deadline-ms", "--fps") for value in ("nan", "inf", "-inf")),
+    (["--duration", "1e12"], "would simulate 2,000,000,000,000 requests, more than the limit of 10,000,000"),
+    (["--fps", "1e6"], "20 s at --fps 1e+06 would simulate 20,000,000 requests"),
+    (["--start", "15", "--fps", "3e6"], "5 s at --fps 3e+06 would simulate 15,000,000"),  # the rest of the trace
+])
+def test_bad_numbers_are_one_line_naming_the_option(profiles, monkeypatch, capsys, tmp_path, args, message):
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                       "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, STEPS), *args)
+    assert code == 2 and err.startswith("edgesplit: error: ") and err.count("\n") == 1, err
+    assert message in err and args[-2] in err

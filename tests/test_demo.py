@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 def test_the_shipped_trace_and_its_licence_ship_with_the_package():
     trace = read_trace(DEFAULT_TRACE)
-    assert trace.duration_s == pytest.approx(60.0, abs=0.1)
+    assert trace.duration_s == pytest.approx(300.0, abs=0.1)  # ten 25 s segments and more
     first_10_s = [trace.delivered_bits(t, t + 1) / 1e6 for t in range(10)]
     assert max(first_10_s) > 5 and min(first_10_s) < 1  # the variation the demo is about
     notice = (DEFAULT_TRACE.parent / "README.md").read_text()
@@ -23,26 +23,37 @@ def test_the_shipped_trace_and_its_licence_ship_with_the_package():
 
 def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, capsys, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = run(monkeypatch, capsys, "demo", "--duration", "3", "--exact", "--out", str(out))
+    code, stdout, err = run(monkeypatch, capsys, "demo", "--duration", "3", "--segments", "2", "--exact",
+                            "--out", str(out))
     assert code == 0, err
     document = json.loads((out / "demo.json").read_text())
     policies = document["policies"]
     assert list(policies) == ["dsc", "best-static", "local", "offload", "oracle"]
     for name, summary in policies.items():
-        assert summary["count"] == 6, name
-        assert summary["same_top1_as_local"] == 6, name  # exact options: not one answer changed
+        assert summary["count"] == 12, name  # 2 segments of 3 s at 2 requests/s
+        assert summary["same_top1_as_local"] == 12, name  # exact options: not one answer changed
         assert set(summary["cuts"]) <= {"local", "offload:raw"} | {c for c in summary["cuts"] if c.endswith(":fp32")}
-    assert policies["local"]["cuts"] == {"local": 6} and policies["local"]["mean_bytes"] == 0
-    assert policies["offload"]["cuts"] == {"offload:raw": 6}
-    first = document["requests"]["dsc"][0]
+    assert policies["local"]["cuts"] == {"local": 12} and policies["local"]["mean_bytes"] == 0
+    assert policies["offload"]["cuts"] == {"offload:raw": 12}
+    assert [s["start_s"] for s in document["segments"]] == [0.0, 3.0]
+    for segment in document["segments"]:
+        assert list(segment["policies"]) == list(policies)
+        assert all(s["count"] == 6 for s in segment["policies"].values())
+    requests = document["requests"]["dsc"]
+    assert [r["segment"] for r in requests] == [0] * 6 + [1] * 6
+    assert [r["arrival_s"] for r in requests] == pytest.approx([k / 2 for k in range(12)], abs=0.05)
     assert {"arrival_s", "true_mbps", "index", "cut", "codec", "executed", "latency_ms", "bytes_sent", "top1",
-            "fallback_reason", "estimated_mbps"} <= set(first)
+            "fallback_reason", "estimated_mbps", "probe_bytes"} <= set(requests[0])
+    assert "one replica of the link per policy, run side by side" in " ".join(stdout.split())
+    assert "dsc's mean ≤ best-static's on" in stdout and "/2 segments" in stdout
     labels = {name: s["labels"] for name, s in policies.items()}
     assert len({tuple(v) for v in labels.values()}) == 1  # identical under every policy
     for png in ("timeline.png", "cdf.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "every answer's top-1 equals the local model's under every policy" in stdout
-    assert "policy oracle" in stdout and "true" in stdout and "est" in stdout
+    assert "segment 1/2" in stdout and "segment 2/2" in stdout
+    assert any(line.startswith("oracle ") and " t=" in line and "true" in line and "est" in line
+               for line in stdout.splitlines())
 
 
 def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp_path):
@@ -63,10 +74,11 @@ def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys,
     if reason := available():
         pytest.skip(f"kernel shaping is not available here: {reason}")
     out = tmp_path / "demo"
-    code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--policies", "dsc,oracle",
-                            "--exact", "--out", str(out))
+    code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--segments", "2",
+                            "--policies", "dsc,oracle", "--exact", "--out", str(out))
     assert code == 0, err
     assert "kernel shaping (a tc HTB class" in stdout and "http://10.201.0.2:" in stdout
+    assert "the policies take turns" in " ".join(stdout.split())  # however the console wrapped it
     policies = json.loads((out / "demo.json").read_text())["policies"]
-    assert all(s["count"] == 4 and s["same_top1_as_local"] == 4 for s in policies.values())
+    assert all(s["count"] == 8 and s["same_top1_as_local"] == 8 for s in policies.values())
     assert leftovers() == []

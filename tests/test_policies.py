@@ -11,12 +11,14 @@ so local and the split tie at r = 4 Mbit/s (0.5 s each), the split and offload a
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import (
+    MAX_AGE_S,
     POLICIES,
     BestStatic,
     Decision,
@@ -26,7 +28,9 @@ from edgesplit.policies import (
     State,
     allowed_options,
     argmin,
+    check_policy,
     make_policy,
+    rate_scenarios,
 )
 
 MBPS = 1e6
@@ -40,6 +44,7 @@ FP32 = Option("split:c:fp32", "split", "c", "fp32", 0.125, 0.0, 125_000, 0.0, {1
 FP16 = Option("split:c:fp16", "split", "c", "fp16", 0.125, 0.001, 62_500, 0.001, {1: 0.0625, 4: 0.125}, 0, False)
 ALL = [LOCAL, RAW, JPEG, FP32, FP16]
 EXACT = [LOCAL, RAW, FP32]
+PRIVATE = [LOCAL, FP32, FP16]  # what --private builds: no offload
 
 
 def state(mbps: float, wait: float = 0.0, *, actual_mbps: float | None = None,
@@ -115,6 +120,113 @@ def test_argmin_reports_the_latency_of_its_choice():
     assert argmin(EXACT, LinkState(5 * MBPS, RTT), ServerState(0.0, 4)) == Decision(LOCAL, 0.5)
 
 
+def test_dsc_with_default_state_fields_is_argmin_at_the_estimate():
+    # no recent samples, a fresh estimate and no deadline: the one scenario is the estimate itself
+    for mbps in (0.5, 2, 3.5, 4, 6.2, 7, 8, 14, 100):
+        for wait in (0.0, 0.2):
+            s = state(mbps, wait)
+            for options in (EXACT, ALL):
+                assert DynamicSplit().choose(s, options) == argmin(options, s.estimated, s.reported), (mbps, wait)
+
+
+# --- risk-aware dsc ---------------------------------------------------------------------------------
+#
+# rtt 0, a batch-1 tail of 0.0625 s, local 0.5 s:
+#     offload:big       0.4 Mbit (50000 B)                    = 0.0625 + 4e5 / r
+#     split:late:fp32   head 0.28125 + 0.05 Mbit (6250 B)     = 0.34375 + 5e4 / r
+# at 1.6 Mbit/s (the harmonic mean of 1 and 4) big takes 0.3125 s, late 0.375 s; at 1 Mbit/s big 0.4625,
+# late 0.39375; at 4 Mbit/s big 0.1625, late 0.35625.
+
+BIG = Option("offload:big", "offload", None, "big", 0.0, 0.0, 50_000, 0.0, {1: 0.0625}, 0, True)
+LATE = Option("split:late:fp32", "split", "late", "fp32", 0.28125, 0.0, 6_250, 0.0, {1: 0.0625}, 0, True)
+RISKY = [LOCAL, BIG, LATE]
+
+
+def risky(mbps: float, recent_mbps: tuple[float, ...], deadline: float = math.inf) -> State:
+    return State(LinkState(mbps * MBPS), ServerState(), recent_bps=tuple(r * MBPS for r in recent_mbps),
+                 deadline_s=deadline)
+
+
+def test_dsc_avoids_an_option_ruinous_if_the_link_dips_before_the_deadline():
+    # samples 1, 4, 4, 4 Mbit/s (harmonic mean 16/7); deadline 0.375 s: at 1 Mbit/s both are late, big costing
+    # 0.375 + 0.5 (all on the device) = 0.875, late 0.375 + (0.5 - 0.28125) = 0.59375; at 4 Mbit/s both are in
+    # time. big: mean (0.875 + 3 × 0.1625) / 4 = 0.340625, sd 0.308515, bound + sd/√4 = 0.494883;
+    # late: mean (0.59375 + 3 × 0.35625) / 4 = 0.415625, sd 0.102840, bound 0.467045: late is chosen
+    assert argmin(RISKY, LinkState(16 / 7 * MBPS), ServerState()).option is BIG
+    assert DynamicSplit().choose(risky(16 / 7, (1, 4, 4, 4), 0.375), RISKY) == Decision(LATE, pytest.approx(0.415625))
+    # without a deadline the dip costs what it takes: big's mean (0.4625 + 3 × 0.1625) / 4 = 0.2375 (bound
+    # 0.302452) beats late's 0.365625 (bound 0.373745)
+    assert DynamicSplit().choose(risky(16 / 7, (1, 4, 4, 4)), RISKY) == Decision(BIG, pytest.approx(0.2375))
+    # a steady link at the same estimate, or only the high samples: big is never late, and certain
+    assert DynamicSplit().choose(risky(1.6, (1.6, 1.6), 0.375), RISKY) == Decision(BIG, pytest.approx(0.3125))
+    assert DynamicSplit().choose(risky(4, (4, 4), 0.375), RISKY) == Decision(BIG, pytest.approx(0.1625))
+
+
+def test_dsc_leaves_local_only_for_a_gain_clear_of_the_standard_error():
+    # samples 1 and 4 Mbit/s, deadline 0.375 s: late's expected 0.475 s beats local's 0.5 s, but its two
+    # scenarios (0.59375, 0.35625) have sd 0.11875, so its bound 0.475 + 0.11875 / √2 = 0.558969 does not
+    assert DynamicSplit().choose(risky(1.6, (1, 4), 0.375), RISKY) == Decision(LOCAL, 0.5)
+    # the same spread seen in twice as many samples halves the variance of the mean: 0.475 + 0.11875 / 2 = 0.534
+    assert DynamicSplit().choose(risky(1.6, (1, 4, 1, 4), 0.375), RISKY) == Decision(LOCAL, 0.5)
+    # eight samples: 0.475 + 0.11875 / √8 = 0.516985, still not clear; a narrower spread is
+    assert DynamicSplit().choose(risky(1.6, (1, 4) * 4, 0.375), RISKY) == Decision(LOCAL, 0.5)
+    narrow = risky(1.6, (1.5, 1.6, 1.7), 0.375)
+    assert DynamicSplit().choose(narrow, RISKY).option is BIG
+
+
+def test_an_option_late_in_every_scenario_costs_the_deadline_plus_the_rest():
+    # the split's head ends at 0.125 s and its answer never comes before 0.25 s: with the deadline at 0.125 s
+    # every scenario costs 0.125 + (0.5 - 0.125) = 0.5, exactly local's time (a tie: the earlier option)
+    late = State(LinkState(16 * MBPS, RTT), ServerState(), recent_bps=(2 * MBPS, 32 * MBPS), sample_age_s=4,
+                 volatility=0.5, deadline_s=0.125)
+    assert DynamicSplit().choose(late, [FP32, LOCAL]) == Decision(FP32, 0.5)
+    assert DynamicSplit().choose(late, [LOCAL, FP32]) == Decision(LOCAL, 0.5)
+    # offload (0.25 s at 16 Mbit/s, best without the deadline) costs 0.125 + 0.5 = 0.625 in every scenario
+    assert DynamicSplit().choose(late, [RAW, LOCAL]) == Decision(LOCAL, 0.5)
+
+
+# --- rate_scenarios ---------------------------------------------------------------------------------
+
+
+def scenarios(mbps: float, recent_mbps: tuple[float, ...] = (), volatility: float = 0.0,
+              age: float = 0.0) -> tuple[float, ...]:
+    return rate_scenarios(State(LinkState(mbps * MBPS), ServerState(), recent_bps=tuple(r * MBPS for r in recent_mbps),
+                                sample_age_s=age, volatility=volatility))
+
+
+def test_without_samples_the_one_scenario_is_the_estimate():
+    for mbps in (1, 3.5, 6.2, 7):
+        assert scenarios(mbps) == (mbps * MBPS,)
+
+
+def test_samples_are_scaled_to_the_estimate_as_their_harmonic_mean():
+    # the harmonic mean of 1 and 4 Mbit/s is 2 / (1 + 1/4) = 1.6
+    assert scenarios(1.6, (1, 4)) == pytest.approx((1 * MBPS, 4 * MBPS))
+    assert scenarios(0.8, (1, 4)) == pytest.approx((0.5 * MBPS, 2 * MBPS))
+    assert scenarios(3.2, (1, 4)) == pytest.approx((2 * MBPS, 8 * MBPS))
+
+
+def test_an_aged_estimate_spreads_each_sample_both_ways():
+    # volatility 0.5 after 4 s: exp(0.5 * sqrt(4)) = e
+    e = math.e
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=4) == pytest.approx(
+        (MBPS / e, MBPS * e, 4 * MBPS / e, 4 * MBPS * e))
+    assert scenarios(2, volatility=0.5, age=4) == pytest.approx((2 * MBPS / e, 2 * MBPS * e))
+    # no spread when the factor is 1: a fresh sample, or a steady link
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=0) == pytest.approx((1 * MBPS, 4 * MBPS))
+    assert scenarios(1.6, (1, 4), volatility=0.0, age=4) == pytest.approx((1 * MBPS, 4 * MBPS))
+
+
+def test_the_spread_stops_growing_at_max_age():
+    assert MAX_AGE_S == 10.0
+    spread = math.exp(0.5 * math.sqrt(10))  # 4.85
+    capped = scenarios(1.6, (1, 4), volatility=0.5, age=10)
+    assert capped == pytest.approx((MBPS / spread, MBPS * spread, 4 * MBPS / spread, 4 * MBPS * spread))
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=40) == capped
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=math.inf) == capped  # no sample yet
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=9) != capped
+
+
 # --- oracle -----------------------------------------------------------------------------------------
 
 
@@ -154,41 +266,70 @@ def test_best_static_is_fixed_at_the_mean_link_whatever_the_state():
 
 
 def test_best_static_from_make_policy_uses_the_mean_link():
-    assert make_policy("best-static", LinkState(16 * MBPS, RTT)).choose(state(1), EXACT).option is RAW
-    assert make_policy("best-static", LinkState(2 * MBPS, RTT)).choose(state(100), EXACT).option is LOCAL
-    assert make_policy("best-static", LinkState(16 * MBPS, RTT)).name == "best-static"
+    assert make_policy("best-static", ALL, LinkState(16 * MBPS, RTT)).choose(state(1), EXACT).option is RAW
+    assert make_policy("best-static", ALL, LinkState(2 * MBPS, RTT)).choose(state(100), EXACT).option is LOCAL
+    assert make_policy("best-static", ALL, LinkState(16 * MBPS, RTT)).name == "best-static"
 
 
 @pytest.mark.parametrize("spec, name, option", [
-    ("local", "local", "local"),
-    ("offload", "offload", "offload:raw"),
-    ("offload:jpeg90", "offload:jpeg90", "offload:jpeg90"),
-    ("static:c", "static:c", "split:c:fp32"),
-    ("static:split:c:fp16", "static:split:c:fp16", "split:c:fp16"),
-    ("static:offload:jpeg90", "static:offload:jpeg90", "offload:jpeg90"),
-    ("static:local", "static:local", "local"),
+    ("local", "local", LOCAL),
+    ("offload", "offload", RAW),
+    ("offload:jpeg90", "offload:jpeg90", JPEG),
+    ("static:c", "static:c", FP32),
+    ("static:split:c:fp16", "static:split:c:fp16", FP16),
+    ("static:offload:jpeg90", "static:offload:jpeg90", JPEG),
+    ("static:local", "static:local", LOCAL),
 ])
 def test_fixed_policies_resolve_their_option(spec, name, option):
-    policy = make_policy(spec, LinkState(MBPS))
+    policy = make_policy(spec, ALL, LinkState(MBPS))
     assert isinstance(policy, Fixed)
-    assert (policy.name, policy.option_name) == (name, option)
+    assert policy.name == name and policy.option is option  # resolved at build: the very object
     for mbps in (0.1, 5, 1000):
-        assert policy.choose(state(mbps), ALL).option.name == option
+        assert policy.choose(state(mbps), ALL).option is option
 
 
 def test_fixed_policies_predict_under_the_estimate_and_the_report():
-    policy = make_policy("static:c", LinkState(MBPS))
+    policy = make_policy("static:c", ALL, LinkState(MBPS))
     assert policy.choose(state(5), ALL) == Decision(FP32, pytest.approx(0.45))
     assert policy.choose(state(8, wait=0.125), ALL) == Decision(FP32, 0.5)
-    assert make_policy("local", LinkState(MBPS)).choose(state(8, wait=5.0), ALL) == Decision(LOCAL, 0.5)
+    assert make_policy("local", ALL, LinkState(MBPS)).choose(state(8, wait=5.0), ALL) == Decision(LOCAL, 0.5)
+    # the options the device may pick do not move it
+    assert policy.choose(state(5), [LOCAL]) == Decision(FP32, pytest.approx(0.45))
 
 
-def test_a_fixed_policy_whose_option_is_not_allowed_names_the_allowed_ones():
-    with pytest.raises(EdgesplitError, match=r"unknown option 'split:c:fp16'; did you mean 'split:c:fp32'\? "
-                                             r"\(known: local, offload:raw, split:c:fp32\)"):
-        make_policy("static:split:c:fp16", LinkState(MBPS)).choose(state(5), EXACT)
-    with pytest.raises(EdgesplitError, match=r"unknown option 'split:d:fp32'"):
-        make_policy("static:d", LinkState(MBPS)).choose(state(5), EXACT)
+def test_a_fixed_policy_whose_option_is_missing_fails_at_build_naming_the_known_ones():
+    with pytest.raises(EdgesplitError) as error:
+        make_policy("static:split:c:fp16", EXACT, LinkState(MBPS))
+    assert str(error.value) == ("unknown option 'split:c:fp16'; did you mean 'split:c:fp32'? "
+                                "(known: local, offload:raw, split:c:fp32)")
+    with pytest.raises(EdgesplitError) as error:
+        make_policy("static:d", EXACT, LinkState(MBPS))
+    assert str(error.value) == ("unknown option 'split:d:fp32'; did you mean 'split:c:fp32'? "
+                                "(known: local, offload:raw, split:c:fp32)")
+    with pytest.raises(EdgesplitError) as error:
+        make_policy("offload:jpeg90", EXACT, LinkState(MBPS))
+    assert str(error.value) == ("unknown option 'offload:jpeg90'; did you mean 'offload:raw'? "
+                                "(known: local, offload:raw, split:c:fp32)")
+
+
+PRIVATE_ERROR = ("policy {!r} sends the input to the server, but these options keep it on the device (--private): "
+                 "drop it from the policies")
+
+
+@pytest.mark.parametrize("spec, named", [
+    ("offload", "offload"),
+    ("offload:jpeg90", "offload:jpeg90"),
+    ("static:offload:jpeg90", "static:offload:jpeg90"),  # the spec to drop, as written
+])
+def test_offload_over_private_options_says_to_drop_it(spec, named):
+    with pytest.raises(EdgesplitError) as error:
+        make_policy(spec, PRIVATE, LinkState(MBPS))
+    assert str(error.value) == PRIVATE_ERROR.format(named)
+
+
+def test_the_other_policies_build_over_private_options():
+    for spec in ("local", "static:c", "static:split:c:fp16", "best-static", "dsc", "oracle"):
+        make_policy(spec, PRIVATE, LinkState(MBPS))
 
 
 # --- make_policy ------------------------------------------------------------------------------------
@@ -196,31 +337,41 @@ def test_a_fixed_policy_whose_option_is_not_allowed_names_the_allowed_ones():
 
 def test_policy_names():
     assert POLICIES.names() == ["best-static", "dsc", "local", "offload", "oracle", "static"]
-    assert isinstance(make_policy("dsc", LinkState(MBPS)), DynamicSplit)
-    assert isinstance(make_policy("oracle", LinkState(MBPS)), Oracle)
-    assert make_policy("dsc", LinkState(MBPS)).name == "dsc" and make_policy("oracle", LinkState(MBPS)).name == "oracle"
+    assert isinstance(make_policy("dsc", ALL, LinkState(MBPS)), DynamicSplit)
+    assert isinstance(make_policy("oracle", ALL, LinkState(MBPS)), Oracle)
+    assert make_policy("dsc", ALL, LinkState(MBPS)).name == "dsc"
+    assert make_policy("oracle", ALL, LinkState(MBPS)).name == "oracle"
+    assert check_policy("dsc") == (POLICIES.get("dsc"), "")
+    assert check_policy("static:split:c:fp16") == (POLICIES.get("static"), "split:c:fp16")
+    assert check_policy("offload:jpeg90") == (POLICIES.get("offload"), "jpeg90")
 
 
-def test_an_unknown_policy_suggests_a_close_name():
+def build_or_check(how: str, spec: str) -> object:
+    return check_policy(spec) if how == "check" else make_policy(spec, ALL, LinkState(MBPS))
+
+
+@pytest.mark.parametrize("how", ["check", "make"])
+def test_an_unknown_policy_suggests_a_close_name(how):
     with pytest.raises(EdgesplitError, match=r"unknown policy 'dcs'; did you mean 'dsc'\? \(known: best-static, "
                                              r"dsc, local, offload, oracle, static\)"):
-        make_policy("dcs", LinkState(MBPS))
+        build_or_check(how, "dcs")
     with pytest.raises(EdgesplitError, match=r"unknown policy 'split'"):
-        make_policy("split:c:fp32", LinkState(MBPS))
+        build_or_check(how, "split:c:fp32")
 
 
+@pytest.mark.parametrize("how", ["check", "make"])
 @pytest.mark.parametrize("spec", ["dsc:3", "oracle:x", "local:fast", "best-static:c"])
-def test_a_policy_without_an_argument_refuses_one(spec):
+def test_a_policy_without_an_argument_refuses_one(spec, how):
     name = spec.partition(":")[0]
     with pytest.raises(EdgesplitError, match=rf"policy '{name}' takes no argument \(got '{spec}'\)"):
-        make_policy(spec, LinkState(MBPS))
+        build_or_check(how, spec)
 
 
 @pytest.mark.parametrize("spec", ["static", "static:"])
 def test_static_needs_an_option(spec):
     with pytest.raises(EdgesplitError, match=r"static needs an option: static:CUT \(fp32\) or "
                                              r"static:split:CUT:CODEC"):
-        make_policy(spec, LinkState(MBPS))
+        make_policy(spec, ALL, LinkState(MBPS))
 
 
 # --- allowed_options --------------------------------------------------------------------------------
@@ -243,7 +394,7 @@ def test_allowed_options(private, lossy, names):
 
 @pytest.mark.parametrize("spec", ["local", "offload", "static:c", "best-static", "dsc", "oracle"])
 def test_policies_are_pure(spec):
-    policy = make_policy(spec, LinkState(6 * MBPS, RTT))
+    policy = make_policy(spec, ALL, LinkState(6 * MBPS, RTT))
     before = copy.deepcopy(vars(policy))
     states = [state(2, actual_mbps=16), state(5, 0.3, actual_mbps=2, current_wait=0.1),
               state(16, actual_mbps=5)]
@@ -251,7 +402,7 @@ def test_policies_are_pure(spec):
     again = [policy.choose(s, EXACT) for s in reversed(states)][::-1]
     assert first == again  # the same state gives the same decision, whatever came before
     assert vars(policy) == before  # nothing is remembered
-    fresh = make_policy(spec, LinkState(6 * MBPS, RTT))
+    fresh = make_policy(spec, ALL, LinkState(6 * MBPS, RTT))
     assert [fresh.choose(s, EXACT) for s in states] == first
 
 

@@ -14,7 +14,9 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import LastSample, make_estimator
 from edgesplit.latency import LinkState, Option, ServerState, latency
 from edgesplit.policies import Decision, Policy, State, make_policy
-from edgesplit.sim import Request, SimConfig, Workload, simulate, summarize
+from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.sim import SimConfig, Workload, simulate
+from edgesplit.load import LoadReport
 from edgesplit.sim.server import BatchingServer, Served, _Job
 from edgesplit.traces import LoadTrace, RateTrace
 
@@ -25,17 +27,28 @@ LOCAL = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
 RAW = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 40_000, 0.002, {1: 0.01, 4: 0.02, 8: 0.03}, 4000, True)
 SPLIT = Option("split:c:fp32", "split", "c", "fp32", 0.03, 0.0, 10_000, 0.0, {1: 0.008, 4: 0.016}, 4000, True)
 OPTIONS = [LOCAL, RAW, SPLIT]
-CONFIG = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, probe_interval_s=1.0,
-                   probe_on_connect=False)  # the arithmetic below
+
+
+def config(sequential: bool = False, background_fps: float = 2.0, **device) -> SimConfig:
+    """The arithmetic below: 40 ms RTT, 32 Mbit/s down, 2 Mbit/s prior, a probe at most every second, no
+    probe on connecting, no deadline; ``device`` overrides."""
+    return SimConfig(DeviceConfig(**{"rtt_s": 0.04, "downlink_bps": 32 * MBPS, "prior_bps": 2 * MBPS,
+                                     "probe_interval_s": 1.0, "probe_on_connect": False,
+                                     "deadline_s": math.inf, **device}), sequential=sequential,
+                     background_fps=background_fps)
+
+
+CONFIG = config()
 
 
 def run(policy: str | Policy, trace: RateTrace, *, fps: float = 2.0, duration_s: float | None = None,
         options: list[Option] = OPTIONS, config: SimConfig = CONFIG, estimator: str = "last",
-        load: LoadTrace | None = None, arrivals: str = "periodic", seed: int = 0) -> list[Request]:
+        load: LoadTrace | None = None, arrivals: str = "periodic", seed: int = 0) -> list[RequestRecord]:
     if isinstance(policy, str):
-        policy = make_policy(policy, LinkState(trace.mean_bps(), config.rtt_s, config.downlink_bps))
-    return simulate(policy, make_estimator(estimator), options, options, trace,
-                    Workload(fps, arrivals, duration_s, seed), config, load)  # type: ignore[arg-type]
+        policy = make_policy(policy, options, LinkState(trace.mean_bps(), config.device.rtt_s,
+                                                        config.device.downlink_bps))
+    return simulate(policy, make_estimator(estimator), options, trace, Workload(fps, arrivals, duration_s, seed),
+                    config, load)  # type: ignore[arg-type]
 
 
 class Script(Policy):
@@ -63,15 +76,18 @@ def test_a_lone_request_at_a_constant_rate_takes_what_the_model_says(option):
     assert r.latency_s == pytest.approx(expected, rel=1e-12)
     # the model's prediction used the prior, 2 Mbit/s: the link was not known yet
     assert r.predicted_s == pytest.approx(latency(option, LinkState(2 * MBPS, 0.04, 32 * MBPS), ServerState()))
-    assert (r.index, r.arrival_s, r.option, r.kind, r.cut, r.bytes) == (
+    assert (r.index, r.arrival_s, r.option, r.kind, r.cut, r.bytes_sent) == (
         0, 0.0, option.name, option.kind, option.cut, option.bytes)
     assert (r.true_bps, r.estimated_bps) == (8 * MBPS, 2 * MBPS)
     if option.kind == "local":
-        assert (r.upload_s, r.queue_s, r.tail_s, r.batch_size) == (0.0, 0.0, 0.0, 0)
+        assert (r.upload_s, r.queue_s, r.compute_s, r.batch_size, r.measured_bps) == (None, None, None, 0, None)
+        assert (r.executed, r.fallback_reason, r.bytes_sent) == ("local", None, 0)
     else:
         assert r.upload_s == pytest.approx(option.bytes * 8 / 8e6)
         assert r.queue_s == 0.0 and r.batch_size == 1
-        assert r.tail_s == pytest.approx(option.tail_at(1) + option.decode_s)
+        assert r.compute_s == pytest.approx(option.tail_at(1) + option.decode_s)
+        assert r.measured_bps == pytest.approx(8 * MBPS)  # timed at the receiver: the rate itself
+        assert (r.executed, r.fallback_reason, r.bytes_sent) == (option.kind, None, option.bytes)
 
 
 def test_the_lone_offload_request_term_by_term():
@@ -97,12 +113,27 @@ def test_a_transfer_across_an_outage_waits_it_out():
     assert r.upload_s == pytest.approx(2.0, abs=1e-12)  # 0.5 Mbit, 1 s of nothing, 0.5 Mbit
 
 
-def test_the_next_estimate_is_the_integrated_goodput():
+def test_the_next_estimate_is_the_goodput_timed_at_the_receiver():
     step = RateTrace("step", (0.0, 1.0), (1 * MBPS, 3 * MBPS), 2.0)
     option = Option("split:c:fp32", "split", "c", "fp32", 0.5, 0.0, 250_000, 0.0, {1: 0.1}, 0, True)
     records = run("static:c", step, fps=0.5, duration_s=4.0, options=[LOCAL, option])
-    assert [r.estimated_bps for r in records] == [2 * MBPS, pytest.approx(2 * MBPS)]  # prior, then 2 Mbit / 1 s
+    # the first 1448 B arrive 11.584 ms after the upload starts (at 1 Mbit/s); the other 248552 B by 1.0 s
+    assert [r.estimated_bps for r in records] == [2 * MBPS, pytest.approx(248_552 * 8 / (1.0 - 0.011584))]
     assert records[1].upload_s == pytest.approx(1.0)  # the trace repeats: the same crossing at 2.5 s
+
+
+def test_a_frame_too_small_to_time_teaches_nothing_so_the_device_probes():
+    # 2896 B = two segments: one after the first, less than MIN_TIMED_BYTES (2 × 1448): no sample from it.
+    # The newest sample is older than the probe interval (1 s) at 1.5 s: a probe goes after the answer
+    small = Option("split:d:fp32", "split", "d", "fp32", 0.01, 0.0, 2896, 0.0, {1: 0.001}, 0, True)
+    records = run("static:d", RateTrace.constant(8 * MBPS, 4.0), fps=2.0, options=[LOCAL, small])
+    assert {r.measured_bps for r in records} == {None}
+    probes = [r.index for r in records if r.probe_bytes]
+    assert probes == [0, 3, 6] and {records[i].probe_bytes for i in probes} == {16_000}
+    # the first probe (sent after request 0's answer at 0.057 s, 16000 B at 8 Mbit/s, known 0.04 s after) teaches
+    assert [r.estimated_bps for r in records[:2]] == [2 * MBPS, pytest.approx(8 * MBPS)]
+    summary = summarize(records)
+    assert summary["probe_bytes_per_s"] == pytest.approx(3 * 16_000 / 3.5)
 
 
 # --- arrivals ---------------------------------------------------------------------------------------
@@ -173,7 +204,10 @@ def test_the_estimator_learns_only_from_answers_that_came_back():
     assert [r.estimated_bps for r in records[:4]] == [2 * MBPS, 2 * MBPS, pytest.approx(8 * MBPS),
                                                       pytest.approx(8 * MBPS)]
     prior = latency(RAW, LinkState(2 * MBPS, 0.04, 32 * MBPS), ServerState())
-    assert [r.predicted_s for r in records[:3]] == pytest.approx([prior, prior, 0.093])
+    # request 1 believes request 0's 40000 B still queued, less what 2 Mbit/s carried in 0.05 s: 27500 B
+    queued = latency(RAW, LinkState(2 * MBPS, 0.04, 32 * MBPS, backlog_bytes=27_500), ServerState())
+    assert queued == pytest.approx(prior + 0.11)
+    assert [r.predicted_s for r in records[:3]] == pytest.approx([prior, queued, 0.093])
 
 
 def test_the_estimate_follows_the_last_completed_transfer():
@@ -196,16 +230,16 @@ def test_probes_teach_a_device_that_runs_locally():
 
 def test_the_device_measures_its_uplink_when_it_connects():
     trace = RateTrace("steps", (0.0, 1.0), (8 * MBPS, 1 * MBPS), 2.0)
-    records = run("local", trace, fps=2.0, config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+    records = run("local", trace, fps=2.0, config=config(probe_interval_s=math.inf, probe_on_connect=True))
     assert [r.estimated_bps for r in records] == [8 * MBPS] * 4  # the link at 0, not the prior; no probe after
     outage = RateTrace("outage", (0.0, 1.0), (0.0, 1 * MBPS), 2.0)
-    records = run("local", outage, fps=2.0, config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf))
+    records = run("local", outage, fps=2.0, config=config(probe_interval_s=math.inf, probe_on_connect=True))
     assert records[0].estimated_bps == 2 * MBPS  # a probe into an outage tells nothing: the prior it is
 
 
 def test_no_probe_without_a_stale_sample():
     records = run("local", RateTrace.constant(8 * MBPS, 3.0), fps=10.0,
-                  config=SimConfig(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf, probe_on_connect=False))
+                  config=config(rtt_s=0.04, prior_bps=2 * MBPS, probe_interval_s=math.inf, probe_on_connect=False))
     assert {r.estimated_bps for r in records} == {2 * MBPS}  # no probe: the prior throughout
 
 
@@ -214,11 +248,11 @@ def test_answers_known_at_the_same_instant_are_both_learnt():
     # 0.25 s and sends a 0.5 Mbit probe (0.125 s) known at 0.625 s too: both samples are 4 Mbit/s
     offload = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 125_000, 0.0, {1: 0.125}, 0, True)
     local = Option("local", "local", None, "-", 0.25, 0.0, 0, 0.0, {}, 0, True)
-    config = SimConfig(rtt_s=0.25, prior_bps=2 * MBPS, probe_bytes=62_500, probe_on_connect=False)
+    cfg = config(rtt_s=0.25, prior_bps=2 * MBPS, probe_bytes=62_500, probe_on_connect=False)
     records = run(Script("offload:raw", "local", "local", "local"), RateTrace.constant(4 * MBPS), fps=4.0,
-                  options=[local, offload], config=config)
+                  options=[local, offload], config=cfg)
     assert records[0].latency_s == 0.625
-    assert [r.estimated_bps for r in records] == [2 * MBPS, 2 * MBPS, 2 * MBPS, 4 * MBPS]
+    assert [r.estimated_bps for r in records] == pytest.approx([2 * MBPS, 2 * MBPS, 2 * MBPS, 4 * MBPS])
 
 
 # --- the batching server ----------------------------------------------------------------------------
@@ -277,20 +311,20 @@ def test_a_later_job_joins_the_oldest_jobs_batch():
     assert late == Served(pytest.approx(0.1), 0.5, pytest.approx(1.8), 2)
 
 
-def test_state_reports_the_remaining_and_the_queued_work():
+def test_the_report_counts_the_remaining_and_the_queued_work():
     server = BatchingServer(2, None, 0.0, tail(0, 0))
-    assert server.state(0.0) == ServerState(0.0, 1)
+    assert server.report(0.0) == LoadReport(0.0, 0, 2)
     server.serve(0.0, "x", tail(1.0, 0.0))
-    assert server.state(0.4) == ServerState(pytest.approx(0.6), 1)  # the batch in progress
+    assert server.report(0.4) == LoadReport(pytest.approx(0.6), 0, 2)  # the batch in progress
     enqueue(server, 0.5, "a", tail(0.1, 0.1))
     enqueue(server, 0.6, "b", tail(0.5, 0.0))
     enqueue(server, 0.7, "a", tail(0.1, 0.1))
     enqueue(server, 0.75, "a", tail(0.1, 0.1))
     # 0.2 s left of x, then a in batches of at most 2 (0.3 s + 0.2 s), and b (0.5 s)
-    assert server.state(0.8) == ServerState(pytest.approx(0.2 + 0.3 + 0.2 + 0.5), 1)
+    assert server.report(0.8) == LoadReport(pytest.approx(0.2 + 0.3 + 0.2 + 0.5), 4, 2)
     # at 1.1 s the first a batch (a at 0.5 and 0.7) has run for 0.1 s: 0.2 s of it left, then b, then a
-    assert server.state(1.1) == ServerState(pytest.approx(0.2 + 0.5 + 0.2), 1)
-    assert server.state(5.0) == ServerState(0.0, 1)  # everything has run by then
+    assert server.report(1.1) == LoadReport(pytest.approx(0.2 + 0.5 + 0.2), 2, 2)
+    assert server.report(5.0) == LoadReport(0.0, 0, 2)  # everything has run by then
 
 
 def test_background_load_is_seeded():
@@ -315,12 +349,12 @@ def test_a_loaded_server_makes_requests_wait():
     quiet = run("offload", trace, fps=5.0)
     # 30 other clients at 5 fps: 150 whole-model requests a second, batched up to 8 (30 ms a batch)
     busy = run("offload", trace, fps=5.0, load=LoadTrace.constant(30),
-               config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0))
+               config=config(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0))
     assert all(r.queue_s == 0.0 for r in quiet)
     assert sum(r.queue_s > 0 for r in busy) > len(busy) / 2
     assert statistics.fmean(r.latency_s for r in busy) > statistics.fmean(r.latency_s for r in quiet) + 0.005
     for r in busy:  # the latency is the sum of its parts
-        assert r.latency_s == pytest.approx(r.upload_s + 0.04 + r.queue_s + r.tail_s + 0.001)
+        assert r.latency_s == pytest.approx(r.upload_s + 0.04 + r.queue_s + r.compute_s + 0.001)
 
 
 def test_dsc_comes_back_when_a_load_spike_ends():
@@ -328,7 +362,7 @@ def test_dsc_comes_back_when_a_load_spike_ends():
     # The probes' answers report the load: busy at first (dsc stays local), idle from the probe at 1.2 s on
     spike = LoadTrace("spike", (0.0, 1.0), (40.0, 0.0), 10.0)
     records = run("dsc", RateTrace.constant(8 * MBPS, 10.0), fps=5.0, duration_s=4.0, load=spike,
-                  options=[LOCAL, RAW], config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0,
+                  options=[LOCAL, RAW], config=config(rtt_s=0.04, downlink_bps=32 * MBPS, background_fps=5.0,
                                                          probe_on_connect=False))
     assert [r.option for r in records if r.arrival_s < 1.3] == ["local"] * 7
     after = [r for r in records if r.arrival_s > 1.3]
@@ -371,9 +405,11 @@ def test_dsc_switches_with_the_link():
 # --- summarize --------------------------------------------------------------------------------------
 
 
-def record(index: int, latency_s: float, option: str = "local", bytes_: int = 0) -> Request:
-    return Request(index, index * 0.5, option, option.partition(":")[0], None, bytes_, 0.1, latency_s, 1e6, 1e6,
-                   0.0, 0.0, 0.0, 0)
+def record(index: int, latency_s: float, option: str = "local", bytes_: int = 0, *, true_bps: float | None = 1e6,
+           estimated_bps: float = 1e6, fallback: str | None = None, probe_bytes: int = 0) -> RequestRecord:
+    kind = option.partition(":")[0]
+    return RequestRecord(index, index * 0.5, option, kind, None, "-", 0.1, estimated_bps, true_bps, latency_s,
+                         probe_bytes, "local" if fallback else kind, fallback, bytes_, None, None, None, None, 0, None)
 
 
 def test_summarize_exact_statistics():
@@ -388,6 +424,9 @@ def test_summarize_exact_statistics():
         "miss_rate": 0.4,  # 0.4 s and 1.0 s
         "mean_bytes": 1200.0,
         "count": 5,
+        "fallbacks": 0,
+        "probe_bytes_per_s": 0.0,
+        "stale_estimate_s": 0.0,
         "cuts": {"split:c:fp32": 2, "local": 2, "offload:raw": 1},
     }
     assert list(summary["cuts"]) == ["split:c:fp32", "local", "offload:raw"]  # most used first, ties in order
@@ -410,18 +449,35 @@ def test_summarize_of_nothing_is_an_error():
         summarize([])
 
 
+def test_fallbacks_and_probes_in_the_summary():
+    records = [record(0, 0.3, probe_bytes=16_000), record(1, 0.3, "offload:raw", 40, fallback="deadline"),
+               record(2, 0.3, probe_bytes=16_000), record(3, 0.3, "offload:raw", 40, fallback="deadline")]
+    summary = summarize(records)
+    assert (summary["fallbacks"], summary["probe_bytes_per_s"]) == (2, 32_000 / 1.5)  # over 0 … 1.5 s
+
+
+def test_the_stale_estimate_is_the_longest_blind_stretch():
+    # blind: the true rate more than twice an estimate that stays within 1 %
+    estimates = [1e6, 1e6, 1.005e6, 1e6, 3e6, 1e6, 1e6, 1e6, 1e6]
+    truths = [3e6, 3e6, 3e6, 3e6, 3e6, 3e6, 3e6, 1.5e6, 3e6]
+    records = [record(k, 0.1, true_bps=t, estimated_bps=e) for k, (e, t) in enumerate(zip(estimates, truths))]
+    assert summarize(records)["stale_estimate_s"] == 1.5  # requests 0–3 (0 … 1.5 s); 5–6 make 0.5 s
+    assert summarize([record(0, 0.1, true_bps=None)])["stale_estimate_s"] is None  # unknown truth
+
+
 def test_request_to_dict():
     assert record(2, 0.3, "offload:raw", 40).to_dict() == {
-        "index": 2, "arrival_s": 1.0, "option": "offload:raw", "kind": "offload", "cut": None, "bytes": 40,
-        "predicted_s": 0.1, "latency_s": 0.3, "true_bps": 1e6, "estimated_bps": 1e6, "upload_s": 0.0,
-        "queue_s": 0.0, "tail_s": 0.0, "batch_size": 0}
+        "index": 2, "arrival_s": 1.0, "option": "offload:raw", "kind": "offload", "cut": None, "codec": "-",
+        "probe_bytes": 0, "executed": "offload", "fallback_reason": None, "bytes_sent": 40, "batch_size": 0,
+        "top1": None, "predicted_ms": 100.0, "latency_ms": 300.0, "upload_ms": None, "queue_ms": None,
+        "compute_ms": None, "estimated_mbps": 1.0, "true_mbps": 1.0, "measured_mbps": None}
 
 
 def test_the_estimator_is_reset_for_each_run():
     estimator = LastSample()
     estimator.update(123.0)
-    policy = make_policy("dsc", LinkState(8 * MBPS))
-    records = simulate(policy, estimator, OPTIONS, OPTIONS, RateTrace.constant(8 * MBPS), Workload(2.0), CONFIG)
+    policy = make_policy("dsc", OPTIONS, LinkState(8 * MBPS))
+    records = simulate(policy, estimator, OPTIONS, RateTrace.constant(8 * MBPS), Workload(2.0), CONFIG)
     assert records[0].estimated_bps == 2 * MBPS  # the prior, not the stale 123 bit/s
 
 
@@ -432,7 +488,7 @@ def test_a_sequential_device_starts_a_request_only_once_the_previous_is_answered
     trace = RateTrace.constant(8 * MBPS)
     pipelined = run(Script("offload:raw", "offload:raw"), trace, fps=20.0, duration_s=0.1)
     sequential = run(Script("offload:raw", "offload:raw"), trace, fps=20.0, duration_s=0.1,
-                     config=SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, sequential=True))
+                     config=config(rtt_s=0.04, downlink_bps=32 * MBPS, sequential=True))
     first = 0.04 + 0.04 + 0.002 + 0.01 + 4000 * 8 / (32 * MBPS)  # upload, RTT, decode, model, answer
     assert pipelined[0].latency_s == pytest.approx(first) and sequential[0].latency_s == pytest.approx(first)
     # pipelined, the second request (at 50 ms) finds the uplink free again; sequential, it waits for the answer
@@ -442,9 +498,9 @@ def test_a_sequential_device_starts_a_request_only_once_the_previous_is_answered
 
 def test_past_the_deadline_the_device_drops_the_upload_and_finishes_locally():
     trace = RateTrace("outage", (0.0, 1.0), (8 * MBPS, 0.0), 10.0)
-    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
+    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
     records = run(Script("split:c:fp32", "split:c:fp32", "local"), trace, fps=1.0, duration_s=3.0,
-                  config=config, estimator="last")
+                  config=cfg, estimator="last")
     assert records[0].latency_s == pytest.approx(0.03 + 0.01 + 0.04 + 0.008 + 0.001)  # answered in time
     stuck = records[1]  # its upload starts at 1.03 s, in the outage: given up at 1.5 s, the tail runs here
     assert stuck.latency_s == pytest.approx(0.5 + (0.1 - 0.03))
@@ -453,18 +509,18 @@ def test_past_the_deadline_the_device_drops_the_upload_and_finishes_locally():
 
 def test_a_given_up_request_teaches_at_most_its_bytes_over_the_time_waited():
     trace = RateTrace.constant(8 * MBPS)
-    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, deadline_s=0.05, sequential=True)
-    records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=config)
+    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, deadline_s=0.05, sequential=True)
+    records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=cfg)
     assert records[0].latency_s == pytest.approx(0.05 + 0.1)  # gave up at 50 ms, then the whole model here
     assert records[1].estimated_bps == pytest.approx(40_000 * 8 / 0.05)  # what the live client learns too
 
 
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
     slow = Option("local", "local", None, "-", 0.7, 0.0, 0, 0.0, {}, 0, True)
-    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
+    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
     # request 1 arrives at 0.5 s but starts at 0.7 s: it still has the whole 0.5 s for its 0.093 s
     records = run(Script("local", "offload:raw"), RateTrace.constant(8 * MBPS), fps=2.0, duration_s=1.0,
-                  options=[slow, RAW], config=config)
+                  options=[slow, RAW], config=cfg)
     assert records[1].latency_s == pytest.approx(0.2 + 0.093)
 
 
@@ -473,9 +529,9 @@ def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
 
 def test_a_hedged_request_is_never_later_than_the_devices_own_run():
     trace = RateTrace("outage", (0.0, 1.0), (8 * MBPS, 0.0), 10.0)
-    config = SimConfig(rtt_s=0.04, downlink_bps=32 * MBPS, hedge=True, sequential=True)
+    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, hedge=True, sequential=True)
     records = run(Script("split:c:fp32", "split:c:fp32", "offload:raw", "local"), trace, fps=1.0,
-                  duration_s=4.0, config=config, estimator="last")
+                  duration_s=4.0, config=cfg, estimator="last")
     assert records[0].latency_s == pytest.approx(0.03 + 0.01 + 0.04 + 0.008 + 0.001)  # the server was faster
     # in the outage: the tail here (70 ms after the 30 ms head) wins; the upload is dropped and teaches a bound
     assert records[1].latency_s == pytest.approx(0.1)
@@ -484,7 +540,7 @@ def test_a_hedged_request_is_never_later_than_the_devices_own_run():
 
 
 def test_a_hedge_the_server_beat_still_keeps_the_processor_busy():
-    fast_server = SimConfig(rtt_s=0.0, downlink_bps=32 * MBPS, hedge=True)
+    fast_server = config(rtt_s=0.0, downlink_bps=32 * MBPS, hedge=True)
     records = run(Script("offload:raw", "local"), RateTrace.constant(800 * MBPS), fps=50.0, duration_s=0.04,
                   config=fast_server)
     assert records[0].latency_s == pytest.approx(0.0004 + 0.002 + 0.01 + 0.001)  # the server's answer

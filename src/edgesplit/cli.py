@@ -117,19 +117,24 @@ def _output(name: str) -> Iterator[Path]:
               help="per-node: measure every node; flops: measure the whole model, estimate each side from FLOPs")
 @click.option("--slowdown", type=float, default=1.0, show_default=True,
               help="multiply every time (emulation: 8 for a small ARM board, 0.1 for a GPU server)")
+@click.option("--device-ms", type=click.FloatRange(min=0, min_open=True),
+              help="instead of --slowdown: scale every time so the whole model takes this long at batch 1 "
+                   "(emulate a device by its absolute speed, e.g. 350 for a small ARM board)")
 @click.option("--threads", type=click.IntRange(1), help="torch threads (default: torch's choice)")
 @click.option("--idle-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="idle this long before every timed run, as a server between requests (an idle CPU is slower)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
 def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
             batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
-            threads: int | None, idle_ms: float, out_path: str) -> None:
+            device_ms: float | None, threads: int | None, idle_ms: float, out_path: str) -> None:
     """Measure head and tail time of every chosen cut of MODEL on this machine."""
     import torch
     from rich.progress import Progress
 
     from edgesplit.measure import iter_batch_sizes, measure
 
+    if device_ms is not None and slowdown != 1.0:
+        raise EdgesplitError("give either --slowdown or --device-ms, not both")
     if threads:
         torch.set_num_threads(threads)
     sizes = tuple(iter_batch_sizes(batch_sizes or ("1" if role == "device" else "1,2,4,8")))
@@ -140,6 +145,11 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
         result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
                          slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
                          idle_s=idle_ms / 1000)
+    if device_ms is not None:
+        from edgesplit.profile import with_device_time
+
+        result = with_device_time(result, device_ms / 1000)
+        slowdown = result.slowdown
     table = Table(title=f"{model} · {role} profile · {method} · slowdown {slowdown:g} · "
                         f"{result.machine['torch_threads']} threads")
     for column in ("cut", "c", *(f"head ms b{b}" for b in sizes[:1]), *(f"tail ms b{b}" for b in sizes)):
@@ -181,11 +191,14 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
 @click.option("--rtt-ms", type=float, default=40.0, show_default=True)
 @click.option("--deadline-ms", type=float,
-              help="give up on the server this long after taking a request up and finish it on the device; "
-                   "requests slower than this count as misses")
+              help="give up on the server this long after taking a request up and finish it on the device "
+                   "(default: twice the device's whole-model time, at least 500 ms); given, requests slower "
+                   "than this count as misses")
 @hedge_option
-@click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s)")
-@click.option("--duration", "duration_s", type=float, help="simulate this long (default: the whole trace)")
+@click.option("--start", "start_s", type=float, default=0.0, help="start this far into the trace (s), before its end")
+@click.option("--duration", "duration_s", type=float,
+              help="simulate this long, wrapping around the trace's end (default: the rest of the trace); "
+                   "at most 10 million requests")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device: no offload")
 @click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, fp16, int8)")
@@ -343,7 +356,8 @@ def _as_served(measurement: Callable[[], T]) -> T:
 @click.option("--fps", type=float, help="request rate (default: as fast as answered)")
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
 @click.option("--deadline-ms", type=float,
-              help="finish a request locally when the server has not answered this long after it was taken up")
+              help="finish a request locally when the server has not answered this long after it was taken up "
+                   "(default: twice the device's whole-model time, at least 500 ms)")
 @hedge_option
 @click.option("--device-profile", type=click.Path(dir_okay=False), help="default: measured now, on this machine")
 @click.option("--server-profile", type=click.Path(dir_okay=False),
@@ -395,13 +409,16 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--trace", "trace_path", type=click.Path(dir_okay=False, exists=True),
               help="uplink trace (mahimahi, time_s Mbit/s, or CSV); default: the shipped Verizon LTE segment")
 @click.option("--duration", "duration_s", type=click.FloatRange(min=1), default=25.0, show_default=True,
-              help="seconds of the trace replayed per policy")
+              help="seconds of the trace in each segment")
+@click.option("--segments", type=click.IntRange(1), default=5, show_default=True,
+              help="consecutive segments of the trace; within each, every policy meets the same conditions")
 @click.option("--policies", help="default: dsc,best-static,local,offload,oracle (without offload when --private)")
 @click.option("--estimator", default="harmonic", show_default=True)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
 @click.option("--rtt-ms", type=click.FloatRange(min=0), default=40.0, show_default=True)
-@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True), default=1500.0, show_default=True,
-              help="finish a request locally when the server has not answered this long after it was taken up")
+@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True),
+              help="finish a request locally when the server has not answered this long after it was taken up "
+                   "(default: twice the device's whole-model time, at least 500 ms)")
 @click.option("--device-ms", type=click.FloatRange(min=0, min_open=True), default=350.0, show_default=True,
               help="emulate a device that runs the whole model in this time (this machine, slowed to match)")
 @click.option("--codecs", default="fp32,fp16,int8", show_default=True, help="how a split's tensor may cross")
@@ -410,11 +427,11 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
-def demo(model: str, trace_path: str | None, duration_s: float, policies: str | None, estimator: str, fps: float,
-         rtt_ms: float, deadline_ms: float, device_ms: float, codecs: str, exact: bool, private: bool,
+def demo(model: str, trace_path: str | None, duration_s: float, segments: int, policies: str | None, estimator: str,
+         fps: float, rtt_ms: float, deadline_ms: float | None, device_ms: float, codecs: str, exact: bool, private: bool,
          netns: bool, hedge: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
-    trace, policy after policy, and compare them."""
+    trace, segment by segment, every policy under the same conditions, and compare them."""
     try:
         import fastapi  # noqa: F401  (the server's extra)
 
@@ -423,9 +440,9 @@ def demo(model: str, trace_path: str | None, duration_s: float, policies: str | 
         raise EdgesplitError(f"the demo needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
     chosen = tuple(p for p in policies.split(",") if p) if policies is not None else \
         tuple(p for p in DEFAULT_POLICIES if not (private and p == "offload"))
-    config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s,
+    config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s, segments,
                         chosen, estimator, fps, rtt_ms / 1000,
-                        deadline_ms / 1000, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
+                        deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir), hedge)
     run_demo(config, console)
 

@@ -9,6 +9,13 @@ or local run really computes and is stretched to that profile's time (:class:`~e
 server runs at this machine's real speed. The link is the application shaper by default
 (:mod:`edgesplit.netem.app`) or, with ``netns``, kernel shaping in network namespaces
 (:mod:`edgesplit.netem.kernel`, root only). Every answer's top-1 is compared with the local model's.
+
+Within a segment every policy meets the same conditions: on the application shaper the policies run at
+the same time, each device with its own identical replica of the link (the same trace, restarted at the
+same instant) and its own connections to the one server, so they share this machine's noise moment by
+moment instead of meeting it one after another. The server is shared, as an edge is; at 2 requests a
+second per policy it is busy a few percent of the time. Kernel shaping has one link, so there the policies
+take turns within each segment, in an order that rotates from segment to segment.
 """
 
 from __future__ import annotations
@@ -18,8 +25,10 @@ import json
 import math
 import os
 import socket
+import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,15 +38,15 @@ from typing import Any, Protocol
 from rich.console import Console
 from rich.table import Table
 
+from edgesplit.device import DeviceConfig, RequestRecord, summarize
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options
-from edgesplit.policies import allowed_options, make_policy
+from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, with_slowdown
-from edgesplit.runtime.client import ClientConfig, DeviceClient, RequestRecord, fetch_server_profile
+from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, TransportError
-from edgesplit.sim.loop import Request, summarize
 from edgesplit.traces import RateTrace, read_trace
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
@@ -48,12 +57,13 @@ DEFAULT_POLICIES = ("dsc", "best-static", "local", "offload", "oracle")
 class DemoConfig:
     model: str = "efficientnet_lite0_pretrained"
     trace: Path = DEFAULT_TRACE
-    duration_s: float = 25.0
+    duration_s: float = 25.0  # of each segment
+    segments: int = 5
     policies: tuple[str, ...] = DEFAULT_POLICIES
     estimator: str = "harmonic"
     fps: float = 2.0
     rtt_s: float = 0.04
-    deadline_s: float | None = 1.5
+    deadline_s: float | None = None  # None: the device's default (twice its whole-model time)
     device_local_s: float = 0.35
     codecs: tuple[str, ...] = ("fp32", "fp16", "int8")
     lossy: bool = True
@@ -63,28 +73,14 @@ class DemoConfig:
     hedge: bool = False  # the device runs the rest itself while it waits; the first answer wins
 
 
-@dataclass(frozen=True)
-class LiveRequest:
-    """One request of the demo: the client's record and what the link really was."""
-
-    arrival_s: float  # trace time
-    true_bps: float
-    record: RequestRecord
-
-    def as_simulated(self) -> Request:
-        """The simulator's record of the same request, so that one set of plots and summaries serves both."""
-        r = self.record
-        return Request(r.index, self.arrival_s, r.option, r.option.partition(":")[0], r.cut, r.bytes_sent,
-                       r.predicted_ms / 1e3,
-                       r.latency_ms / 1e3, self.true_bps, r.estimated_mbps * 1e6, 0.0, 0.0, 0.0, 0)
-
-
 class EmulatedLink(Protocol):
     """What the demo needs of a link emulation (:class:`AppLink`, :class:`KernelLinkAdapter`)."""
 
     describe: str
+    replicable: bool  # identical copies can run side by side (:meth:`replica`)
 
-    def restart(self) -> None: ...
+    def replica(self) -> EmulatedLink: ...
+    def restart(self, trace: RateTrace | None = None) -> None: ...
     def truth(self) -> LinkState: ...
     def connect(self, url: str) -> HttpTransport: ...
     def device_side(self) -> contextlib.AbstractContextManager[None]: ...
@@ -95,14 +91,20 @@ class EmulatedLink(Protocol):
 class AppLink:
     """The application shaper: the device's transport paces uploads; the server listens on loopback."""
 
+    replicable = True
+
     def __init__(self, trace: RateTrace, rtt_s: float) -> None:
         from edgesplit.netem.app import PacedLink
 
         self.link = PacedLink(trace, rtt_s)
-        self.describe = f"application shaper (paced uploads, RTT {rtt_s * 1e3:.0f} ms added in user space)"
+        self.describe = (f"application shaper (paced uploads, RTT {rtt_s * 1e3:.0f} ms added in user space; one "
+                         "replica of the link per policy, run side by side)")
 
-    def restart(self) -> None:
-        self.link.restart()
+    def replica(self) -> AppLink:
+        return AppLink(self.link.clock.trace, self.link.rtt_s)
+
+    def restart(self, trace: RateTrace | None = None) -> None:
+        self.link.restart(trace)
 
     def truth(self) -> LinkState:
         return self.link.truth()
@@ -125,13 +127,19 @@ class AppLink:
 class KernelLinkAdapter:
     """Kernel shaping: the server in one network namespace, the device's sockets in another."""
 
+    replicable = False
+
     def __init__(self, link: Any) -> None:
         self.link = link
         self.describe = (f"kernel shaping (a tc HTB class on a veth pair between network namespaces, following the "
-                         f"trace every {link.update_s * 1e3:.0f} ms; RTT {link.rtt_s * 1e3:.0f} ms from a delaying relay)")
+                         f"trace every {link.update_s * 1e3:.0f} ms; RTT {link.rtt_s * 1e3:.0f} ms from a delaying relay; "
+                         "the policies take turns)")
 
-    def restart(self) -> None:
-        self.link.restart()
+    def replica(self) -> EmulatedLink:
+        raise EdgesplitError("a kernel link cannot be replicated")
+
+    def restart(self, trace: RateTrace | None = None) -> None:
+        self.link.restart(trace)
 
     def truth(self) -> LinkState:
         return LinkState(max(self.link.current_rate_bps(), 1.0), self.link.rtt_s)
@@ -150,11 +158,19 @@ class KernelLinkAdapter:
 
 
 @dataclass(frozen=True)
-class LiveResult:
-    """Every policy's requests, and what they were decided with."""
+class Segment:
+    """One segment of the trace and every policy's requests over it (arrival times from the trace's start)."""
 
-    runs: dict[str, list[LiveRequest]]
-    trace: RateTrace  # the segment replayed
+    start_s: float
+    trace: RateTrace
+    runs: dict[str, list[RequestRecord]]
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    """Every policy's requests, segment by segment, and what they were decided with."""
+
+    segments: list[Segment]
     measured: Profile  # this machine, measured by the device (the emulated device is this, slowed)
     device: Profile  # the emulated device
     server: Profile  # the server's own profile, from GET /v1/profile
@@ -163,35 +179,44 @@ class LiveResult:
     reference: list[int]  # the local model's top-1 per photo
     setup_s: float
 
+    def runs(self) -> dict[str, list[RequestRecord]]:
+        """Every policy's requests over all segments."""
+        return {spec: [r for segment in self.segments for r in segment.runs[spec]] for spec in self.segments[0].runs}
+
 
 def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
-    """Run every policy over the same trace segment; print, plot and write the results."""
+    """Run every policy over each trace segment; print, plot and write the results."""
     started = time.perf_counter()
     result = run_live(config, console)
-    summary = {spec: _summary(requests, result.reference, config.deadline_s) for spec, requests in result.runs.items()}
-    _print_summary(summary, config, console)
-    _write(config, result, summary, console)
+    overall = {spec: _summary(records, result.reference, config.deadline_s) for spec, records in result.runs().items()}
+    per_segment = [{spec: _summary(records, result.reference, config.deadline_s) for spec, records in seg.runs.items()}
+                   for seg in result.segments]
+    _print_summary(overall, per_segment, config, console)
+    _write(config, result, overall, per_segment, console)
     console.print(f"demo finished in {time.perf_counter() - started:.0f} s (setup {result.setup_s:.0f} s)")
-    return summary
+    return overall
 
 
 def run_live(config: DemoConfig, console: Console) -> LiveResult:
-    """Start the link and the server, measure this machine, and run each policy over the trace segment."""
+    """Start the link and the server, measure this machine, and run the policies over every segment."""
     if not config.policies:
         raise EdgesplitError("no policy to run: --policies is empty")
     for spec in config.policies:
-        make_policy(spec, LinkState(1e6))  # unknown names fail before anything starts
+        check_policy(spec)  # unknown names fail before anything starts
         if config.private and spec.startswith("offload"):
             raise EdgesplitError(f"--private keeps the input on the device, so policy {spec!r} cannot run; "
                                  "drop it from --policies")
-    trace = read_trace(config.trace).segment(0.0, config.duration_s)
+    if config.segments < 1:
+        raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
+    full = read_trace(config.trace)  # segments past its end wrap around to its start
+    segments = [full.segment(k * config.duration_s, config.duration_s) for k in range(config.segments)]
     from edgesplit.analysis import analyze
     from edgesplit.measure import measure
     from edgesplit.models import load_model
     from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 
     started = time.perf_counter()
-    with _link(config, trace) as link, _server(config, link, console) as url:
+    with _link(config, segments[0]) as link, _server(config, link, console) as url:
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
@@ -219,11 +244,16 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
             if option.cut is not None:  # build every head now, not during the first request at it
                 engine.engine.head(option.cut, engine.normalize(photos[0]))
         setup_s = time.perf_counter() - started
-        console.print(f"link: {link.describe}; trace {trace.name}, mean {trace.mean_bps() / 1e6:.2f} Mbit/s · "
-                      f"{len(allowed)} options · setup {setup_s:.0f} s")
-        runs = {spec: _run_policy(spec, config, trace, link, url, engine, photos, options, allowed, console)
-                for spec in config.policies}
-    return LiveResult(runs, trace, measured, device, server, options, allowed, reference, setup_s)
+        console.print(f"link: {link.describe}; trace {full.name}, {config.segments} segment(s) of "
+                      f"{config.duration_s:g} s · {len(allowed)} options · setup {setup_s:.0f} s")
+        runner = _Runner(config, url, engine, photos, options, allowed, console)
+        done = []
+        for k, trace in enumerate(segments):
+            start_s = k * config.duration_s
+            console.rule(f"segment {k + 1}/{config.segments}: {start_s:g}–{start_s + config.duration_s:g} s of "
+                         f"{full.name}, mean {trace.mean_bps() / 1e6:.2f} Mbit/s")
+            done.append(Segment(start_s, trace, runner.segment(k, start_s, trace, link)))
+    return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
 
 
 @contextlib.contextmanager
@@ -314,75 +344,125 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path
     raise EdgesplitError(f"the edge server did not answer within 120 s; see {log_path}")
 
 
-def _run_policy(spec: str, config: DemoConfig, trace: RateTrace, link: EmulatedLink, url: str, engine: Any,
-                photos: list[Any], options: list[Option], allowed: list[Option], console: Console
-                ) -> list[LiveRequest]:
-    policy = make_policy(spec, LinkState(trace.mean_bps(), config.rtt_s))
-    client_config = ClientConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge)
-    requests: list[LiveRequest] = []
-    with link.device_side(), DeviceClient(url, engine, allowed if policy.dynamic else options, policy,
-                                          make_estimator(config.estimator), client_config,
-                                          connect=lambda: link.connect(url), truth=link.truth) as client:
-        console.rule(f"policy {spec}")
-        link.restart()  # the probe on connecting sees the link as it is at the start (as in the simulator)
-        console.print(client.connect())
-        link.restart()
-        began = time.perf_counter()
-        for index in range(math.ceil(config.duration_s * config.fps - 1e-9)):
-            arrival = began + index / config.fps
-            time.sleep(max(0.0, arrival - time.perf_counter()))
-            true_bps = link.truth().uplink_bps
-            record = client.infer(photos[index % len(photos)], arrived=arrival)
-            requests.append(LiveRequest(arrival - began, true_bps, record))
-            where = record.cut or ("whole model" if record.executed == "local" else "input")
-            note = f"  fallback: {record.fallback_reason}" if record.fallback_reason else ""
-            console.print(f"{spec:<11} t={arrival - began:5.1f} s  true {true_bps / 1e6:6.2f}  est "
-                          f"{record.estimated_mbps:6.2f} Mbit/s  {record.executed:<7} {where:<22} "
-                          f"{record.codec:<5} {record.latency_ms:7.0f} ms  top1 {record.top1}{note}")
-    return requests
+class _Runner:
+    """Runs every policy over one segment, each as a device of its own (:class:`DeviceClient`)."""
+
+    def __init__(self, config: DemoConfig, url: str, engine: Any, photos: list[Any], options: list[Option],
+                 allowed: list[Option], console: Console) -> None:
+        self.config, self.url, self.engine, self.photos = config, url, engine, photos
+        self.options, self.allowed, self.console = options, allowed, console
+        self._print = threading.Lock()
+
+    def segment(self, k: int, start_s: float, trace: RateTrace, link: EmulatedLink) -> dict[str, list[RequestRecord]]:
+        specs = list(self.config.policies)
+        if not link.replicable:  # one link: the policies take turns, first in turn rotating per segment
+            order = specs[k % len(specs):] + specs[:k % len(specs)]
+            runs = {spec: self.policy(spec, start_s, trace, link, None) for spec in order}
+            return {spec: runs[spec] for spec in specs}
+        links = [link] + [link.replica() for _ in specs[1:]]
+        start = threading.Barrier(len(specs), timeout=120)
+        runs, failures = {}, []
+
+        def run(spec: str, replica: EmulatedLink) -> None:
+            try:
+                runs[spec] = self.policy(spec, start_s, trace, replica, start)
+            except BaseException as exc:  # noqa: BLE001 — re-raised below, in the caller's thread
+                failures.append(exc)
+                start.abort()
+
+        threads = [threading.Thread(target=run, args=(spec, replica), name=f"demo-{spec}")
+                   for spec, replica in zip(specs, links)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if failures:
+            raise failures[0]
+        return {spec: runs[spec] for spec in specs}
+
+    def policy(self, spec: str, start_s: float, trace: RateTrace, link: EmulatedLink,
+               start: threading.Barrier | None) -> list[RequestRecord]:
+        """One policy's device over the segment; with ``start``, it begins together with the others."""
+        config = self.config
+        policy = make_policy(spec, self.options, LinkState(trace.mean_bps(), config.rtt_s))
+        device = DeviceConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge)
+        with link.device_side(), DeviceClient(self.url, self.engine, self.allowed, policy,
+                                              make_estimator(config.estimator), ClientConfig(device),
+                                              connect=lambda: link.connect(self.url), truth=link.truth) as client:
+            link.restart(trace)  # the probe on connecting sees the link as it is at the start (as in the simulator)
+            connected = client.connect()
+            if start is not None:
+                start.wait()
+            link.restart(trace)
+            began = time.perf_counter()
+            client.epoch = began - start_s
+            self._say(f"{spec:<11} {connected}")
+            for index in range(math.ceil(config.duration_s * config.fps - 1e-9)):
+                arrival = began + index / config.fps
+                time.sleep(max(0.0, arrival - time.perf_counter()))
+                r = client.infer(self.photos[index % len(self.photos)], arrived=arrival)
+                where = r.cut or ("whole model" if r.executed == "local" else "input")
+                note = f"  fallback: {r.fallback_reason}" if r.fallback_reason else ""
+                self._say(f"{spec:<11} t={r.arrival_s:6.1f} s  true {r.true_bps / 1e6:6.2f}  est "
+                          f"{r.estimated_bps / 1e6:6.2f} Mbit/s  {r.executed:<7} {where:<22} {r.codec:<5} "
+                          f"{r.latency_s * 1e3:7.0f} ms  top1 {r.top1}{note}")
+        return client.records
+
+    def _say(self, line: str) -> None:
+        with self._print:
+            self.console.print(line, highlight=False)
 
 
-def _summary(requests: list[LiveRequest], reference: list[int], deadline_s: float | None) -> dict[str, Any]:
-    """The simulator's summary of the live requests, with what only a live run knows."""
-    return {**summarize([r.as_simulated() for r in requests], deadline_s),
-            "fallbacks": sum(r.record.fallback_reason is not None for r in requests),
-            "same_top1_as_local": sum(r.record.top1 == reference[r.record.index % len(reference)] for r in requests),
-            "labels": [r.record.top1 for r in requests]}
+def _summary(records: list[RequestRecord], reference: list[int], deadline_s: float | None) -> dict[str, Any]:
+    """The one summary of requests, with what only a live run knows."""
+    return {**summarize(records, deadline_s),
+            "same_top1_as_local": sum(r.top1 == reference[r.index % len(reference)] for r in records),
+            "labels": [r.top1 for r in records]}
 
 
-def _print_summary(summary: dict[str, Any], config: DemoConfig, console: Console) -> None:
-    table = Table(title=f"{config.model} over {Path(config.trace).name} ({config.duration_s:g} s, {config.fps:g} "
-                        f"requests/s, device: whole model in {config.device_local_s * 1e3:.0f} ms)")
-    for column in ("policy", "mean ms", "p50 ms", "p95 ms", "KiB sent", "fallbacks", "top-1 = local",
-                   "options chosen"):
+def _print_summary(overall: dict[str, Any], per_segment: list[dict[str, Any]], config: DemoConfig,
+                   console: Console) -> None:
+    table = Table(title=f"{config.model} over {Path(config.trace).name}: {config.segments} × {config.duration_s:g} s, "
+                        f"{config.fps:g} requests/s, device: whole model in {config.device_local_s * 1e3:.0f} ms")
+    for column in ("policy", "mean ms", "± sd over segments", "segment means", "p95 ms", "KiB sent", "probed KiB/s",
+                   "fallbacks", "top-1 = local", "options chosen"):
         table.add_column(column, justify="left" if column in ("policy", "options chosen") else "right")
-    for spec, s in summary.items():
+    for spec, s in overall.items():
+        means = [segment[spec]["mean_ms"] for segment in per_segment]
         chosen = ", ".join(f"{k} {v}" for k, v in list(s["cuts"].items())[:3])
-        table.add_row(spec, f"{s['mean_ms']:.0f}", f"{s['p50_ms']:.0f}", f"{s['p95_ms']:.0f}",
-                      f"{s['mean_bytes'] / 1024:.1f}", str(s["fallbacks"]),
+        table.add_row(spec, f"{s['mean_ms']:.0f}", f"{statistics.stdev(means):.0f}" if len(means) > 1 else "-",
+                      f"{min(means):.0f}–{max(means):.0f}", f"{s['p95_ms']:.0f}", f"{s['mean_bytes'] / 1024:.1f}",
+                      f"{s['probe_bytes_per_s'] / 1024:.1f}", str(s["fallbacks"]),
                       f"{s['same_top1_as_local']}/{s['count']}", chosen)
     console.print(table)
-    same = all(s["same_top1_as_local"] == s["count"] for s in summary.values())
+    if "dsc" in overall:
+        for other in (p for p in ("best-static", "local") if p in overall):
+            wins = sum(segment["dsc"]["mean_ms"] <= segment[other]["mean_ms"] for segment in per_segment)
+            console.print(f"dsc's mean ≤ {other}'s on {wins}/{len(per_segment)} segments "
+                          f"({overall['dsc']['mean_ms']:.0f} vs {overall[other]['mean_ms']:.0f} ms overall)")
+    same = all(s["same_top1_as_local"] == s["count"] for s in overall.values())
     console.print("every answer's top-1 equals the local model's under every policy" if same else
                   "[bold red]some answers differ from the local model's top-1[/] (lossy codecs: rerun with "
                   "--exact for bit-exact options only)")
 
 
-def _write(config: DemoConfig, result: LiveResult, summary: dict[str, Any], console: Console) -> None:
+def _write(config: DemoConfig, result: LiveResult, overall: dict[str, Any], per_segment: list[dict[str, Any]],
+           console: Console) -> None:
     from edgesplit.sim.plots import plot_cdf, plot_timeline
 
-    out, trace, runs = config.out_dir, result.trace, result.runs
-    simulated = {spec: [r.as_simulated() for r in requests] for spec, requests in runs.items()}
-    plot_timeline(simulated, f"{trace.name} (live)", out / "timeline.png")
-    plot_cdf(simulated, f"{trace.name} (live)", out / "cdf.png")
+    out, runs = config.out_dir, result.runs()
+    name = f"{Path(config.trace).name} (live)"
+    plot_timeline(runs, name, out / "timeline.png")
+    plot_cdf(runs, name, out / "cdf.png")
     (out / "device-profile.json").write_text(json.dumps(result.device.to_dict(), indent=1) + "\n")
     (out / "server-profile.json").write_text(json.dumps(result.server.to_dict(), indent=1) + "\n")
-    document = {"trace": trace.name, "duration_s": config.duration_s, "fps": config.fps, "rtt_s": config.rtt_s,
-                "device_local_s": config.device_local_s, "link": "netns" if config.netns else "app",
-                "policies": summary,
-                "requests": {spec: [{"arrival_s": r.arrival_s, "true_mbps": r.true_bps / 1e6, **r.record.to_dict()}
-                                    for r in requests] for spec, requests in runs.items()}}
+    document = {"trace": Path(config.trace).name, "duration_s": config.duration_s, "fps": config.fps,
+                "rtt_s": config.rtt_s, "device_local_s": config.device_local_s,
+                "link": "netns" if config.netns else "app", "policies": overall,
+                "segments": [{"start_s": segment.start_s, "policies": summaries}
+                             for segment, summaries in zip(result.segments, per_segment)],
+                "requests": {spec: [{"segment": k, **r.to_dict()} for k, segment in enumerate(result.segments)
+                                    for r in segment.runs[spec]] for spec in runs}}
     (out / "demo.json").write_text(json.dumps(document, indent=1) + "\n")
     console.print(f"wrote {out / 'demo.json'}, {out / 'timeline.png'}, {out / 'cdf.png'}, the profiles "
-                  f"(device-profile.json: the emulated device; "
-                  f"server-profile.json) and server.log")
+                  f"(device-profile.json: the emulated device; server-profile.json) and server.log")

@@ -31,14 +31,6 @@ from collections.abc import Callable
 from edgesplit.errors import EdgesplitError
 from edgesplit.registry import Registry
 
-# What a device (live client and simulated alike) assumes before its first sample, and how it keeps its
-# estimate fresh while it runs everything locally: a probe of PROBE_BYTES once its newest sample is older
-# than PROBE_INTERVAL_S.
-PRIOR_BPS = 2e6
-PROBE_INTERVAL_S = 0.5
-PROBE_BYTES = 16_000
-
-
 RECENT_SAMPLES = 5  # how many past samples Estimator.recent() keeps (the harmonic mean's default window)
 
 

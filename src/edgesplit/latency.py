@@ -15,6 +15,7 @@ the options; :func:`latency` prices one of them for a link and a server state.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -79,16 +80,28 @@ def latency(option: Option, link: LinkState, server: ServerState) -> float:
             + option.result_bytes * 8 / link.downlink_bps)
 
 
+def scenario_latencies(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...],
+                       settle: Callable[[float], float] = lambda t: t) -> tuple[float, ...]:
+    """``settle`` applied to the latency at each of ``rates_bps``: what the device does about a late answer
+    (give up at a deadline, race its own run)."""
+    if option.kind == "local":
+        return (option.head_s,) * len(rates_bps)
+    return tuple(settle(latency(option, replace(link, uplink_bps=rate), server)) for rate in rates_bps)
+
+
+def expected_latency(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...],
+                     settle: Callable[[float], float] = lambda t: t) -> float:
+    """The mean of :func:`scenario_latencies`: the rates taken as equally likely."""
+    return math.fsum(scenario_latencies(option, link, server, rates_bps, settle)) / len(rates_bps)
+
+
 def hedged_latency(option: Option, link: LinkState, server: ServerState, local_s: float,
                    rates_bps: tuple[float, ...] = ()) -> float:
     """Expected seconds to the answer when the device also runs the rest itself (``--hedge``): the first of
     the server's answer and the device's own run (``local_s`` for the whole model, from when the frame is
     ready), averaged over ``rates_bps`` as equally likely uplink rates (default: ``link``'s)."""
-    if option.kind == "local":
-        return option.head_s
     own = local_s + option.encode_s
-    rates = rates_bps or (link.uplink_bps,)
-    return sum(min(latency(option, replace(link, uplink_bps=rate), server), own) for rate in rates) / len(rates)
+    return expected_latency(option, link, server, rates_bps or (link.uplink_bps,), lambda t: min(t, own))
 
 
 def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = None,

@@ -8,18 +8,27 @@ simulator and the live client run the very same objects. ``options`` are the one
     offload        the raw input to the server (offload:jpeg90 sends a JPEG instead)
     static:CUT     always the same option (a cut name, or a full option name such as split:add_1:fp16)
     best-static    the single option best at the trace's mean rate, as Neurosurgeon picks (fixed per run)
-    dsc            argmin of the latency model at the estimator's rate and the server's reported load
+    dsc            the least expected latency (plus its standard error) over how the link may turn out
+                   (recent samples, spread by the estimate's age) at the server's reported load, an outage
+                   costing at most the deadline plus the rest on the device; hedged, the least expected
+                   first answer
     oracle         argmin at the true current rate and load: the paper's idealisation, a lower bound
+
+Every caller passes the same options to ``choose``: those the device may pick. A fixed policy (local,
+offload, static) resolves its option from all the options when it is built, so naming one that is not
+there fails at once.
 """
 
 from __future__ import annotations
 
+import math
+import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import LinkState, Option, ServerState, find_option, hedged_latency, latency
+from edgesplit.latency import LinkState, Option, ServerState, find_option, hedged_latency, latency, scenario_latencies
 from edgesplit.registry import Registry
 
 
@@ -36,6 +45,23 @@ class State:
     current: ServerState | None = None  # the true load now: simulation only
     hedged: bool = False  # the device runs the rest itself while it waits (--hedge)
     recent_bps: tuple[float, ...] = ()  # the estimator's last samples: how the link may turn out
+    sample_age_s: float = 0.0  # since the newest sample was learnt (inf: none yet)
+    volatility: float = 0.0  # standard deviation of the log-rate's change over one second
+    deadline_s: float = math.inf  # the device gives up on the server this long after taking a request up
+
+
+MAX_AGE_S = 10.0  # an estimate this old (or none at all) is as uncertain as it gets
+
+
+def rate_scenarios(state: State) -> tuple[float, ...]:
+    """Equally likely uplink rates for the next upload: the recent samples, scaled so that their harmonic
+    mean is the estimate, each spread by a factor exp(±volatility·√age) once the newest sample has aged
+    (the log-rate as a random walk)."""
+    estimate = state.estimated.uplink_bps
+    recent = state.recent_bps
+    rates = tuple(r * estimate * sum(1.0 / r for r in recent) / len(recent) for r in recent) or (estimate,)
+    spread = math.exp(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)))
+    return rates if spread <= 1.0 else tuple(r * f for r in rates for f in (1 / spread, spread))
 
 
 @dataclass(frozen=True)
@@ -46,7 +72,6 @@ class Decision:
 
 class Policy(ABC):
     name: str
-    dynamic = False  # picks among the allowed options (exactness, --private) rather than one named option
 
     @abstractmethod
     def choose(self, state: State, options: list[Option]) -> Decision: ...
@@ -59,22 +84,20 @@ def argmin(options: list[Option], link: LinkState, server: ServerState) -> Decis
 
 
 class Fixed(Policy):
-    """Always the same option, looked up by name."""
+    """Always the same option, whatever the device may otherwise pick."""
 
-    def __init__(self, name: str, option_name: str) -> None:
+    def __init__(self, name: str, option: Option) -> None:
         self.name = name
-        self.option_name = option_name
+        self.option = option
 
     def choose(self, state: State, options: list[Option]) -> Decision:
-        option = find_option(options, self.option_name)
-        return Decision(option, latency(option, state.estimated, state.reported))
+        return Decision(self.option, latency(self.option, state.estimated, state.reported))
 
 
 class BestStatic(Policy):
     """The option best at a fixed link (the trace's mean rate) and load: chosen once, kept for the run."""
 
     name = "best-static"
-    dynamic = True
 
     def __init__(self, mean_link: LinkState, load: ServerState = ServerState()) -> None:
         self.mean_link = mean_link
@@ -86,20 +109,37 @@ class BestStatic(Policy):
 
 
 class DynamicSplit(Policy):
-    """The paper's method made real: argmin at the estimated rate and the reported load.
+    """The paper's method made real: the least expected latency at the reported load.
 
-    Hedged, a request sent to the server is never later than the device's own run, so what counts is
-    the expected first answer over how the link may turn out (the estimator's recent samples): an option
-    that may win is worth sending even when it loses at the estimate. Sending must be expected to save at
-    least ``HEDGE_MIN_GAIN_S`` over running locally."""
+    Unhedged, the expectation runs over :func:`rate_scenarios`, and a scenario in which the server would
+    answer after the deadline costs the deadline plus the rest of the model on the device (the device
+    gives up then): an option that is fast at the estimate but ruinous if the link dips loses to one that
+    is safe either way. The expectation is itself estimated from a handful of samples, so dsc picks the
+    option whose expected latency plus one standard error (the scenarios' spread over √samples) is least:
+    it leaves a safe option only for a gain that is clear, and reports the expected latency. Hedged, a request sent to the server is never later than the device's own run, so
+    what counts is the expected first answer over the estimator's recent samples: an option that may win
+    is worth sending even when it loses at the estimate. Sending must be expected to save at least
+    ``HEDGE_MIN_GAIN_S`` over running locally."""
 
     name = "dsc"
-    dynamic = True
 
     def choose(self, state: State, options: list[Option]) -> Decision:
         local = next((o for o in options if o.kind == "local"), None)
-        if not state.hedged or local is None:
+        if local is None:
             return argmin(options, state.estimated, state.reported)
+        if not state.hedged:
+            rates, deadline = rate_scenarios(state), state.deadline_s
+            samples = max(1, len(state.recent_bps))
+            best, best_bound = None, math.inf
+            for option in options:
+                rest = local.head_s - (option.head_s if option.kind == "split" else 0.0)
+                costs = scenario_latencies(option, state.estimated, state.reported, rates,
+                                           lambda t, rest=rest: t if t <= deadline else deadline + rest)
+                expected = math.fsum(costs) / len(costs)
+                bound = expected + statistics.pstdev(costs) / math.sqrt(samples)
+                if bound < best_bound:
+                    best, best_bound = Decision(option, expected), bound
+            return best
         best = Decision(local, local.head_s)
         for option in options:
             expected = hedged_latency(option, state.estimated, state.reported, local.head_s, state.recent_bps)
@@ -112,7 +152,6 @@ class Oracle(Policy):
     """argmin at the true rate and load; needs a state that knows them."""
 
     name = "oracle"
-    dynamic = True
 
     def choose(self, state: State, options: list[Option]) -> Decision:
         if state.actual is None:
@@ -121,31 +160,52 @@ class Oracle(Policy):
         return argmin(options, state.actual, state.current or state.reported)
 
 
-PolicyFactory = Callable[[str, LinkState], Policy]
+PolicyFactory = Callable[[str, LinkState, list[Option]], Policy]
 POLICIES: Registry[PolicyFactory] = Registry("policy", EdgesplitError)
-POLICIES.register("local")(lambda arg, mean: Fixed("local", "local"))
-POLICIES.register("offload")(lambda arg, mean: Fixed(f"offload:{arg}" if arg else "offload",
-                                                     f"offload:{arg or 'raw'}"))
-POLICIES.register("best-static")(lambda arg, mean: BestStatic(mean))
-POLICIES.register("dsc")(lambda arg, mean: DynamicSplit())
-POLICIES.register("oracle")(lambda arg, mean: Oracle())
+POLICIES.register("best-static")(lambda arg, mean, options: BestStatic(mean))
+POLICIES.register("dsc")(lambda arg, mean, options: DynamicSplit())
+POLICIES.register("oracle")(lambda arg, mean, options: Oracle())
+
+
+@POLICIES.register("local")
+def _local(arg: str, mean: LinkState, options: list[Option]) -> Policy:
+    return Fixed("local", find_option(options, "local"))
+
+
+@POLICIES.register("offload")
+def _offload(arg: str, mean: LinkState, options: list[Option], spec: str = "") -> Policy:
+    spec = spec or (f"offload:{arg}" if arg else "offload")
+    if not any(o.kind == "offload" for o in options):
+        raise EdgesplitError(f"policy {spec!r} sends the input to the server, but these options keep it on the "
+                             "device (--private): drop it from the policies")
+    return Fixed(spec, find_option(options, f"offload:{arg or 'raw'}"))
 
 
 @POLICIES.register("static")
-def _static(arg: str, mean: LinkState) -> Policy:
-    if not arg:
-        raise EdgesplitError("static needs an option: static:CUT (fp32) or static:split:CUT:CODEC")
+def _static(arg: str, mean: LinkState, options: list[Option]) -> Policy:
     option = arg if arg.startswith(("split:", "offload:")) or arg == "local" else f"split:{arg}:fp32"
-    return Fixed(f"static:{arg}", option)
+    if option.startswith("offload:"):
+        return _offload(option.partition(":")[2], mean, options, f"static:{arg}")
+    return Fixed(f"static:{arg}", find_option(options, option))
 
 
-def make_policy(spec: str, mean_link: LinkState) -> Policy:
-    """``spec`` is a policy name, with an argument after ':' for static and offload."""
+def check_policy(spec: str) -> tuple[PolicyFactory, str]:
+    """The factory and argument of ``spec`` (a policy name, with an argument after ':' for static and
+    offload); a clear error for an unknown name or a misplaced argument."""
     name, _, arg = spec.partition(":")
     factory = POLICIES.get(name)
     if arg and name not in ("static", "offload"):
         raise EdgesplitError(f"policy {name!r} takes no argument (got {spec!r})")
-    return factory(arg, mean_link)
+    if name == "static" and not arg:
+        raise EdgesplitError("static needs an option: static:CUT (fp32) or static:split:CUT:CODEC")
+    return factory, arg
+
+
+def make_policy(spec: str, options: list[Option], mean_link: LinkState) -> Policy:
+    """The policy for ``spec``; a fixed one resolves its option among ``options`` (all of them, not only
+    those a dynamic policy may pick); best-static picks at ``mean_link``."""
+    factory, arg = check_policy(spec)
+    return factory(arg, mean_link, options)
 
 
 def allowed_options(options: list[Option], private: bool, lossy: bool) -> list[Option]:

@@ -8,6 +8,7 @@ can price its options too.
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -155,6 +156,14 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
                    profile.slowdown * factor, profile.machine,
                    scale(profile.model_s), cuts, scale_codecs(profile.input_codecs), profile.output_bytes,
                    {b: v / factor for b, v in profile.flops_per_s.items()})
+
+
+def with_device_time(profile: Profile, whole_model_s: float) -> Profile:
+    """The profile slowed (or sped up) so that the whole model at batch 1 takes ``whole_model_s``: a device
+    given by an absolute time, not by a factor of how fast this machine happens to be today."""
+    if not (math.isfinite(whole_model_s) and whole_model_s > 0):
+        raise ProfileError(f"the device's whole-model time must be finite and > 0, got {whole_model_s!r} s")
+    return with_slowdown(profile, whole_model_s / profile.model_s[1].median_s)
 
 
 def with_batch_plan(profile: Profile, batch_from: str) -> Profile:

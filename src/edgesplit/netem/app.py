@@ -29,8 +29,9 @@ class TraceClock:
         self.trace = trace
         self.restart()
 
-    def restart(self) -> None:
-        self._started = time.perf_counter()
+    def restart(self, at: float | None = None) -> None:
+        """Count from ``at`` (a ``time.perf_counter()`` value; default now)."""
+        self._started = time.perf_counter() if at is None else at
 
     def elapsed_s(self) -> float:
         return time.perf_counter() - self._started
@@ -52,10 +53,13 @@ class PacedLink:
         self._lock = threading.Lock()
         self._free_at = 0.0  # trace time at which the uplink has sent everything queued so far
 
-    def restart(self) -> None:
-        """Replay the trace from its start with an empty uplink."""
+    def restart(self, trace: RateTrace | None = None, at: float | None = None) -> None:
+        """Replay the trace (or ``trace`` instead) from its start, now or at ``at`` (a ``time.perf_counter()``
+        value), with an empty uplink."""
         with self._lock:
-            self.clock.restart()
+            if trace is not None:
+                self.clock.trace = trace
+            self.clock.restart(at)
             self._free_at = 0.0
 
     def truth(self) -> LinkState:

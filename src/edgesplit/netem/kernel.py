@@ -147,9 +147,12 @@ class KernelLink:
         if problems and exc is None:
             raise EdgesplitError("; ".join(problems))
 
-    def restart(self) -> None:
-        """Restart the trace at t = 0 now; the shaper takes the rate at 0 at once."""
+    def restart(self, trace: RateTrace | None = None) -> None:
+        """Restart the trace (or follow ``trace`` instead) at t = 0 now; the shaper takes the rate at 0 at
+        once."""
         with self._wake:
+            if trace is not None:
+                self.trace = trace
             self._start = time.monotonic()
             self._epoch += 1
             self._wake.notify()

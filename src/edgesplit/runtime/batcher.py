@@ -4,7 +4,9 @@ One worker runs one batch at a time (one model, one processor), in a thread so t
 accepting requests. The oldest waiting request decides which cut runs next (first come, first served).
 The worker waits up to ``batch_wait_timeout_s`` for partners only while other requests are still
 arriving (their bodies being received); a lone request runs at once. Under load, requests that arrive
-while a batch runs form the next batch anyway.
+while a batch runs form the next batch anyway. :meth:`Batcher.report` is the load report every answer
+carries (:mod:`edgesplit.load`): what is left of the batch in progress plus the waiting batches, each priced
+by the compute time last seen for its cut and size.
 
 A lone request whose tail took under ``inline_below_s`` the last time runs on the event loop itself:
 handing it to the thread and back costs two wake-ups (0.3 ms on the 2-core test machine), more than such
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from edgesplit.load import LoadReport, queue_wait
 from edgesplit.runtime.metrics import Metrics
 
 RunBatch = Callable[[int, np.ndarray], np.ndarray]
@@ -61,12 +64,32 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgesplit-tail")
         self._worker: asyncio.Task | None = None
         self.recent_compute_s: dict[int, float] = {}  # EWMA of batch compute time per batch size
+        self._compute_s: dict[tuple[int, int], float] = {}  # EWMA per (cut, batch size)
         self._lone_compute_s: dict[int, float] = {}  # per cut: the last compute time of a batch of one
+        self._running: tuple[int, int, float] | None = None  # the batch in progress: cut, size, start
         self.arriving = 0  # requests whose bodies are still being received: the only ones worth waiting for
 
     @property
     def queue_length(self) -> int:
         return len(self._pending)
+
+    def report(self) -> LoadReport:
+        """How long a request arriving now would wait (see :func:`edgesplit.load.queue_wait`)."""
+        busy = 0.0
+        if self._running is not None:
+            cut, size, started = self._running
+            busy = started + self.batch_s(cut, size) - time.perf_counter()
+        wait = queue_wait(busy, (i.cut for i in self._pending), self.batch_s, self.max_batch_size)
+        return LoadReport(wait, len(self._pending), self.max_batch_size)
+
+    def batch_s(self, cut: int, size: int) -> float:
+        """The compute time of a batch: as last seen for this cut and size, else for this cut alone times the
+        size, else for any cut at this size (0 before anything ran)."""
+        if (cut, size) in self._compute_s:
+            return self._compute_s[cut, size]
+        if (cut, 1) in self._compute_s:
+            return self._compute_s[cut, 1] * size
+        return self.recent_compute_s.get(size, self.recent_compute_s.get(1, 0.0) * size)
 
     async def submit(self, cut: int, array: np.ndarray) -> Result:
         if len(self._pending) >= self.max_queue:
@@ -106,6 +129,7 @@ class Batcher:
             sizes = [len(i.array) for i in batch]
             try:
                 inputs = batch[0].array if len(batch) == 1 else np.concatenate([i.array for i in batch])
+                self._running = (first.cut, len(batch), time.perf_counter())
                 if self._inline(batch):
                     logits, started, compute = self._timed(first.cut, inputs)
                 else:
@@ -116,7 +140,9 @@ class Batcher:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            self._remember(len(batch), compute)
+            finally:
+                self._running = None
+            self._remember(first.cut, len(batch), compute)
             if len(batch) == 1:
                 self._lone_compute_s[first.cut] = compute
             offset = 0
@@ -141,7 +167,8 @@ class Batcher:
     def _count(self, cut: int) -> int:
         return sum(1 for i in self._pending if i.cut == cut)
 
-    def _remember(self, batch_size: int, seconds: float) -> None:
+    def _remember(self, cut: int, batch_size: int, seconds: float) -> None:
         self.metrics.observe_batch(batch_size, seconds)
-        old = self.recent_compute_s.get(batch_size)
-        self.recent_compute_s[batch_size] = seconds if old is None else 0.7 * old + 0.3 * seconds
+        for memory, key in ((self.recent_compute_s, batch_size), (self._compute_s, (cut, batch_size))):
+            old = memory.get(key)
+            memory[key] = seconds if old is None else 0.7 * old + 0.3 * seconds

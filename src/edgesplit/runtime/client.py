@@ -1,77 +1,52 @@
-"""The device client: runs the head, picks the cut per request with the simulator's very policy and
-estimator objects, sends one frame, and finishes locally whenever the server cannot answer in time.
+"""The device client: runs the head, lets the device core (:mod:`edgesplit.device`, the simulator's very
+object) pick the cut per request, sends one frame, and finishes locally whenever the server cannot answer
+in time.
 
 Uplink goodput is measured at the receiver: the server reports when the body's first and last chunks
-arrived (``Server-Timing: recv``) and how many bytes came after the first chunk, so neither the server's
-queueing and compute time nor the round trip enters the sample. ``send()`` returning says nothing about
-delivery (the kernel buffers megabytes), so the client never times its own send. While it runs
-everything locally it learns nothing from answers, so, like the simulator's device, it sends a small probe
-(``POST /v1/probe``, on a second connection, beside the local computation) when its newest sample is older
-than ``probe_interval_s``.
+arrived (``Server-Timing: recv``) and how many bytes came after the first chunk, and the core's rule
+(:func:`edgesplit.device.timed_sample`) decides whether that timed anything; ``send()`` returning says
+nothing about delivery (the kernel buffers megabytes), so the client never times its own send. When the
+core asks for a probe (its newest sample is stale and this request teaches nothing), the client sends one
+(``POST /v1/probe``) on a second connection: beside a local run, or after the answer.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, Feedback, LoadUpdate, Outcome,
+                              RateSample, RequestRecord, summarize, timed_sample)
 from edgesplit.errors import EdgesplitError, FrameError
-from edgesplit.estimators import PRIOR_BPS, PROBE_BYTES, PROBE_INTERVAL_S, Estimator
-from edgesplit.latency import LinkState, Option, ServerState
-from edgesplit.policies import Policy, State
+from edgesplit.estimators import Estimator
+from edgesplit.latency import LinkState, Option
+from edgesplit.load import LOAD_HEADER, LoadReport
+from edgesplit.policies import Policy
 from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
 from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportError, TransportStopped
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
-_TIMING = re.compile(r'(\w+);dur=([\d.]+)(?:;desc="(\d+))?')
+_TIMING = re.compile(r'(?:^|,)\s*(\w+)(?:;dur=([\d.]+))?(?:;desc="(\d+))?')
 
 
 @dataclass(frozen=True)
 class ClientConfig:
-    rtt_s: float = 0.04  # assumed until measured
-    deadline_s: float | None = None
-    prior_bps: float = PRIOR_BPS
-    timeout_s: float = 10.0
-    backoff_s: float = 0.5
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    timeout_s: float = 10.0  # any one exchange, at most
+    backoff_s: float = 0.5  # after the server could not be reached, run locally this long (doubling)
     max_backoff_s: float = 8.0
-    probe_interval_s: float = PROBE_INTERVAL_S
-    probe_bytes: int = PROBE_BYTES
-    hedge: bool = False  # while waiting for the server, run the rest here too; the first answer wins
-    probe_on_connect: bool = True  # measure the uplink (and learn the load) once before the first request
 
 
-HEDGE_WON = "hedge: the device finished first"
 CONNECT_PROBE_TIMEOUT_S = 2.0  # a link in an outage when the device connects teaches nothing: do not wait
-
-
-@dataclass(frozen=True)
-class RequestRecord:
-    index: int
-    option: str  # the option chosen (Option.name); ``executed`` says where it ended
-    cut: str | None
-    codec: str
-    executed: str  # "local" | "split" | "offload"
-    fallback_reason: str | None
-    latency_ms: float
-    bytes_sent: int
-    top1: int
-    predicted_ms: float
-    estimated_mbps: float
-    measured_mbps: float | None
-    server_ms: float | None = None  # the server's queue wait + compute, from its Server-Timing
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class DeviceClient:
@@ -81,30 +56,30 @@ class DeviceClient:
                  estimator: Estimator, config: ClientConfig = ClientConfig(),
                  connect: Callable[[], HttpTransport] | None = None,
                  truth: Callable[[], LinkState] | None = None) -> None:
-        """``connect`` opens a connection to ``url`` (default: plain HTTP; an emulated link passes its
-        shaping transport); ``truth`` tells the true link now, where it is known (an emulated link), and
-        lets the oracle policy run live."""
+        """``options`` are those the device may pick; ``connect`` opens a connection to ``url`` (default: plain
+        HTTP; an emulated link passes its shaping transport); ``truth`` tells the true link now, where it is
+        known (an emulated link), and lets the oracle policy run live."""
         self.url = url.rstrip("/")
         self.engine = engine
-        self.options = options
-        self.policy = policy
+        self.core = DeviceCore(policy, estimator, options, config.device)
         self.estimator = estimator
         self.config = config
         self._open = connect or (lambda: HttpTransport(self.url, config.timeout_s))
         self.http = self._open()
         self.truth = truth
+        self.epoch = time.perf_counter()  # records' arrival times count from here
         self._prober: HttpTransport | None = None
         self._probe: threading.Thread | None = None
         self._hedge: threading.Thread | None = None  # a hedged local run that lost, still finishing
-        self._last_sample_at = -math.inf
-        self._lock = threading.Lock()  # the estimator and the reported load, shared with the probe thread
+        self._lock = threading.Lock()  # the core, shared with the probe thread
         self.model_id = engine.model_id
-        self.reported = ServerState()
-        self.rtt_s = config.rtt_s
         self.down_until = 0.0
         self._backoff = config.backoff_s
         self.refusal: str | None = None  # why splitting is off for good (model mismatch)
-        self.records: list[RequestRecord] = []
+
+    @property
+    def records(self) -> list[RequestRecord]:
+        return self.core.records
 
     def close(self) -> None:
         if self._hedge is not None:
@@ -127,7 +102,7 @@ class DeviceClient:
         try:
             started = time.perf_counter()
             info = self.http.request("GET", "/v1/model").json()
-            self.rtt_s = time.perf_counter() - started
+            self.core.rtt_s = time.perf_counter() - started
         except (TransportError, ValueError) as exc:
             self._mark_down()
             return f"server {self.url} unreachable ({type(exc).__name__}); running locally, retrying with backoff"
@@ -135,10 +110,11 @@ class DeviceClient:
             self.refusal = (f"the server's model id {info.get('model_id')} differs from ours {self.model_id.hex()}: "
                             "start both with the same model and weights; running locally")
             return self.refusal
-        if self.config.probe_on_connect:
-            self._last_sample_at = time.perf_counter()
+        if self.config.device.probe_on_connect:
+            with self._lock:
+                self.core.probe_sent(time.perf_counter())
             self._send_probe(min(self.config.timeout_s, CONNECT_PROBE_TIMEOUT_S))
-        return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.rtt_s * 1e3:.1f} ms"
+        return f"server {self.url} holds the same model ({self.model_id.hex()}), RTT {self.core.rtt_s * 1e3:.1f} ms"
 
     def infer(self, image: np.ndarray, arrived: float | None = None) -> RequestRecord:
         """Answer one uint8 image (3, H, W); always returns exactly one result. Its latency counts from
@@ -151,57 +127,60 @@ class DeviceClient:
         arrived = begun if arrived is None else arrived
         x = self.engine.normalize(image)
         with self._lock:
-            estimate = self.estimator.predict() or self.config.prior_bps
-            state = State(LinkState(estimate, self.rtt_s), self.reported, self.truth() if self.truth else None,
-                          hedged=self.config.hedge, recent_bps=self.estimator.recent())
-        decision = self.policy.choose(state, self.options)
+            decision, state = self.core.decide(begun, actual=self.truth() if self.truth else None)
+            probe_due = self.core.should_probe(begun, decision.option)
         option = decision.option
-        reason, measured, sent, server_ms = None, None, 0, None
+        probed = 0
         if option.kind == "local":
-            self._maybe_probe()
-            logits, executed = self.engine.local(x), "local"
+            probed = self._maybe_probe() if probe_due else 0
+            logits, outcome = self.engine.local(x), Outcome("local")
         else:
             mid = self.engine.head(option.cut, x) if option.kind == "split" else None
             logits, reason = None, self._unavailable()
+            outcome = Outcome("local", reason)
             if reason is None:
                 payload = self._frame(option, image, mid)
-                sent = len(payload)
-                if self.config.hedge:
-                    logits, reason, measured, server_ms = self._race(option, x, mid, payload, begun)
+                if self.config.device.hedge:
+                    logits, outcome = self._race(option, x, mid, payload, begun)
                 else:
-                    logits, reason, measured, server_ms = self._remote(payload, begun)
-            executed = option.kind if reason is None else "local"
+                    logits, outcome = self._remote(option, payload, begun)
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
-        record = RequestRecord(len(self.records), option.name, option.cut, option.codec, executed, reason,
-                               (time.perf_counter() - arrived) * 1e3, sent, int(np.argmax(logits[0])),
-                               decision.predicted_s * 1e3, estimate / 1e6, measured / 1e6 if measured else None,
-                               server_ms)
-        self.records.append(record)
-        return record
+            probed = self._maybe_probe() if probe_due else 0
+        outcome = dataclasses.replace(outcome, top1=int(np.argmax(logits[0])))
+        with self._lock:
+            return self.core.record(arrived - self.epoch, decision, state, outcome,
+                                    time.perf_counter() - arrived, probed)
 
-    def _maybe_probe(self) -> None:
-        """Measure the uplink beside a local run, when the newest sample is old and no probe is out."""
-        fresh = time.perf_counter() - self._last_sample_at < self.config.probe_interval_s
-        busy = self._probe is not None and self._probe.is_alive()
-        if self._unavailable() or fresh or busy:
-            return
-        self._last_sample_at = time.perf_counter()  # one probe per interval, even if it fails
-        self._probe = threading.Thread(target=self._send_probe, name="edgesplit-probe", daemon=True)
+    def _maybe_probe(self) -> int:
+        """Measure the uplink on the second connection unless a probe is out or the server is down; the bytes
+        sent."""
+        if self._unavailable() or (self._probe is not None and self._probe.is_alive()):
+            return 0
+        with self._lock:
+            now = time.perf_counter()
+            self.core.probe_sent(now)  # one probe per interval, even if it fails
+            token = self.core.upload_started(now, self.config.device.probe_bytes)  # it shares the uplink
+        self._probe = threading.Thread(target=self._send_probe, args=(None, token), name="edgesplit-probe",
+                                       daemon=True)
         self._probe.start()
+        return self.config.device.probe_bytes
 
-    def _send_probe(self, timeout_s: float | None = None) -> None:
+    def _send_probe(self, timeout_s: float | None = None, token: int | None = None) -> None:
         if self._prober is None:
             self._prober = self._open()
         try:
-            response = self._prober.request("POST", "/v1/probe", bytes(self.config.probe_bytes),
+            response = self._prober.request("POST", "/v1/probe", bytes(self.config.device.probe_bytes),
                                             {"content-type": "application/octet-stream"},
                                             timeout_s or self.config.timeout_s)
         except TransportError:
             return
+        finally:
+            if token is not None:
+                with self._lock:
+                    self.core.upload_learnt(token)
         if response.status == 204:
             self._learn(response)
-            self._goodput(server_timings(response))
 
     def _unavailable(self) -> str | None:
         """Why the server is not to be tried for this request, if it is not."""
@@ -226,7 +205,7 @@ class DeviceClient:
         return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
 
     def _race(self, option: Option, x: np.ndarray, mid: np.ndarray | None, payload: bytes, begun: float
-              ) -> tuple[np.ndarray, str | None, float | None, float | None]:
+              ) -> tuple[np.ndarray, Outcome]:
         """Hedged: the rest of the model runs here while the server is asked; the first answer wins. When
         the device finishes first, the exchange is stopped (an upload still in progress is dropped, and
         teaches the estimator as a deadline would); when the server answers first, the local run cannot be
@@ -242,90 +221,73 @@ class DeviceClient:
 
         self._hedge = threading.Thread(target=run_here, name="edgesplit-hedge", daemon=True)
         self._hedge.start()
-        logits, reason, measured, server_ms = self._remote(payload, begun, abort)
+        logits, outcome = self._remote(option, payload, begun, abort)
         if answered.acquire(blocking=False) and logits is not None:  # else the device's answer it is
-            return logits, None, measured, server_ms
+            return logits, outcome
         self._hedge.join()
         self._hedge = None
-        return local[0], reason or HEDGE_WON, None, None
+        return local[0], Outcome("local", outcome.fallback_reason or HEDGE_WON, len(payload))
 
-    def _remote(self, payload: bytes, begun: float, abort: threading.Event | None = None
-                ) -> tuple[np.ndarray | None, str | None, float | None, float | None]:
-        """POST the frame; (logits, None, goodput, server ms) on success, (None, reason, None, None) when to
-        fall back.
+    def _remote(self, option: Option, payload: bytes, begun: float, abort: threading.Event | None = None
+                ) -> tuple[np.ndarray | None, Outcome]:
+        """POST the frame; the logits (None when to fall back) and how it went.
 
         The deadline counts from when the device took the request up (``begun``), not from its arrival:
         a device that fell behind still gives each request its chance. A request whose upload had not all
-        arrived when it timed out teaches the estimator that the link gave at most the frame's bytes over
-        the time waited."""
-        timeout = self.config.timeout_s
-        if self.config.deadline_s is not None:
-            timeout = max(0.001, self.config.deadline_s - (time.perf_counter() - begun))
+        arrived when it was given up teaches the core a bound on the link."""
+        timeout = min(self.config.timeout_s, max(0.001, self.core.deadline_s - (time.perf_counter() - begun)))
+        sent = len(payload)
         sending = time.perf_counter()
         try:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout, abort)
         except TransportStopped as exc:
-            waited = time.perf_counter() - sending
-            if exc.upload_incomplete and waited > 0.01:  # the link gave less than this; a slow server teaches nothing
-                with self._lock:
-                    self.estimator.update(len(payload) * 8 / waited)
-                    self._last_sample_at = time.perf_counter()
-            if isinstance(exc, TransportAborted):
-                return None, HEDGE_WON, None, None
-            return None, "deadline" if self.config.deadline_s is not None else "timeout", None, None
+            now = time.perf_counter()
+            if exc.upload_incomplete and (bound := self.core.cut_short(now, sent, now - sending)):
+                self._feed([bound])  # the link gave less than this; a slow server teaches nothing
+            reason = HEDGE_WON if isinstance(exc, TransportAborted) else DEADLINE_PASSED
+            return None, Outcome("local", reason, sent)
         except TransportError as exc:
             self._mark_down()
-            return None, f"server unreachable ({exc})", None, None
+            return None, Outcome("local", f"server unreachable ({exc})", sent)
         if response.status != 200:
             if response.status in (429, 503):
                 self._mark_down()
-            return None, f"server answered {response.status}: {_detail(response)}", None, None
+            return None, Outcome("local", f"server answered {response.status}: {_detail(response)}", sent)
         self._backoff = self.config.backoff_s
         try:
             frame = decode_frame(response.body)
         except FrameError as exc:
-            return None, f"bad answer from the server ({exc})", None, None
+            return None, Outcome("local", f"bad answer from the server ({exc})", sent)
         if frame.cut != OUTPUT_CUT:
-            return None, "bad answer from the server (not an output frame)", None, None
-        self._learn(response)
+            return None, Outcome("local", "bad answer from the server (not an output frame)", sent)
+        timings, sample = self._learn(response)
+        queue, compute = (timings[k][0] if k in timings else None for k in ("queue", "compute"))
+        batch = timings.get("batch", (0.0, None))[1]
+        return frame.array, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+
+    def _learn(self, response: Response) -> tuple[dict[str, tuple[float, str | None]], float | None]:
+        """Feed the core what an answer (or a probe's) teaches: the rate its upload's receive stamps give, by
+        the core's rule, and the server's load; its Server-Timing entries and that rate."""
+        now = time.perf_counter()
         timings = server_timings(response)
-        server_ms = (timings["queue"][0] + timings["compute"][0]) * 1e3 if {"queue", "compute"} <= set(timings) else None
-        return frame.array, None, self._goodput(timings), server_ms
-
-    def _learn(self, response: Response) -> None:
-        try:
-            load = json.loads(response.headers.get("edgesplit-load", "{}"))
-        except ValueError:
-            return
-        compute = load.get("compute_s", {})
-        per_batch = float(compute.get("1", 0.0)) if compute else 0.0
-        with self._lock:
-            self.reported = ServerState(queue_wait_s=load.get("queue_length", 0) * per_batch)
-
-    def _goodput(self, timings: dict[str, tuple[float, str]]) -> float | None:
-        """The uplink's goodput from the server's ``recv`` timing (learnt by the estimator), if measurable."""
         recv = timings.get("recv")
-        if recv is None or recv[1] is None or recv[0] < 1e-3 or int(recv[1]) <= 0:
-            return None  # one chunk: too small to time at the receiver
-        rate = int(recv[1]) * 8 / recv[0]
-        if math.isfinite(rate) and rate > 0:
-            with self._lock:
-                self.estimator.update(rate)
-                self._last_sample_at = time.perf_counter()
-            return rate
-        return None
+        sample = timed_sample(int(recv[1] or 0), recv[0]) if recv is not None else None
+        feedback: list[Feedback] = [RateSample(now, sample)] if sample else []
+        if (report := LoadReport.parse(response.headers.get(LOAD_HEADER))) is not None:
+            feedback.append(LoadUpdate(now, report))
+        self._feed(feedback)
+        return timings, sample
+
+    def _feed(self, feedback: list[Feedback]) -> None:
+        with self._lock:
+            self.core.learn(feedback)
 
     def _mark_down(self) -> None:
         self.down_until = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
 
-    def summary(self) -> dict[str, Any]:
-        if not self.records:
-            raise EdgesplitError("no request was made")
-        latencies = sorted(r.latency_ms for r in self.records)
-        return {"count": len(self.records), "answered": len(self.records),
-                "fallbacks": sum(r.fallback_reason is not None for r in self.records),
-                "mean_ms": float(np.mean(latencies)), "p95_ms": float(np.percentile(latencies, 95))}
+    def summary(self) -> dict:
+        return summarize(self.records, self.config.device.deadline_s)
 
 
 def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
@@ -342,9 +304,10 @@ def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
     return profile_from_dict(data, f"{url}/v1/profile")
 
 
-def server_timings(response: Response) -> dict[str, tuple[float, str]]:
-    """Server-Timing entries: name → (seconds, description)."""
-    return {m[0]: (float(m[1]) / 1e3, m[2]) for m in _TIMING.findall(response.headers.get("server-timing", ""))}
+def server_timings(response: Response) -> dict[str, tuple[float, str | None]]:
+    """Server-Timing entries: name → (seconds, the number leading its description, if any)."""
+    return {m[0]: (float(m[1] or 0) / 1e3, m[2] or None)
+            for m in _TIMING.findall(response.headers.get("server-timing", ""))}
 
 
 def _detail(response: Response) -> str:

@@ -12,11 +12,12 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from edgesplit.device import DeviceConfig
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, build_options
-from edgesplit.policies import allowed_options, make_policy
+from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, load_profile
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
@@ -32,7 +33,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         raise EdgesplitError("the oracle needs the true link rate, which a live device cannot know; "
                              "use it in edgesplit simulate")
     estimator = make_estimator(estimator_spec)
-    policy = make_policy(policy_spec, LinkState(ClientConfig().prior_bps))
+    check_policy(policy_spec)
     if engine_name == "onnx":
         if weights or input_size or input_shape:
             raise EdgesplitError("with --engine onnx, MODEL is an export folder: weights and input shape are fixed")
@@ -44,9 +45,10 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         frames = load_images(images, engine.input_shape)
     server = load_profile(server_profile) if server_profile else _server_profile(server_url, console) or device
     options = build_options(device, server, codecs=codecs, private=private)
-    choices = allowed_options(options, private, lossy) if policy.dynamic else options
-    client = DeviceClient(server_url, engine, choices, policy, estimator,
-                          ClientConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge))
+    config = DeviceConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge)
+    policy = make_policy(policy_spec, options, LinkState(config.prior_bps))
+    client = DeviceClient(server_url, engine, allowed_options(options, private, lossy), policy, estimator,
+                          ClientConfig(config))
     total = count or (len(frames) if images else 20)
     with client:
         console.print(client.connect())
@@ -56,18 +58,19 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
             time.sleep(max(0.0, arrival - time.perf_counter()))
             r = client.infer(frames[index % len(frames)], arrived=arrival)
             note = f" · fallback: {r.fallback_reason}" if r.fallback_reason else ""
-            console.print(f"#{r.index:<4} {r.executed:<7} {r.cut or '-':<28} {r.latency_ms:8.1f} ms  "
-                          f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_mbps:7.2f} Mbit/s  top1 {r.top1}{note}")
+            console.print(f"#{r.index:<4} {r.executed:<7} {r.cut or '-':<28} {r.latency_s * 1e3:8.1f} ms  "
+                          f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_bps / 1e6:7.2f} Mbit/s  top1 {r.top1}{note}")
     summary = client.summary()
     table = Table(title=f"{model} · policy {policy_spec} · {server_url}")
-    for column in ("requests", "answered", "fallbacks", "mean ms", "p95 ms"):
+    for column in ("requests", "fallbacks", "mean ms", "p95 ms", "probed B/s"):
         table.add_column(column, justify="right")
-    table.add_row(str(summary["count"]), str(summary["answered"]), str(summary["fallbacks"]),
-                  f"{summary['mean_ms']:.1f}", f"{summary['p95_ms']:.1f}")
+    table.add_row(str(summary["count"]), str(summary["fallbacks"]), f"{summary['mean_ms']:.1f}",
+                  f"{summary['p95_ms']:.1f}", f"{summary['probe_bytes_per_s']:.0f}")
     console.print(table)
     result = {"requests": [{k: r.to_dict()[k] for k in ("index", "cut", "codec", "executed", "fallback_reason",
                                                          "latency_ms", "bytes_sent", "top1")} for r in client.records],
-              "summary": summary}
+              "summary": {k: summary[k] for k in ("count", "fallbacks", "mean_ms", "p50_ms", "p95_ms",
+                                                  "probe_bytes_per_s")}}
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=1) + "\n")

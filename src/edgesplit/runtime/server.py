@@ -9,8 +9,9 @@
     GET  /metrics    Prometheus text
 
 Every answer to /v1/infer carries the server's timings in ``Server-Timing`` (recv: first to last body
-byte; queue; compute) and its load in ``Edgesplit-Load`` (JSON: queue length, recent compute seconds per
-batch size, max batch size), so a client can measure its uplink at the receiver and decide. A bad frame
+byte; queue; compute) and its load in ``Edgesplit-Load`` (:class:`edgesplit.load.LoadReport` as JSON: how long
+a request arriving now would wait, the queue length, the max batch size), so a client can measure its
+uplink at the receiver and decide. A bad frame
 is answered 4xx with a message naming the problem (``FrameError.status``); a full queue 503.
 """
 
@@ -92,9 +93,8 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
     app = FastAPI(title="edgesplit edge server", version="1", lifespan=lifespan,
                   description="Runs the tail of a split network from any cut; see docs/wire.md for frames.")
 
-    def load() -> dict[str, object]:
-        return {"queue_length": batcher.queue_length, "max_batch_size": config.max_batch_size,
-                "compute_s": {str(k): v for k, v in sorted(batcher.recent_compute_s.items())}}
+    def load() -> str:
+        return batcher.report().to_header()
 
     def refuse(kind: str, status: int, message: str) -> JSONResponse:
         metrics.errors[kind] += 1
@@ -136,7 +136,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
                   f"compute;dur={result.compute_s * 1e3:.3f}, batch;desc=\"{result.batch_size}\"")
         answer = encode_frame(result.logits, model_id=engine.model_id, cut=OUTPUT_CUT)
         return Response(answer, media_type=FRAME_TYPE,
-                        headers={"Server-Timing": timing, "Edgesplit-Load": json.dumps(load())})
+                        headers={"Server-Timing": timing, "Edgesplit-Load": load()})
 
     @app.post("/v1/probe", status_code=204, response_class=Response, responses={413: {"description": "too large"}})
     async def probe(request: Request) -> Response:
@@ -147,7 +147,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
             return refuse("too_large", 413, f"a probe is at most {MAX_PROBE_BYTES} bytes")
         except ClientDisconnect:
             return refuse("client_disconnected", 400, "the client went away before its body arrived")
-        return Response(status_code=204, headers={"Server-Timing": body.timing(), "Edgesplit-Load": json.dumps(load())})
+        return Response(status_code=204, headers={"Server-Timing": body.timing(), "Edgesplit-Load": load()})
 
     @app.get("/v1/model")
     async def model() -> dict[str, object]:
@@ -165,7 +165,8 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"status": "ok", "model_id": engine.model_id.hex(), "load": load()}
+        return {"status": "ok", "model_id": engine.model_id.hex(), "load": json.loads(load()),
+                "compute_s": {str(k): v for k, v in sorted(batcher.recent_compute_s.items())}}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:

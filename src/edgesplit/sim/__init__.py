@@ -1,5 +1,5 @@
 """Trace-driven simulation of a device, its uplink and a batching edge server."""
 
-from edgesplit.sim.loop import Request, SimConfig, Workload, simulate, summarize
+from edgesplit.sim.loop import SimConfig, Workload, simulate
 
-__all__ = ["Request", "SimConfig", "Workload", "simulate", "summarize"]
+__all__ = ["SimConfig", "Workload", "simulate"]

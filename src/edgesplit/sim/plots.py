@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from edgesplit.sim.loop import Request
+from edgesplit.device import RequestRecord
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -16,7 +16,7 @@ def _pyplot():  # type: ignore[no-untyped-def]
     return plt
 
 
-def plot_timeline(runs: dict[str, list[Request]], trace_name: str, path: str | os.PathLike[str]) -> None:
+def plot_timeline(runs: dict[str, list[RequestRecord]], trace_name: str, path: str | os.PathLike[str]) -> None:
     """Per policy: latency of each request coloured by the option it ran; below, true vs estimated rate."""
     plt = _pyplot()
     fig, axes = plt.subplots(len(runs) + 1, 1, figsize=(11, 2.1 * (len(runs) + 1)), sharex=True,
@@ -36,8 +36,8 @@ def plot_timeline(runs: dict[str, list[Request]], trace_name: str, path: str | o
     axes[0].legend(handles=handles, fontsize=7, ncol=3, loc="upper right")
     reference = next((records for name, records in runs.items() if name == "dsc"), next(iter(runs.values())))
     rate_ax = axes[-1]
-    rate_ax.plot([r.arrival_s for r in reference], [r.true_bps / 1e6 for r in reference], lw=0.8,
-                 label="true uplink rate")
+    known = [r for r in reference if r.true_bps is not None]
+    rate_ax.plot([r.arrival_s for r in known], [r.true_bps / 1e6 for r in known], lw=0.8, label="true uplink rate")
     rate_ax.plot([r.arrival_s for r in reference], [r.estimated_bps / 1e6 for r in reference], lw=0.8,
                  label="estimated (dsc)" if "dsc" in runs else "estimated")
     rate_ax.set_ylabel("Mbit/s")
@@ -49,7 +49,7 @@ def plot_timeline(runs: dict[str, list[Request]], trace_name: str, path: str | o
     plt.close(fig)
 
 
-def plot_cdf(runs: dict[str, list[Request]], trace_name: str, path: str | os.PathLike[str]) -> None:
+def plot_cdf(runs: dict[str, list[RequestRecord]], trace_name: str, path: str | os.PathLike[str]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5), layout="constrained")
     for policy, records in runs.items():

@@ -7,14 +7,17 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any
 
+from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import load_profile, require_batch_sizes
-from edgesplit.sim.loop import Request, SimConfig, Workload, simulate, summarize
+from edgesplit.sim.loop import SimConfig, Workload, simulate
 from edgesplit.traces import LoadTrace, RateTrace, read_load_trace, read_trace
 
-SUMMARY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "cuts")
+SUMMARY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "fallbacks", "probe_bytes_per_s",
+                "cuts")
 
 
 @dataclass(frozen=True)
@@ -22,7 +25,7 @@ class Scenario:
     """Everything a run needs except the policy."""
 
     options: list[Option]
-    allowed: list[Option]  # what dynamic policies may pick
+    allowed: list[Option]  # what the device may pick
     trace: RateTrace
     workload: Workload
     config: SimConfig
@@ -35,11 +38,25 @@ class Scenario:
                    estimator: str = "harmonic", fps: float = 2.0, arrivals: str = "periodic",
                    rtt_ms: float = 40.0, deadline_ms: float | None = None, hedge: bool = False, start_s: float = 0.0,
                    duration_s: float | None = None, seed: int = 0) -> Scenario:
+        """Raises EdgesplitError, naming the CLI option, on a value out of range or NaN, a start past the
+        trace's end, or a run of more than 10 million requests."""
+        for option, value, zero_ok in (("--start", start_s, True), ("--duration", duration_s, False),
+                                       ("--rtt-ms", rtt_ms, True), ("--deadline-ms", deadline_ms, False),
+                                       ("--fps", fps, False)):
+            if value is not None and not (0 <= value < float("inf") and (zero_ok or value > 0)):
+                raise EdgesplitError(f"{option} must be a finite number {'>=' if zero_ok else '>'} 0, got {value:g}")
+        trace = read_trace(trace_path)
+        if start_s >= trace.duration_s:
+            raise EdgesplitError(f"--start {start_s:g} is at or past the end of the trace ({trace.duration_s:g} s)")
+        window, limit = duration_s or trace.duration_s - start_s, 10_000_000
+        if window * fps > limit:
+            raise EdgesplitError(f"{window:g} s at --fps {fps:g} would simulate {window * fps:,.0f} requests, "
+                                 f"more than the limit of {limit:,}; shorten --duration or lower --fps")
         device, server = load_profile(device_profile), load_profile(server_profile)
-        config = SimConfig(rtt_s=rtt_ms / 1000, deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge)
+        config = SimConfig(DeviceConfig(rtt_s=rtt_ms / 1000, downlink_bps=20e6, hedge=hedge,
+                                        deadline_s=deadline_ms / 1000 if deadline_ms else None))
         require_batch_sizes(server, config.max_batch_size)
         options = build_options(device, server, codecs=codecs, private=private)
-        trace = read_trace(trace_path)
         if start_s or duration_s:
             trace = trace.segment(start_s, duration_s or trace.duration_s - start_s)
         make_estimator(estimator)  # fail early on a bad spec
@@ -52,7 +69,7 @@ class Scenario:
 @dataclass(frozen=True)
 class Comparison:
     trace: str
-    runs: dict[str, list[Request]]
+    runs: dict[str, list[RequestRecord]]
     summaries: dict[str, dict[str, Any]]
     estimator_mape: float | None  # of the estimator as the dsc client used it
 
@@ -62,7 +79,7 @@ class Comparison:
                 "estimator_mape": self.estimator_mape}
 
     def write_csv(self, path: str | os.PathLike[str]) -> None:
-        names = [f.name for f in fields(Request)]
+        names = [f.name for f in fields(RequestRecord)]
         with open(path, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["policy", *names])
@@ -73,18 +90,18 @@ class Comparison:
 
 def run_policies(scenario: Scenario, policies: list[str]) -> Comparison:
     """Simulate each policy on the same scenario (same arrivals, same trace, same background load)."""
-    mean_link = LinkState(scenario.trace.mean_bps(), scenario.config.rtt_s, scenario.config.downlink_bps)
-    built = [make_policy(spec, mean_link) for spec in policies]  # fail before any run on a bad name
-    runs: dict[str, list[Request]] = {}
+    device = scenario.config.device
+    mean_link = LinkState(scenario.trace.mean_bps(), device.rtt_s, device.downlink_bps)
+    built = [make_policy(spec, scenario.options, mean_link) for spec in policies]  # fail before any run
+    runs: dict[str, list[RequestRecord]] = {}
     summaries: dict[str, dict[str, Any]] = {}
     mape: float | None = None
     for spec, policy in zip(policies, built):
         estimator = make_estimator(scenario.estimator)
-        records = simulate(policy, estimator, scenario.options,
-                           scenario.allowed if policy.dynamic else scenario.options,
-                           scenario.trace, scenario.workload, scenario.config, scenario.load)
+        records = simulate(policy, estimator, scenario.allowed, scenario.trace, scenario.workload, scenario.config,
+                           scenario.load)
         runs[spec] = records
-        summaries[spec] = summarize(records, scenario.config.deadline_s)
+        summaries[spec] = summarize(records, device.deadline_s)
         if spec == "dsc" or mape is None:
             mape = estimator.mape()
     return Comparison(scenario.trace.name, runs, summaries, mape)

@@ -1,4 +1,5 @@
-"""A single-worker edge server that batches requests for the same cut, loaded by other clients."""
+"""A single-worker edge server that batches requests for the same cut, loaded by other clients, and
+reports its load as the live server does (:mod:`edgesplit.load`)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,17 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgesplit.latency import ServerState
+from edgesplit.load import LoadReport, queue_wait
 from edgesplit.traces import LoadTrace
 
 TailTime = Callable[[int], float]  # seconds to run one batch of the given size
+INPUT_CUT = "input"  # what an offloaded request (ours or another client's) runs from
 
 
 @dataclass(order=True)
 class _Job:
     arrival_s: float
-    key: str = field(compare=False)
+    cut: str = field(compare=False)
     tail: TailTime = field(compare=False)
     ours: bool = field(compare=False, default=False)
     start_s: float = field(compare=False, default=-1.0)
@@ -35,42 +37,38 @@ class Served:
 class BatchingServer:
     """Runs the oldest waiting request together with every waiting request for the same cut (up to
     ``max_batch_size``), one batch at a time. Other clients arrive as a Poisson process whose rate is
-    ``load(t) × background_fps``; each sends its raw input (``background_key``, batched with our offloads)."""
+    ``load(t) × background_fps``; each sends its raw input (``INPUT_CUT``, batched with our offloads)."""
 
     def __init__(self, max_batch_size: int, load: LoadTrace | None, background_fps: float,
-                 background_tail: TailTime, background_key: str = "offload:raw", seed: int = 0) -> None:
+                 background_tail: TailTime, seed: int = 0) -> None:
         self.max_batch_size = max_batch_size
         self.free_at = 0.0
         self._queue: list[_Job] = []
         self._load = load
         self._background_fps = background_fps
         self._background_tail = background_tail
-        self._background_key = background_key
         self._rng = random.Random(seed)
         self._peak = max(load.values) * background_fps if load is not None else 0.0
         self._next_background = self._draw_background(0.0)
 
-    def serve(self, arrival_s: float, key: str, tail: TailTime) -> Served:
-        """Queue one of our requests arriving at ``arrival_s`` and run the server until it is done."""
+    def serve(self, arrival_s: float, cut: str, tail: TailTime) -> Served:
+        """Queue one of our requests for ``cut`` (``INPUT_CUT`` for offload) arriving at ``arrival_s`` and
+        run the server until it is done."""
         self._run_until(arrival_s)
-        job = _Job(arrival_s, key, tail, ours=True)
+        job = _Job(arrival_s, cut, tail, ours=True)
         bisect.insort(self._queue, job)
         while job.done_s < 0:
             self._run_next_batch()
         return Served(job.start_s - arrival_s, job.done_s - job.start_s, job.done_s, job.batch_size)
 
-    def state(self, now_s: float) -> ServerState:
-        """The wait a request arriving now would see: the batch in progress plus every queued batch."""
+    def report(self, now_s: float) -> LoadReport:
+        """The load report a request arriving now would get back."""
         self._run_until(now_s)
-        wait = max(0.0, self.free_at - now_s)
-        groups: dict[str, list[_Job]] = {}
-        for job in self._queue:
-            if job.arrival_s <= now_s:
-                groups.setdefault(job.key, []).append(job)
-        for jobs in groups.values():
-            for first in range(0, len(jobs), self.max_batch_size):
-                wait += jobs[0].tail(len(jobs[first:first + self.max_batch_size]))
-        return ServerState(queue_wait_s=wait, batch_size=1)
+        waiting = [job for job in self._queue if job.arrival_s <= now_s]
+        tails = {job.cut: job.tail for job in waiting}
+        wait = queue_wait(self.free_at - now_s, (job.cut for job in waiting), lambda cut, n: tails[cut](n),
+                          self.max_batch_size)
+        return LoadReport(wait, len(waiting), self.max_batch_size)
 
     def _run_until(self, t_s: float) -> None:
         """Start every batch that would start before ``t_s``."""
@@ -88,8 +86,8 @@ class BatchingServer:
             self._admit_background(self._next_background)
         start = max(self.free_at, self._queue[0].arrival_s)
         self._admit_background(start)
-        key = self._queue[0].key
-        batch = [j for j in self._queue if j.key == key and j.arrival_s <= start][: self.max_batch_size]
+        cut = self._queue[0].cut
+        batch = [j for j in self._queue if j.cut == cut and j.arrival_s <= start][: self.max_batch_size]
         duration = batch[0].tail(len(batch))
         for job in batch:
             job.start_s, job.done_s, job.batch_size = start, start + duration, len(batch)
@@ -98,7 +96,7 @@ class BatchingServer:
 
     def _admit_background(self, until_s: float) -> None:
         while self._next_background <= until_s:
-            bisect.insort(self._queue, _Job(self._next_background, self._background_key, self._background_tail))
+            bisect.insort(self._queue, _Job(self._next_background, INPUT_CUT, self._background_tail))
             self._next_background = self._draw_background(self._next_background)
 
     def _draw_background(self, after_s: float) -> float:

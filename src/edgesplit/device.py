@@ -1,0 +1,315 @@
+"""The device core: what a device knows about its uplink and its server, when it probes, what it learns,
+and how each request is recorded. The trace-driven simulator and the live client drive the same object;
+they differ only in their clock (trace seconds, or ``time.perf_counter()``) and their transport.
+
+What a device can learn (:data:`Feedback`), and the rule each side applies to its transfers:
+
+- :class:`RateSample` — the uplink's goodput over one upload, timed at the receiver: the bytes that arrived
+  after the first chunk over the time from the first chunk to the last (:func:`timed_sample`). An upload of
+  less than ``MIN_TIMED_BYTES`` after its first segment, or over less than ``MIN_TIMED_S``, is too small to
+  time and teaches nothing; neither does the sender's clock (``send()`` returns long before delivery).
+- :class:`RateBound` — an upload given up before it all arrived: the link gave at most its bytes over
+  the time waited.
+- :class:`LoadUpdate` — the server's load report (:mod:`edgesplit.load`), with every answer and probe.
+
+The device probes (``probe_bytes`` to ``POST /v1/probe``, at most one per ``probe_interval_s``, so at most
+``probe_bytes / probe_interval_s`` bytes a second) whenever its newest sample is older than the interval
+and the request it is serving will not teach it anything: beside a local run, or after a frame too small to
+time. The estimate's uncertainty grows with its age: the policy sees the recent samples, how old the
+newest is, and how fast the link's log-rate has been moving (:meth:`DeviceCore.state`).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from edgesplit.errors import EdgesplitError
+from edgesplit.estimators import RECENT_SAMPLES, Estimator
+from edgesplit.latency import LinkState, Option, ServerState
+from edgesplit.load import LoadReport
+from edgesplit.policies import Decision, Policy, State
+from edgesplit.profile import quantile
+from edgesplit.traces import SEGMENT_BYTES
+
+PRIOR_BPS = 2e6  # what a device assumes of its uplink before the first sample
+PROBE_INTERVAL_S = 0.4  # not a multiple of a usual request period, so that clock jitter does not decide
+PROBE_BYTES = 16_000
+MIN_TIMED_BYTES = 2 * SEGMENT_BYTES  # bytes after the first segment a receiver must see to time an upload
+MIN_TIMED_S = 1e-3
+MIN_BOUND_S = 0.01  # an upload cut short sooner than this says nothing of the link
+DEADLINE_FACTOR = 2.0  # default deadline: this × the device's own whole-model time, but at least
+MIN_DEADLINE_S = 0.5
+HEDGE_WON = "hedge: the device finished first"  # why a request ended locally
+DEADLINE_PASSED = "deadline"
+PRIOR_VOLATILITY = 0.5  # standard deviation of the uplink's log-rate change over one second, before measured
+VOLATILITY_ALPHA = 0.2  # weight of a new pair of samples in the volatility's moving averages
+
+
+def timed_sample(bytes_after_first: int, recv_s: float) -> float | None:
+    """The goodput (bits/s) a receiver measured: ``bytes_after_first`` arrived ``recv_s`` after the first
+    chunk; None when the upload was too small to time."""
+    if bytes_after_first < MIN_TIMED_BYTES or not recv_s >= MIN_TIMED_S:
+        return None
+    rate = bytes_after_first * 8 / recv_s
+    return rate if math.isfinite(rate) else None
+
+
+def times_itself(option: Option) -> bool:
+    """Whether an upload of ``option``'s frame is large enough to give a rate sample."""
+    return option.kind != "local" and option.bytes - SEGMENT_BYTES >= MIN_TIMED_BYTES
+
+
+@dataclass(frozen=True)
+class RateSample:
+    at_s: float  # when the device learnt it
+    bps: float
+
+
+@dataclass(frozen=True)
+class RateBound:
+    at_s: float
+    bps: float  # the link gave at most this
+
+
+@dataclass(frozen=True)
+class LoadUpdate:
+    at_s: float
+    report: LoadReport
+
+
+Feedback = RateSample | RateBound | LoadUpdate
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """What a device assumes and how it behaves, in the simulator and live alike."""
+
+    rtt_s: float = 0.04  # assumed until measured
+    downlink_bps: float = math.inf
+    deadline_s: float | None = None  # give up on the server this long after taking a request up; None:
+    # DEADLINE_FACTOR × the device's whole-model time, at least MIN_DEADLINE_S
+    hedge: bool = False  # while waiting for the server, run the rest here too; the first answer wins
+    probe_on_connect: bool = True  # measure the uplink (and learn the load) once before the first request
+    prior_bps: float = PRIOR_BPS
+    probe_interval_s: float = PROBE_INTERVAL_S
+    probe_bytes: int = PROBE_BYTES
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rtt_s) and self.rtt_s >= 0):
+            raise EdgesplitError(f"the RTT must be finite and >= 0, got {self.rtt_s * 1e3:g} ms")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise EdgesplitError(f"the deadline must be > 0, got {self.deadline_s * 1e3:g} ms")
+        if not (math.isfinite(self.prior_bps) and self.prior_bps > 0):
+            raise EdgesplitError(f"the prior uplink rate must be finite and > 0, got {self.prior_bps!r} bit/s")
+        if not self.probe_interval_s >= 0:
+            raise EdgesplitError(f"the probe interval must be >= 0, got {self.probe_interval_s!r} s")
+        if self.probe_bytes - SEGMENT_BYTES < MIN_TIMED_BYTES:
+            raise EdgesplitError(f"a probe of {self.probe_bytes} B is too small to time: at least "
+                                 f"{SEGMENT_BYTES + MIN_TIMED_BYTES} B")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a request ended, as the transport saw it."""
+
+    executed: Literal["local", "split", "offload"]
+    fallback_reason: str | None = None
+    bytes_sent: int = 0
+    measured_bps: float | None = None  # the rate sample its upload gave, if any
+    upload_s: float | None = None  # known in simulation only
+    queue_s: float | None = None  # the server's queue wait (its Server-Timing live)
+    compute_s: float | None = None  # the server's compute, decoding included
+    batch_size: int = 0
+    top1: int | None = None  # live only: the answer's class
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One request, in simulation and live alike (times from the start of the run, in seconds)."""
+
+    index: int
+    arrival_s: float
+    option: str  # the option chosen (Option.name); ``executed`` says where it ended
+    kind: str
+    cut: str | None
+    codec: str
+    predicted_s: float
+    estimated_bps: float
+    true_bps: float | None  # where the true link is known (simulation, emulated links)
+    latency_s: float  # from arrival to answer
+    probe_bytes: int  # probed beside or after this request
+    executed: str
+    fallback_reason: str | None
+    bytes_sent: int
+    measured_bps: float | None
+    upload_s: float | None
+    queue_s: float | None
+    compute_s: float | None
+    batch_size: int
+    top1: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready, in ms and Mbit/s."""
+        data = asdict(self)
+        for key in ("predicted_s", "latency_s", "upload_s", "queue_s", "compute_s"):
+            value = data.pop(key)
+            data[key.replace("_s", "_ms")] = None if value is None else value * 1e3
+        for key in ("estimated_bps", "true_bps", "measured_bps"):
+            value = data.pop(key)
+            data[key.replace("_bps", "_mbps")] = None if value is None else value / 1e6
+        return data
+
+
+class DeviceCore:
+    """One device's knowledge and decisions; the caller supplies the clock (``now``) and the transfers."""
+
+    def __init__(self, policy: Policy, estimator: Estimator, options: list[Option],
+                 config: DeviceConfig = DeviceConfig()) -> None:
+        """``options`` are the ones the policy may pick (they include ``local``)."""
+        local = [o for o in options if o.kind == "local"]
+        if not local:
+            raise EdgesplitError("the options must include local: a device can always run the whole model")
+        self.policy, self.estimator, self.options, self.config = policy, estimator, options, config
+        self.local_s = local[0].head_s
+        self.rtt_s = config.rtt_s
+        self.reported = ServerState()
+        self.records: list[RequestRecord] = []
+        estimator.reset()
+        self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)  # (learnt at, bits/s)
+        self._square_step = self._step_s = math.nan  # moving averages of (Δ log rate)² and Δt
+        self._probed_at = -math.inf
+        self._uploads: dict[int, tuple[float, int, float]] = {}  # in flight: started at, bytes, learnt at
+        self._next_upload = 0
+
+    @property
+    def deadline_s(self) -> float:
+        """How long after taking a request up the device waits for the server before finishing it itself."""
+        if self.config.deadline_s is not None:
+            return self.config.deadline_s
+        return max(DEADLINE_FACTOR * self.local_s, MIN_DEADLINE_S)
+
+    def remaining_s(self, option: Option) -> float:
+        """What the device still computes when it finishes ``option`` itself (after its head)."""
+        return 0.0 if option.kind == "local" else self.local_s - (option.head_s if option.kind == "split" else 0.0)
+
+    def volatility(self) -> float:
+        """Standard deviation of the uplink's log-rate change over one second, from consecutive samples."""
+        if math.isnan(self._square_step):
+            return PRIOR_VOLATILITY
+        return math.sqrt(self._square_step / max(self._step_s, 1e-3))
+
+    def upload_started(self, at_s: float, n_bytes: int, learnt_at: float = math.inf) -> int:
+        """An upload that shares the uplink with what comes next (a probe; a frame still uploading when
+        the device takes up its next request); it counts until :meth:`upload_learnt` (live) or until
+        ``learnt_at`` (simulation: when its answer or give-up will be known). Returns its token."""
+        self._next_upload += 1
+        self._uploads[self._next_upload] = (at_s, n_bytes, learnt_at)
+        return self._next_upload
+
+    def upload_learnt(self, token: int) -> None:
+        self._uploads.pop(token, None)
+
+    def backlog_bytes(self, now: float) -> float:
+        """What the device believes is still queued on its uplink: each upload in flight less what the
+        estimated rate would have carried since it started."""
+        rate = (self.estimator.predict() or self.config.prior_bps) / 8
+        return sum(max(0.0, n - rate * max(0.0, now - at)) for at, n, learnt in self._uploads.values() if learnt > now)
+
+    def state(self, now: float, *, actual: LinkState | None = None, current: ServerState | None = None) -> State:
+        """What the policy may know at ``now`` (``actual`` and ``current``: the truth, for the oracle)."""
+        self._uploads = {k: u for k, u in self._uploads.items() if u[2] > now}
+        estimate = self.estimator.predict() or self.config.prior_bps
+        newest = self._samples[-1][0] if self._samples else -math.inf
+        return State(LinkState(estimate, self.rtt_s, self.config.downlink_bps, self.backlog_bytes(now)), self.reported,
+                     actual, current, self.config.hedge, self.estimator.recent(),
+                     sample_age_s=max(0.0, now - newest) if self._samples else math.inf,
+                     volatility=self.volatility(), deadline_s=self.deadline_s)
+
+    def decide(self, now: float, **truth: Any) -> tuple[Decision, State]:
+        state = self.state(now, **truth)
+        return self.policy.choose(state, self.options), state
+
+    def should_probe(self, now: float, option: Option) -> bool:
+        """Whether to probe beside (local) or after (a frame too small to time) this request; at most one
+        probe per interval, counted from the last probe or sample."""
+        newest = max(self._samples[-1][0] if self._samples else -math.inf, self._probed_at)
+        return now - newest > self.config.probe_interval_s and not times_itself(option)
+
+    def probe_sent(self, now: float) -> None:
+        self._probed_at = now
+
+    def learn(self, feedback: Iterable[Feedback]) -> None:
+        """Fold what came back, oldest first."""
+        for item in sorted(feedback, key=lambda f: f.at_s):
+            if isinstance(item, LoadUpdate):
+                self.reported = item.report.server_state()
+                continue
+            self.estimator.update(item.bps)
+            if self._samples:
+                at, bps = self._samples[-1]
+                square, step = math.log(item.bps / bps) ** 2, max(0.0, item.at_s - at)
+                if math.isnan(self._square_step):
+                    self._square_step, self._step_s = square, step
+                else:
+                    self._square_step += VOLATILITY_ALPHA * (square - self._square_step)
+                    self._step_s += VOLATILITY_ALPHA * (step - self._step_s)
+            self._samples.append((item.at_s, item.bps))
+
+    def cut_short(self, at_s: float, n_bytes: int, waited_s: float) -> RateBound | None:
+        """What an upload given up before it all arrived teaches: at most its bytes over the time waited."""
+        return RateBound(at_s, n_bytes * 8 / waited_s) if waited_s > MIN_BOUND_S else None
+
+    def record(self, arrival_s: float, decision: Decision, state: State, outcome: Outcome, latency_s: float,
+               probe_bytes: int = 0) -> RequestRecord:
+        """Keep (and return) the record of one request."""
+        o = decision.option
+        record = RequestRecord(
+            len(self.records), arrival_s, o.name, o.kind, o.cut, o.codec, decision.predicted_s,
+            state.estimated.uplink_bps, state.actual.uplink_bps if state.actual else None, latency_s, probe_bytes,
+            outcome.executed, outcome.fallback_reason, outcome.bytes_sent, outcome.measured_bps, outcome.upload_s,
+            outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1)
+        self.records.append(record)
+        return record
+
+
+def summarize(records: list[RequestRecord], deadline_s: float | None = None) -> dict[str, Any]:
+    """Mean and percentiles of latency (ms), deadline misses, fallbacks, bytes sent and probed, the longest
+    stale estimate, and how often each option was chosen."""
+    if not records:
+        raise EdgesplitError("no request arrived: the run is shorter than one period of --fps")
+    latencies = sorted(r.latency_s * 1000 for r in records)
+    cuts: dict[str, int] = {}
+    for r in records:
+        cuts[r.option] = cuts.get(r.option, 0) + 1
+    span = max(r.arrival_s for r in records) - min(r.arrival_s for r in records)
+    return {
+        "mean_ms": statistics.fmean(latencies), "p50_ms": quantile(latencies, 0.50),
+        "p95_ms": quantile(latencies, 0.95), "p99_ms": quantile(latencies, 0.99),
+        "miss_rate": (sum(r.latency_s > deadline_s for r in records) / len(records)) if deadline_s else 0.0,
+        "mean_bytes": statistics.fmean(r.bytes_sent for r in records), "count": len(records),
+        "fallbacks": sum(r.fallback_reason is not None for r in records),
+        "probe_bytes_per_s": sum(r.probe_bytes for r in records) / span if span > 0 else 0.0,
+        "stale_estimate_s": stale_estimate_s(records),
+        "cuts": dict(sorted(cuts.items(), key=lambda kv: -kv[1])),
+    }
+
+
+def stale_estimate_s(records: list[RequestRecord]) -> float | None:
+    """The longest stretch (s, from the first request in it to the last) over which the estimate stayed
+    within 1 % of one value while the true rate was more than twice it: a device blind to a better link.
+    None where the true rate is not known."""
+    if any(r.true_bps is None for r in records):
+        return None
+    longest, since = 0.0, None
+    for r in sorted(records, key=lambda r: r.arrival_s):
+        blind = r.true_bps > 2 * r.estimated_bps
+        if blind and since is not None and abs(r.estimated_bps - since.estimated_bps) <= 0.01 * since.estimated_bps:
+            longest = max(longest, r.arrival_s - since.arrival_s)
+        else:
+            since = r if blind else None
+    return longest
