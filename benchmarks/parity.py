@@ -28,9 +28,9 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.demo import DemoConfig, LiveResult, run_live
-from edgesplit.device import DeviceConfig, times_itself
+from edgesplit.device import DeviceConfig
 from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState, find_option
+from edgesplit.latency import LinkState
 from edgesplit.policies import make_policy
 from edgesplit.profile import quantile
 from edgesplit.sim import SimConfig, Workload, simulate
@@ -78,8 +78,7 @@ def main() -> None:
         result = run_live(config, quiet)
         for segment, predicted in zip(result.segments, predict(result, config)):
             outage_s = sum(segment.trace.delivered_bits(t, t + 1) == 0 for t in range(math.ceil(segment.trace.duration_s)))
-            small = sum(not times_itself(find_option(result.options, r.option)) and r.kind != "local"
-                        for r in segment.runs.get("dsc", []))
+            small = sum(r.executed != "local" and r.measured_bps is None for r in segment.runs.get("dsc", []))
             for spec, records in segment.runs.items():
                 live = sorted(r.latency_s * 1e3 for r in records)
                 sim = sorted(predicted[spec])

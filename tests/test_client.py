@@ -12,7 +12,7 @@ from edgesplit import analyze
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import PHOTOS, fit, photo
-from edgesplit.latency import LinkState, build_options
+from edgesplit.latency import LinkState, ServerState, build_options
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model
 from edgesplit.policies import make_policy
@@ -240,3 +240,39 @@ def test_hedged_requests_take_the_first_answer_and_stop_the_other(setup, live):
     assert first.latency_s < profile.model_s[1].median_s * 50
     second = client.infer(image)
     assert second.executed == "offload" and client.summary()["fallbacks"] == 0
+
+
+def _hostile(model_id: bytes, logits: np.ndarray, timing: str, load: str) -> FastAPI:
+    """A server that answers every inference with these logits and headers."""
+    from edgesplit.codec import OUTPUT_CUT, encode_frame
+
+    app = FastAPI()
+
+    @app.get("/v1/model")
+    async def model() -> dict:
+        return {"model_id": model_id.hex()}
+
+    @app.post("/v1/infer")
+    async def infer(request: Request) -> Response:
+        await request.body()
+        return Response(encode_frame(logits, model_id=model_id, cut=OUTPUT_CUT),
+                        headers={"server-timing": timing, "edgesplit-load": load})
+
+    return app
+
+
+@pytest.mark.parametrize("logits, timing, load, reason", [
+    (np.zeros((0, 5), np.float32), "recv;dur=1.0", "{}", "bad answer from the server (shape (0, 5) has an empty dimension)"),
+    (np.zeros((2, 5), np.float32), "", "", "bad answer from the server (logits of shape (2, 5))"),
+    (np.zeros((1, 5), np.float32), 'recv;dur=.;desc="9' + "9" * 5000 + '", queue;dur=1.2.3', "[" * 60_000, None),
+    (np.zeros((1, 5), np.float32), "compute;dur=" + "1" * 400, '{"queue_wait_s": "nan"}', None),
+])
+def test_a_hostile_answer_falls_back_or_teaches_nothing(setup, logits, timing, load, reason):
+    client = _client(setup, "http://127.0.0.1:9", "offload", probe_on_connect=False)
+    with LiveServer(_hostile(client.model_id, logits, timing, load)) as hostile:
+        client = _client(setup, hostile.url, "offload", probe_on_connect=False)
+        client.connect()
+        record = client.infer(setup[3][0])
+    assert record.fallback_reason == reason
+    assert record.executed == ("local" if reason else "offload")
+    assert client.estimator.predict() is None and client.core.reported == ServerState()  # learnt nothing

@@ -44,7 +44,7 @@ def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, 
     assert [r["arrival_s"] for r in requests] == pytest.approx([k / 2 for k in range(12)], abs=0.05)
     assert {"arrival_s", "true_mbps", "index", "cut", "codec", "executed", "latency_ms", "bytes_sent", "top1",
             "fallback_reason", "estimated_mbps", "probe_bytes"} <= set(requests[0])
-    assert "one replica of the link per policy, run side by side" in " ".join(stdout.split())
+    assert "one replica of the link and of the server per policy, run side by side" in " ".join(stdout.split())
     assert "dsc's mean ≤ best-static's on" in stdout and "/2 segments" in stdout
     labels = {name: s["labels"] for name, s in policies.items()}
     assert len({tuple(v) for v in labels.values()}) == 1  # identical under every policy

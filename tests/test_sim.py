@@ -128,8 +128,9 @@ def test_a_frame_too_small_to_time_teaches_nothing_so_the_device_probes():
     small = Option("split:d:fp32", "split", "d", "fp32", 0.01, 0.0, 2896, 0.0, {1: 0.001}, 0, True)
     records = run("static:d", RateTrace.constant(8 * MBPS, 4.0), fps=2.0, options=[LOCAL, small])
     assert {r.measured_bps for r in records} == {None}
+    # each probe goes after the answer of request 0, 3 and 6, before the next is taken up (counted with it)
     probes = [r.index for r in records if r.probe_bytes]
-    assert probes == [0, 3, 6] and {records[i].probe_bytes for i in probes} == {16_000}
+    assert probes == [1, 4, 7] and {records[i].probe_bytes for i in probes} == {16_000}
     # the first probe (sent after request 0's answer at 0.057 s, 16000 B at 8 Mbit/s, known 0.04 s after) teaches
     assert [r.estimated_bps for r in records[:2]] == [2 * MBPS, pytest.approx(8 * MBPS)]
     summary = summarize(records)
@@ -509,10 +510,16 @@ def test_past_the_deadline_the_device_drops_the_upload_and_finishes_locally():
 
 def test_a_given_up_request_teaches_at_most_its_bytes_over_the_time_waited():
     trace = RateTrace.constant(8 * MBPS)
-    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, deadline_s=0.05, sequential=True)
+    cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS, deadline_s=0.05, sequential=True,
+                 probe_interval_s=math.inf)
     records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=cfg)
     assert records[0].latency_s == pytest.approx(0.05 + 0.1)  # gave up at 50 ms, then the whole model here
     assert records[1].estimated_bps == pytest.approx(40_000 * 8 / 0.05)  # what the live client learns too
+    # probing: the upload taught no sample, so a probe follows the fallback and measures the link itself
+    cfg = config(downlink_bps=32 * MBPS, deadline_s=0.05, sequential=True, probe_interval_s=0.0)
+    records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=cfg)
+    # counted with request 1: the probe after request 0's fallback, and one beside its own local run
+    assert (records[1].probe_bytes, records[1].estimated_bps) == (32_000, pytest.approx(8 * MBPS))
 
 
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
@@ -546,3 +553,17 @@ def test_a_hedge_the_server_beat_still_keeps_the_processor_busy():
     assert records[0].latency_s == pytest.approx(0.0004 + 0.002 + 0.01 + 0.001)  # the server's answer
     # the device's own run of request 0 (100 ms from 0 s) cannot be stopped: request 1 (at 20 ms) waits for it
     assert records[1].latency_s == pytest.approx(0.1 - 0.02 + 0.1)
+
+
+@pytest.mark.parametrize("text", [None, "", "{}", "[" * 5000, '{"queue_wait_s": -1, "queue_length": 0, "max_batch_size": 1}',
+                                  '{"queue_wait_s": "inf", "queue_length": 0, "max_batch_size": 1}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 0}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "pad": "' + "x" * 1024 + '"}'])
+def test_a_malformed_load_report_is_none(text):
+    assert LoadReport.parse(text) is None
+
+
+def test_a_load_report_round_trips():
+    report = LoadReport(0.125, 3, 8)
+    assert report.to_header() == '{"queue_wait_s": 0.125, "queue_length": 3, "max_batch_size": 8}'
+    assert LoadReport.parse(report.to_header()) == report and report.server_state() == ServerState(0.125, 1)

@@ -355,7 +355,7 @@ def _as_served(measurement: Callable[[], T]) -> T:
 @click.option("--images", type=click.Path(file_okay=False, exists=True), help="folder of JPEG/PNG images")
 @click.option("--fps", type=float, help="request rate (default: as fast as answered)")
 @click.option("--count", type=click.IntRange(1), help="requests (default: the images once, or 20 photos)")
-@click.option("--deadline-ms", type=float,
+@click.option("--deadline-ms", type=click.FloatRange(min=0, min_open=True),
               help="finish a request locally when the server has not answered this long after it was taken up "
                    "(default: twice the device's whole-model time, at least 500 ms)")
 @hedge_option

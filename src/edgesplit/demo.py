@@ -1,21 +1,24 @@
-"""``edgesplit demo``: a real edge server, a real device client and a link that follows a real uplink trace.
+"""``edgesplit demo``: real edge servers, real device clients and links that follow a real uplink trace.
 
-The server (``edgesplit serve``, its own process) and the device (this process) hold the pretrained
-EfficientNet-Lite0; the device serves scikit-image photos at ``fps`` and, per policy in turn, replays the
-same trace segment from its start. The device is emulated: this machine's profile, measured at the start,
+The servers (``edgesplit serve``, each in its own process) and the devices (threads of this process) hold
+the pretrained EfficientNet-Lite0; each device serves scikit-image photos at ``fps`` over ``segments``
+consecutive segments of the trace. The device is emulated: this machine's profile, measured at the start,
 slowed so that the whole model takes ``device_local_s`` (350 ms: a small ARM board; a fixed time rather
 than a fixed factor, so the demo does not depend on how fast this machine happens to be); each head, tail
-or local run really computes and is stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`). The
-server runs at this machine's real speed. The link is the application shaper by default
+or local call is stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`).
+The servers run at this machine's real speed. The link is the application shaper by default
 (:mod:`edgesplit.netem.app`) or, with ``netns``, kernel shaping in network namespaces
 (:mod:`edgesplit.netem.kernel`, root only). Every answer's top-1 is compared with the local model's.
 
 Within a segment every policy meets the same conditions: on the application shaper the policies run at
 the same time, each device with its own identical replica of the link (the same trace, restarted at the
-same instant) and its own connections to the one server, so they share this machine's noise moment by
-moment instead of meeting it one after another. The server is shared, as an edge is; at 2 requests a
-second per policy it is busy a few percent of the time. Kernel shaping has one link, so there the policies
-take turns within each segment, in an order that rotates from segment to segment.
+same instant) and of the edge server (one ``edgesplit serve`` process each: no policy queues behind
+another's requests), so they share this machine's noise moment by moment instead of meeting it one after
+another. The emulated devices replay each result they computed once (:class:`EmulatedDevice` with
+``replay``), so they do not take the processor from the servers, and the servers run one thread each with
+OpenMP waiting passively, so that two computing at once do not slow each other down (each measures its
+profile that way too). Kernel shaping has one link, so there
+the policies take turns within each segment, in an order that rotates from segment to segment.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from edgesplit.device import DeviceConfig, RequestRecord, summarize
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
-from edgesplit.latency import LinkState, Option, build_options
+from edgesplit.latency import LinkState, Option, build_options, find_option
 from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
@@ -80,7 +83,7 @@ class EmulatedLink(Protocol):
     replicable: bool  # identical copies can run side by side (:meth:`replica`)
 
     def replica(self) -> EmulatedLink: ...
-    def restart(self, trace: RateTrace | None = None) -> None: ...
+    def restart(self, trace: RateTrace | None = None, at: float | None = None) -> None: ...
     def truth(self) -> LinkState: ...
     def connect(self, url: str) -> HttpTransport: ...
     def device_side(self) -> contextlib.AbstractContextManager[None]: ...
@@ -98,13 +101,13 @@ class AppLink:
 
         self.link = PacedLink(trace, rtt_s)
         self.describe = (f"application shaper (paced uploads, RTT {rtt_s * 1e3:.0f} ms added in user space; one "
-                         "replica of the link per policy, run side by side)")
+                         "replica of the link and of the server per policy, run side by side)")
 
     def replica(self) -> AppLink:
         return AppLink(self.link.clock.trace, self.link.rtt_s)
 
-    def restart(self, trace: RateTrace | None = None) -> None:
-        self.link.restart(trace)
+    def restart(self, trace: RateTrace | None = None, at: float | None = None) -> None:
+        self.link.restart(trace, at)
 
     def truth(self) -> LinkState:
         return self.link.truth()
@@ -138,7 +141,8 @@ class KernelLinkAdapter:
     def replica(self) -> EmulatedLink:
         raise EdgesplitError("a kernel link cannot be replicated")
 
-    def restart(self, trace: RateTrace | None = None) -> None:
+    def restart(self, trace: RateTrace | None = None, at: float | None = None) -> None:
+        time.sleep(max(0.0, (at or 0.0) - time.perf_counter()))  # the kernel link starts when told
         self.link.restart(trace)
 
     def truth(self) -> LinkState:
@@ -188,8 +192,9 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
     """Run every policy over each trace segment; print, plot and write the results."""
     started = time.perf_counter()
     result = run_live(config, console)
-    overall = {spec: _summary(records, result.reference, config.deadline_s) for spec, records in result.runs().items()}
-    per_segment = [{spec: _summary(records, result.reference, config.deadline_s) for spec, records in seg.runs.items()}
+    deadline = DeviceConfig(deadline_s=config.deadline_s).deadline_for(find_option(result.options, "local").head_s)
+    overall = {spec: _summary(records, result.reference, deadline) for spec, records in result.runs().items()}
+    per_segment = [{spec: _summary(records, result.reference, deadline) for spec, records in seg.runs.items()}
                    for seg in result.segments]
     _print_summary(overall, per_segment, config, console)
     _write(config, result, overall, per_segment, console)
@@ -216,7 +221,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 
     started = time.perf_counter()
-    with _link(config, segments[0]) as link, _server(config, link, console) as url:
+    with _link(config, segments[0]) as link, _servers(config, link, console) as urls:
+        url = urls[0]
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
@@ -237,7 +243,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
             raise EdgesplitError(f"the edge server at {url} serves no profile")
         options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
         allowed = allowed_options(options, config.private, config.lossy)
-        engine = EmulatedDevice(TorchEngine(analysis, loaded.normalization), device)
+        engine = EmulatedDevice(TorchEngine(analysis, loaded.normalization), device, replay=True)
         photos = load_images(None, engine.input_shape)
         reference = [int(engine.engine.local(engine.normalize(p)).argmax()) for p in photos]
         for option in allowed:
@@ -246,7 +252,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         setup_s = time.perf_counter() - started
         console.print(f"link: {link.describe}; trace {full.name}, {config.segments} segment(s) of "
                       f"{config.duration_s:g} s · {len(allowed)} options · setup {setup_s:.0f} s")
-        runner = _Runner(config, url, engine, photos, options, allowed, console)
+        runner = _Runner(config, urls, engine, photos, options, allowed, console)
         done = []
         for k, trace in enumerate(segments):
             start_s = k * config.duration_s
@@ -271,52 +277,82 @@ def _link(config: DemoConfig, trace: RateTrace) -> Iterator[EmulatedLink]:
 
 
 @contextlib.contextmanager
-def _server(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterator[str]:
-    """``edgesplit serve`` in its own process (batch size 1: answers stay bit-exact); its URL once ready."""
-    port = free_port()
-    argv = link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
-                                "--max-batch-size", "1", "--warm-up", "--profile",
-                                "--profile-idle-ms", str(_idle_s(config) * 1000)])
-    url = link.server_url(port)
-    with server_process(argv, url, config.out_dir / "server.log", link.device_side) as process:
-        console.print(f"edge server ready at {url} (pid {process.pid}, log {config.out_dir / 'server.log'})")
-        yield url
+def _servers(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterator[list[str]]:
+    """``edgesplit serve`` in processes of their own (batch size 1: answers stay bit-exact), one per policy
+    where the policies run side by side (identical edges: no policy queues behind another's requests), else
+    one; their URLs once ready. The first measures its profile once the others are up, so that their
+    start does not disturb it; the replicas are started the same way but need none."""
+    ports = free_ports(len(config.policies) if link.replicable else 1)
+
+    def command(port: int, *profile: str) -> list[str]:
+        return link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
+                                    "--max-batch-size", "1", "--warm-up", *profile])
+
+    urls = [link.server_url(port) for port in ports]
+    logs = [config.out_dir / ("server.log" if k == 0 else f"server-{k + 1}.log") for k in range(len(ports))]
+    replicas = [(command(port), url, log) for port, url, log in zip(ports[1:], urls[1:], logs[1:])]
+    profiled = command(ports[0], "--profile", "--profile-idle-ms", str(_idle_s(config) * 1000))
+    # the replicas share this machine's cores: one thread each, so that two computing at once do not slow
+    # each other down, and no OpenMP thread spinning after a batch (profiled the same way: as they serve)
+    env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"} if replicas else None
+    with server_processes(replicas, link.device_side, env), \
+            server_processes([(profiled, urls[0], logs[0])], link.device_side, env) as (first,):
+        console.print(f"edge server ready at {urls[0]} (pid {first.pid}, log {logs[0]})"
+                      + (f"; {len(replicas)} identical replicas, one per policy" if replicas else ""))
+        yield urls
 
 
-def free_port() -> int:
-    """A TCP port free on loopback now (the kernel's pick)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on loopback now (the kernel's picks)."""
+    with contextlib.ExitStack() as stack:
+        probes = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for probe in probes:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in probes]
+
+
+@contextlib.contextmanager
+def server_processes(commands: list[tuple[list[str], str, Path]],
+                     reach: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext,
+                     env: dict[str, str] | None = None) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Start every ``(argv, url, log_path)`` (an ``edgesplit serve`` command, its output in ``log_path``) at
+    once, with ``env`` added to this process's environment, wait until each ``url`` answers ``/healthz``
+    (from inside ``reach()``, e.g. a network namespace), and stop them all on exit."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for argv, _, log_path in commands:
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(log_path, "w") as log:
+                processes.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                  env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}))
+        for process, (_, url, log_path) in zip(processes, commands):
+            _wait_until_ready(url, process, log_path, reach)
+        yield processes
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 @contextlib.contextmanager
 def server_process(argv: list[str], url: str, log_path: Path,
                    reach: Callable[[], contextlib.AbstractContextManager[None]] = contextlib.nullcontext
                    ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run ``argv`` (an ``edgesplit serve`` command) with its output in ``log_path`` until ``url`` answers
-    ``/healthz`` (from inside ``reach()``, e.g. a network namespace); stop it on exit."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    try:
-        _wait_until_ready(url, process, log_path, reach)
+    """:func:`server_processes` for one command."""
+    with server_processes([(argv, url, log_path)], reach) as (process,):
         yield process
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextlib.contextmanager
 def loopback_server(command: Callable[[int], list[str]], log_path: Path) -> Iterator[str]:
     """``command(port)`` (a server listening on ``port``) run by :func:`server_process` on a free loopback
     port; its URL once it answers."""
-    port = free_port()
+    (port,) = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     with server_process(command(port), url, log_path):
         yield url
@@ -347,9 +383,9 @@ def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path
 class _Runner:
     """Runs every policy over one segment, each as a device of its own (:class:`DeviceClient`)."""
 
-    def __init__(self, config: DemoConfig, url: str, engine: Any, photos: list[Any], options: list[Option],
+    def __init__(self, config: DemoConfig, urls: list[str], engine: Any, photos: list[Any], options: list[Option],
                  allowed: list[Option], console: Console) -> None:
-        self.config, self.url, self.engine, self.photos = config, url, engine, photos
+        self.config, self.urls, self.engine, self.photos = config, urls, engine, photos
         self.options, self.allowed, self.console = options, allowed, console
         self._print = threading.Lock()
 
@@ -357,21 +393,22 @@ class _Runner:
         specs = list(self.config.policies)
         if not link.replicable:  # one link: the policies take turns, first in turn rotating per segment
             order = specs[k % len(specs):] + specs[:k % len(specs)]
-            runs = {spec: self.policy(spec, start_s, trace, link, None) for spec in order}
+            runs = {spec: self.policy(spec, self.urls[0], start_s, trace, link) for spec in order}
             return {spec: runs[spec] for spec in specs}
         links = [link] + [link.replica() for _ in specs[1:]]
-        start = threading.Barrier(len(specs), timeout=120)
+        began: list[float] = []  # one instant for every replica, set once all have connected
+        start = threading.Barrier(len(specs), action=lambda: began.append(time.perf_counter() + 0.05), timeout=120)
         runs, failures = {}, []
 
-        def run(spec: str, replica: EmulatedLink) -> None:
+        def run(spec: str, url: str, replica: EmulatedLink) -> None:
             try:
-                runs[spec] = self.policy(spec, start_s, trace, replica, start)
+                runs[spec] = self.policy(spec, url, start_s, trace, replica, start, began)
             except BaseException as exc:  # noqa: BLE001 — re-raised below, in the caller's thread
                 failures.append(exc)
                 start.abort()
 
-        threads = [threading.Thread(target=run, args=(spec, replica), name=f"demo-{spec}")
-                   for spec, replica in zip(specs, links)]
+        threads = [threading.Thread(target=run, args=(spec, url, replica), name=f"demo-{spec}")
+                   for spec, url, replica in zip(specs, self.urls, links)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -380,25 +417,26 @@ class _Runner:
             raise failures[0]
         return {spec: runs[spec] for spec in specs}
 
-    def policy(self, spec: str, start_s: float, trace: RateTrace, link: EmulatedLink,
-               start: threading.Barrier | None) -> list[RequestRecord]:
-        """One policy's device over the segment; with ``start``, it begins together with the others."""
+    def policy(self, spec: str, url: str, start_s: float, trace: RateTrace, link: EmulatedLink,
+               start: threading.Barrier | None = None, began: list[float] | None = None) -> list[RequestRecord]:
+        """One policy's device (talking to the server at ``url``) over the segment; with ``start``, it begins
+        together with the others, at the instant the barrier's action puts in ``began``."""
         config = self.config
         policy = make_policy(spec, self.options, LinkState(trace.mean_bps(), config.rtt_s))
         device = DeviceConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge)
-        with link.device_side(), DeviceClient(self.url, self.engine, self.allowed, policy,
+        with link.device_side(), DeviceClient(url, self.engine, self.allowed, policy,
                                               make_estimator(config.estimator), ClientConfig(device),
-                                              connect=lambda: link.connect(self.url), truth=link.truth) as client:
+                                              connect=lambda: link.connect(url), truth=link.truth) as client:
             link.restart(trace)  # the probe on connecting sees the link as it is at the start (as in the simulator)
             connected = client.connect()
             if start is not None:
                 start.wait()
-            link.restart(trace)
-            began = time.perf_counter()
-            client.epoch = began - start_s
+            t0 = began[0] if began else time.perf_counter()
+            link.restart(trace, at=t0)
+            client.epoch = t0 - start_s
             self._say(f"{spec:<11} {connected}")
             for index in range(math.ceil(config.duration_s * config.fps - 1e-9)):
-                arrival = began + index / config.fps
+                arrival = t0 + index / config.fps
                 time.sleep(max(0.0, arrival - time.perf_counter()))
                 r = client.infer(self.photos[index % len(self.photos)], arrived=arrival)
                 where = r.cut or ("whole model" if r.executed == "local" else "input")
@@ -465,4 +503,4 @@ def _write(config: DemoConfig, result: LiveResult, overall: dict[str, Any], per_
                                     for r in segment.runs[spec]] for spec in runs}}
     (out / "demo.json").write_text(json.dumps(document, indent=1) + "\n")
     console.print(f"wrote {out / 'demo.json'}, {out / 'timeline.png'}, {out / 'cdf.png'}, the profiles "
-                  f"(device-profile.json: the emulated device; server-profile.json) and server.log")
+                  f"(device-profile.json: the emulated device; server-profile.json) and the servers' logs (server*.log)")

@@ -14,8 +14,8 @@ What a device can learn (:data:`Feedback`), and the rule each side applies to it
 
 The device probes (``probe_bytes`` to ``POST /v1/probe``, at most one per ``probe_interval_s``, so at most
 ``probe_bytes / probe_interval_s`` bytes a second) whenever its newest sample is older than the interval
-and the request it is serving will not teach it anything: beside a local run, or after a frame too small to
-time. The estimate's uncertainty grows with its age: the policy sees the recent samples, how old the
+and the request it is serving does not teach it anything: beside a local run, or after a remote request
+whose upload gave no sample (a frame too small to time, an upload cut short, a refusal). The estimate's uncertainty grows with its age: the policy sees the recent samples, how old the
 newest is, and how fast the link's log-rate has been moving (:meth:`DeviceCore.state`).
 """
 
@@ -56,12 +56,7 @@ def timed_sample(bytes_after_first: int, recv_s: float) -> float | None:
     if bytes_after_first < MIN_TIMED_BYTES or not recv_s >= MIN_TIMED_S:
         return None
     rate = bytes_after_first * 8 / recv_s
-    return rate if math.isfinite(rate) else None
-
-
-def times_itself(option: Option) -> bool:
-    """Whether an upload of ``option``'s frame is large enough to give a rate sample."""
-    return option.kind != "local" and option.bytes - SEGMENT_BYTES >= MIN_TIMED_BYTES
+    return rate if math.isfinite(rate) and rate > 0 else None
 
 
 @dataclass(frozen=True)
@@ -99,6 +94,10 @@ class DeviceConfig:
     probe_interval_s: float = PROBE_INTERVAL_S
     probe_bytes: int = PROBE_BYTES
 
+    def deadline_for(self, local_s: float) -> float:
+        """The deadline of a device that runs the whole model in ``local_s``."""
+        return self.deadline_s if self.deadline_s is not None else max(DEADLINE_FACTOR * local_s, MIN_DEADLINE_S)
+
     def __post_init__(self) -> None:
         if not (math.isfinite(self.rtt_s) and self.rtt_s >= 0):
             raise EdgesplitError(f"the RTT must be finite and >= 0, got {self.rtt_s * 1e3:g} ms")
@@ -123,7 +122,7 @@ class Outcome:
     measured_bps: float | None = None  # the rate sample its upload gave, if any
     upload_s: float | None = None  # known in simulation only
     queue_s: float | None = None  # the server's queue wait (its Server-Timing live)
-    compute_s: float | None = None  # the server's compute, decoding included
+    compute_s: float | None = None  # the server's compute (its Server-Timing live; decode + tail simulated)
     batch_size: int = 0
     top1: int | None = None  # live only: the answer's class
 
@@ -189,9 +188,7 @@ class DeviceCore:
     @property
     def deadline_s(self) -> float:
         """How long after taking a request up the device waits for the server before finishing it itself."""
-        if self.config.deadline_s is not None:
-            return self.config.deadline_s
-        return max(DEADLINE_FACTOR * self.local_s, MIN_DEADLINE_S)
+        return self.config.deadline_for(self.local_s)
 
     def remaining_s(self, option: Option) -> float:
         """What the device still computes when it finishes ``option`` itself (after its head)."""
@@ -234,11 +231,12 @@ class DeviceCore:
         state = self.state(now, **truth)
         return self.policy.choose(state, self.options), state
 
-    def should_probe(self, now: float, option: Option) -> bool:
-        """Whether to probe beside (local) or after (a frame too small to time) this request; at most one
-        probe per interval, counted from the last probe or sample."""
+    def stale(self, now: float) -> bool:
+        """Whether the newest sample (or probe) is older than the probe interval at ``now``, the time the
+        request was taken up: the device then probes beside a local run, or after a remote request whose
+        upload gave no sample (too small to time, cut short, refused); at most one probe per interval."""
         newest = max(self._samples[-1][0] if self._samples else -math.inf, self._probed_at)
-        return now - newest > self.config.probe_interval_s and not times_itself(option)
+        return now - newest > self.config.probe_interval_s
 
     def probe_sent(self, now: float) -> None:
         self._probed_at = now
@@ -250,6 +248,8 @@ class DeviceCore:
                 self.reported = item.report.server_state()
                 continue
             self.estimator.update(item.bps)
+            if isinstance(item, RateBound):  # at most this: the estimate hears it, the age and volatility not
+                continue
             if self._samples:
                 at, bps = self._samples[-1]
                 square, step = math.log(item.bps / bps) ** 2, max(0.0, item.at_s - at)

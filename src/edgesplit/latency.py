@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from edgesplit.codec import SPLIT_CODECS
@@ -71,22 +71,28 @@ class Option:
 
 def latency(option: Option, link: LinkState, server: ServerState) -> float:
     """Seconds from the request to its answer on the device, if the link and the load stay as given."""
+    return latencies_at(option, link, server, (link.uplink_bps,))[0]
+
+
+def latencies_at(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...]
+                 ) -> tuple[float, ...]:
+    """:func:`latency` with the uplink at each of ``rates_bps`` instead of ``link.uplink_bps`` (one pass
+    over the option's fixed costs: dsc prices every option at several rates per request)."""
     if option.kind == "local":
-        return option.head_s
+        return (option.head_s,) * len(rates_bps)
     ready = option.head_s + option.encode_s
-    uplink_wait = max(0.0, link.backlog_bytes * 8 / link.uplink_bps - ready)
-    return (ready + uplink_wait + option.bytes * 8 / link.uplink_bps + link.rtt_s
-            + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
-            + option.result_bytes * 8 / link.downlink_bps)
+    fixed = (ready + link.rtt_s + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
+             + option.result_bytes * 8 / link.downlink_bps)
+    backlog_bits, bits = link.backlog_bytes * 8, option.bytes * 8
+    return tuple(fixed + max(0.0, backlog_bits / rate - ready) + bits / rate for rate in rates_bps)
 
 
 def scenario_latencies(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...],
                        settle: Callable[[float], float] = lambda t: t) -> tuple[float, ...]:
     """``settle`` applied to the latency at each of ``rates_bps``: what the device does about a late answer
-    (give up at a deadline, race its own run)."""
-    if option.kind == "local":
-        return (option.head_s,) * len(rates_bps)
-    return tuple(settle(latency(option, replace(link, uplink_bps=rate), server)) for rate in rates_bps)
+    (give up at a deadline, race its own run); a local run is what it is."""
+    times = latencies_at(option, link, server, rates_bps)
+    return times if option.kind == "local" else tuple(settle(t) for t in times)
 
 
 def expected_latency(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...],

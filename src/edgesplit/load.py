@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from edgesplit.latency import ServerState
 
 LOAD_HEADER = "edgesplit-load"
+MAX_HEADER_CHARS = 1024  # a report is about 70 characters; anything much longer is not one
 
 
 def queue_wait(busy_s: float, waiting: Iterable[Hashable], batch_s: Callable[[Hashable, int], float],
@@ -49,12 +50,12 @@ class LoadReport:
     def parse(cls, text: str | None) -> LoadReport | None:
         """The report in a header's text; None when there is none or it is malformed (a device must not
         stop serving over a bad header, it only learns nothing)."""
-        if not text:
+        if not text or len(text) > MAX_HEADER_CHARS:
             return None
         try:
             data = json.loads(text)
             wait, length, batch = float(data["queue_wait_s"]), int(data["queue_length"]), int(data["max_batch_size"])
-        except (ValueError, TypeError, KeyError, OverflowError):
+        except (ValueError, TypeError, KeyError, OverflowError, RecursionError):
             return None
         if not (math.isfinite(wait) and wait >= 0 and length >= 0 and batch >= 1):
             return None

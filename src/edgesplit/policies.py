@@ -22,7 +22,6 @@ there fails at once.
 from __future__ import annotations
 
 import math
-import statistics
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,16 +50,17 @@ class State:
 
 
 MAX_AGE_S = 10.0  # an estimate this old (or none at all) is as uncertain as it gets
+MAX_LOG_SPREAD = 3.0  # and no scenario is more than e³ (20×) off its sample
 
 
 def rate_scenarios(state: State) -> tuple[float, ...]:
     """Equally likely uplink rates for the next upload: the recent samples, scaled so that their harmonic
     mean is the estimate, each spread by a factor exp(±volatility·√age) once the newest sample has aged
-    (the log-rate as a random walk)."""
+    (the log-rate as a random walk; the age capped at ``MAX_AGE_S``, the exponent at ``MAX_LOG_SPREAD``)."""
     estimate = state.estimated.uplink_bps
     recent = state.recent_bps
     rates = tuple(r * estimate * sum(1.0 / r for r in recent) / len(recent) for r in recent) or (estimate,)
-    spread = math.exp(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)))
+    spread = math.exp(min(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)), MAX_LOG_SPREAD))
     return rates if spread <= 1.0 else tuple(r * f for r in rates for f in (1 / spread, spread))
 
 
@@ -136,7 +136,8 @@ class DynamicSplit(Policy):
                 costs = scenario_latencies(option, state.estimated, state.reported, rates,
                                            lambda t, rest=rest: t if t <= deadline else deadline + rest)
                 expected = math.fsum(costs) / len(costs)
-                bound = expected + statistics.pstdev(costs) / math.sqrt(samples)
+                spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
+                bound = expected + spread / math.sqrt(samples)
                 if bound < best_bound:
                     best, best_bound = Decision(option, expected), bound
             return best

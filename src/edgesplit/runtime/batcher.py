@@ -69,10 +69,6 @@ class Batcher:
         self._running: tuple[int, int, float] | None = None  # the batch in progress: cut, size, start
         self.arriving = 0  # requests whose bodies are still being received: the only ones worth waiting for
 
-    @property
-    def queue_length(self) -> int:
-        return len(self._pending)
-
     def report(self) -> LoadReport:
         """How long a request arriving now would wait (see :func:`edgesplit.load.queue_wait`)."""
         busy = 0.0

@@ -13,7 +13,6 @@ core asks for a probe (its newest sample is stale and this request teaches nothi
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 import threading
 import time
@@ -35,7 +34,7 @@ from edgesplit.runtime.device_engines import DeviceEngine
 from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportError, TransportStopped
 
 FRAME_TYPE = "application/vnd.edgesplit.frame"
-_TIMING = re.compile(r'(?:^|,)\s*(\w+)(?:;dur=([\d.]+))?(?:;desc="(\d+))?')
+_TIMING = re.compile(r'(?:^|,)\s*(\w+)(?:;dur=(\d{1,12}(?:\.\d{1,9})?))?(?:;desc="(\d{1,15}))?')
 
 
 @dataclass(frozen=True)
@@ -128,11 +127,11 @@ class DeviceClient:
         x = self.engine.normalize(image)
         with self._lock:
             decision, state = self.core.decide(begun, actual=self.truth() if self.truth else None)
-            probe_due = self.core.should_probe(begun, decision.option)
+            stale = self.core.stale(begun)
         option = decision.option
         probed = 0
         if option.kind == "local":
-            probed = self._maybe_probe() if probe_due else 0
+            probed = self._maybe_probe() if stale else 0
             logits, outcome = self.engine.local(x), Outcome("local")
         else:
             mid = self.engine.head(option.cut, x) if option.kind == "split" else None
@@ -146,7 +145,8 @@ class DeviceClient:
                     logits, outcome = self._remote(option, payload, begun)
             if logits is None:
                 logits = self._finish_locally(option, x, mid)
-            probed = self._maybe_probe() if probe_due else 0
+            if stale and outcome.measured_bps is None:  # this upload taught nothing
+                probed = self._maybe_probe()
         outcome = dataclasses.replace(outcome, top1=int(np.argmax(logits[0])))
         with self._lock:
             return self.core.record(arrived - self.epoch, decision, state, outcome,
@@ -260,6 +260,8 @@ class DeviceClient:
             return None, Outcome("local", f"bad answer from the server ({exc})", sent)
         if frame.cut != OUTPUT_CUT:
             return None, Outcome("local", "bad answer from the server (not an output frame)", sent)
+        if frame.array.ndim != 2 or frame.array.shape[0] != 1 or frame.array.shape[1] < 1:
+            return None, Outcome("local", f"bad answer from the server (logits of shape {frame.array.shape})", sent)
         timings, sample = self._learn(response)
         queue, compute = (timings[k][0] if k in timings else None for k in ("queue", "compute"))
         batch = timings.get("batch", (0.0, None))[1]
@@ -287,7 +289,7 @@ class DeviceClient:
         self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
 
     def summary(self) -> dict:
-        return summarize(self.records, self.config.device.deadline_s)
+        return summarize(self.records, self.core.deadline_s)
 
 
 def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:

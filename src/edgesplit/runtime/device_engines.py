@@ -7,9 +7,12 @@ Both speak numpy, so the client does not care which one it holds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import statistics
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -160,33 +163,48 @@ def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[st
 
 
 class EmulatedDevice:
-    """A device we do not have, emulated from its profile (e.g. this machine's, slowed 8x): the real
-    computation runs, and each head, tail or whole-model call is stretched by a sleep to the time the
-    profile gives it (never shortened). The processor is idle while it sleeps, as it would be with the
-    device on a board of its own, and the device's time does not pick up this machine's noise amplified."""
+    """A device we do not have, emulated from its profile (e.g. this machine's, slowed 8x): each head, tail
+    or whole-model call is stretched by a sleep to the time the profile gives it (never shortened). The
+    processor is idle while it sleeps, as it would be with the device on a board of its own, and the
+    device's time does not pick up this machine's noise amplified.
 
-    def __init__(self, engine: DeviceEngine, profile: Profile) -> None:
+    With ``replay``, each result is computed once per input and replayed afterwards (still stretched to the
+    profile's time): the answers stay real, and many emulated devices on one machine neither steal the
+    server's processor nor slow each other down."""
+
+    def __init__(self, engine: DeviceEngine, profile: Profile, replay: bool = False) -> None:
         self.engine = engine
         self.profile = profile
         self.model_id = engine.model_id
         self.input_shape = engine.input_shape
         self.cut_ids = engine.cut_ids
+        self._replay: dict[tuple[str, str | None, bytes], np.ndarray] | None = {} if replay else None
+        self._lock = threading.Lock()
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self.engine.normalize(image)
 
     def local(self, x: np.ndarray) -> np.ndarray:
-        return self._stretched(self.profile.tail_s(None, 1), self.engine.local, x)
+        return self._stretched(self.profile.tail_s(None, 1), "local", None, x, lambda: self.engine.local(x))
 
     def head(self, cut: str, x: np.ndarray) -> np.ndarray:
-        return self._stretched(self.profile.head_s(cut), self.engine.head, cut, x)
+        return self._stretched(self.profile.head_s(cut), "head", cut, x, lambda: self.engine.head(cut, x))
 
     def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
-        return self._stretched(self.profile.tail_s(cut, 1), self.engine.tail, cut, mid)
+        return self._stretched(self.profile.tail_s(cut, 1), "tail", cut, mid, lambda: self.engine.tail(cut, mid))
 
-    @staticmethod
-    def _stretched(seconds: float, run: Any, *args: Any) -> np.ndarray:
+    def _stretched(self, seconds: float, kind: str, cut: str | None, x: np.ndarray,
+                   run: Callable[[], np.ndarray]) -> np.ndarray:
         started = time.perf_counter()
-        out = run(*args)
+        if self._replay is None:
+            out = run()
+        else:
+            key = (kind, cut, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+            with self._lock:
+                out = self._replay.get(key)
+            if out is None:
+                out = run()
+                with self._lock:
+                    self._replay[key] = out
         time.sleep(max(0.0, seconds - (time.perf_counter() - started)))
         return out

@@ -5,7 +5,8 @@ compute its head while request k is still uploading. The device is the live clie
 :class:`~edgesplit.device.DeviceCore`: it decides from what it knows then, learns what comes back when it
 comes back (a rate sample only from an upload large enough to time at the receiver, by the same rule as
 the live server's receive stamps; a bound from an upload it gave up; the load report with every answer),
-and probes when its newest sample is stale and the request will not teach it anything. A transfer takes
+and probes when its newest sample is stale and the request teaches it nothing: beside a local run, or once
+a remote request whose upload gave no sample has been answered. A transfer takes
 exactly as long as the time-varying trace needs to deliver its bytes.
 
 ``sequential`` makes the device take the next request only once the previous one is answered, as the
@@ -102,19 +103,22 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
         core.learn([RateSample(0.0, sample)] if sample else [])
         core.learn([LoadUpdate(0.0, server.report(0.0))])
     duration = workload.duration_s or trace.duration_s
+    probe_after: float | None = None  # a probe due once the last remote request was answered
     for arrival in workload.times(duration):
         now = max(arrival, cpu_free, answered if config.sequential else 0.0)
+        probed = 0
+        if probe_after is not None and probe_after <= now:  # sent then, before this request is decided
+            probed, probe_after = probe(probe_after), None
         core.learn(f for f in pending if f.at_s <= now)
         pending = [f for f in pending if f.at_s > now]
         backlog = trace.delivered_bits(now, uplink_free) / 8 if uplink_free > now else 0.0  # the truth
         actual = LinkState(max(trace.rate_at(now), 1.0), rtt, device.downlink_bps, backlog)  # 1 bit/s: an outage
         decision, state = core.decide(now, actual=actual, current=server.report(now).server_state())
         option = decision.option
-        probe_due = core.should_probe(now, option)
-        probed = 0
+        stale = core.stale(now)
         if option.kind == "local":
             finish = cpu_free = now + option.head_s
-            probed = probe(now) if probe_due else 0
+            probed += probe(now) if stale else 0
             outcome = Outcome("local")
         else:
             ready = now + option.head_s + option.encode_s
@@ -150,7 +154,8 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
                                   served.batch_size)
             if not config.sequential:  # the next request may be taken up while this frame still uploads
                 core.upload_started(start, option.bytes, learnt_at=learnt)
-            probed = probe(finish) if probe_due else 0
+            if stale and outcome.measured_bps is None:  # this upload taught nothing
+                probe_after = finish
         answered = finish
         core.record(arrival, decision, state, outcome, finish - arrival, probed)
     return core.records

@@ -10,7 +10,7 @@ from typing import Any
 from edgesplit.device import DeviceConfig, RequestRecord, summarize
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState, Option, build_options
+from edgesplit.latency import LinkState, Option, build_options, find_option
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import load_profile, require_batch_sizes
 from edgesplit.sim.loop import SimConfig, Workload, simulate
@@ -101,7 +101,7 @@ def run_policies(scenario: Scenario, policies: list[str]) -> Comparison:
         records = simulate(policy, estimator, scenario.allowed, scenario.trace, scenario.workload, scenario.config,
                            scenario.load)
         runs[spec] = records
-        summaries[spec] = summarize(records, device.deadline_s)
+        summaries[spec] = summarize(records, device.deadline_for(find_option(scenario.allowed, "local").head_s))
         if spec == "dsc" or mape is None:
             mape = estimator.mape()
     return Comparison(scenario.trace.name, runs, summaries, mape)
