@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
-from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, Feedback, LoadUpdate, Outcome,
+from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
                               RateSample, RequestRecord, summarize, timed_sample)
 from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.estimators import Estimator
@@ -243,7 +243,8 @@ class DeviceClient:
         except TransportStopped as exc:
             now = time.perf_counter()
             if exc.upload_incomplete and (bound := self.core.cut_short(now, sent, now - sending)):
-                self._feed([bound])  # the link gave less than this; a slow server teaches nothing
+                with self._lock:
+                    self.core.learn([bound])  # the link gave less than this; a slow server teaches nothing
             reason = HEDGE_WON if isinstance(exc, TransportAborted) else DEADLINE_PASSED
             return None, Outcome("local", reason, sent)
         except TransportError as exc:
@@ -270,19 +271,15 @@ class DeviceClient:
     def _learn(self, response: Response) -> tuple[dict[str, tuple[float, str | None]], float | None]:
         """Feed the core what an answer (or a probe's) teaches: the rate its upload's receive stamps give, by
         the core's rule, and the server's load; its Server-Timing entries and that rate."""
-        now = time.perf_counter()
         timings = server_timings(response)
         recv = timings.get("recv")
         sample = timed_sample(int(recv[1] or 0), recv[0]) if recv is not None else None
-        feedback: list[Feedback] = [RateSample(now, sample)] if sample else []
-        if (report := LoadReport.parse(response.headers.get(LOAD_HEADER))) is not None:
-            feedback.append(LoadUpdate(now, report))
-        self._feed(feedback)
+        report = LoadReport.parse(response.headers.get(LOAD_HEADER))
+        with self._lock:  # stamped under the lock: feedback reaches the core in the order of its times
+            now = time.perf_counter()
+            self.core.learn([RateSample(now, sample)] if sample else [])
+            self.core.learn([LoadUpdate(now, report)] if report is not None else [])
         return timings, sample
-
-    def _feed(self, feedback: list[Feedback]) -> None:
-        with self._lock:
-            self.core.learn(feedback)
 
     def _mark_down(self) -> None:
         self.down_until = time.monotonic() + self._backoff

@@ -143,7 +143,7 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
                 if arrives > give_up and (bound := core.cut_short(give_up, option.bytes, give_up - start)):
                     pending.append(bound)
                 reason = HEDGE_WON if device.hedge and give_up == own else DEADLINE_PASSED
-                outcome = Outcome("local", reason, option.bytes, upload_s=took)
+                outcome = Outcome("local", reason, option.bytes, upload_s=min(took, max(0.0, give_up - start)))
             else:
                 learnt = finish
                 if device.hedge:
