@@ -1,9 +1,11 @@
 """Simulator vs reality: segments of the demo's trace, live over the emulated link and in the simulator.
 
 For each link emulation (the application shaper; kernel shaping in network namespaces when root), the
-demo's setup runs every policy live over ``--segments`` consecutive segments (pretrained
-EfficientNet-Lite0, scikit-image photos, device = this machine slowed to run the whole model in 350 ms;
-on the application shaper the policies run side by side on identical link replicas). The simulator
+demo's setup runs every policy live over ``--segments`` consecutive segments from ``--start`` (pretrained
+EfficientNet-Lite0, scikit-image photos, device = this machine slowed to run the whole model in 350 ms).
+The policies take turns within each segment, so each has this machine to itself, as the simulator
+assumes (``--side-by-side`` runs them at the same time on replicas, as the demo does: then five servers
+and five devices share two cores, and the servers' compute ran 1.5–1.8× their profile). The simulator
 then replays each segment with the options that run priced (the device profile the demo measured, the
 server's own profile), the same policies, estimator, fps, RTT, deadline and probing, and a device that —
 like the live client — serves one request at a time: the same device core
@@ -11,8 +13,9 @@ like the live client — serves one request at a time: the same device core
 measured vs predicted mean and p95, their ratio, and what made the segment hard (its mean rate, an
 outage, whether dsc picked frames too small to time).
 
-    python benchmarks/parity.py [--segments 10] [--duration 25] [--policies dsc,best-static,local,offload,oracle]
-                                [--links app,netns] [--hedge] [--out benchmarks/results/parity.json]
+    python benchmarks/parity.py [--segments 5] [--start 100] [--duration 25] [--side-by-side]
+                                [--policies dsc,best-static,local,offload,oracle] [--links app,netns] [--hedge]
+                                [--out benchmarks/results/parity.json]
 """
 
 from __future__ import annotations
@@ -56,7 +59,12 @@ def predict(result: LiveResult, config: DemoConfig) -> list[dict[str, list[float
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--segments", type=int, default=10)
+    parser.add_argument("--segments", type=int, default=5)
+    parser.add_argument("--start", type=float, default=100.0,
+                        help="where the first segment starts (default 100 s: the five segments include the outage)")
+    parser.add_argument("--side-by-side", action="store_true",
+                        help="run the policies at the same time on replicas, as the demo does (default: they take "
+                             "turns, each with this machine to itself, as the simulator assumes)")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds per segment")
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
     parser.add_argument("--links", default="app,netns", help="app, netns or both (netns needs root)")
@@ -72,7 +80,8 @@ def main() -> None:
             if reason := available():
                 console.print(f"skipping kernel shaping: {reason}")
                 continue
-        config = DemoConfig(duration_s=args.duration, segments=args.segments, policies=tuple(args.policies.split(",")),
+        config = DemoConfig(duration_s=args.duration, segments=args.segments, start_s=args.start,
+                            side_by_side=args.side_by_side, policies=tuple(args.policies.split(",")),
                             netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
@@ -88,7 +97,7 @@ def main() -> None:
                              "measured_mean_ms": statistics.fmean(live), "predicted_mean_ms": statistics.fmean(sim),
                              "measured_p95_ms": quantile(live, 0.95), "predicted_p95_ms": quantile(sim, 0.95),
                              "fallbacks": sum(r.fallback_reason is not None for r in records)})
-    table = Table(title=f"Simulator vs live, {args.segments} × {args.duration:g} s of the demo's trace, "
+    table = Table(title=f"Simulator vs live, {args.segments} × {args.duration:g} s of the demo's trace from {args.start:g} s, "
                         "EfficientNet-Lite0, device: whole model in 350 ms")
     for column in ("link", "start s", "Mbit/s", "outage s", "dsc untimed", "policy", "measured mean",
                    "predicted mean", "ratio", "measured p95", "predicted p95", "ratio p95", "fallbacks"):

@@ -412,6 +412,11 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
               help="seconds of the trace in each segment")
 @click.option("--segments", type=click.IntRange(1), default=5, show_default=True,
               help="consecutive segments of the trace; within each, every policy meets the same conditions")
+@click.option("--start", "start_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="where the first segment starts in the trace (s)")
+@click.option("--take-turns", is_flag=True,
+              help="run the policies one after another within each segment, against one server, instead of side "
+                   "by side on replicas (each then has this machine to itself)")
 @click.option("--policies", help="default: dsc,best-static,local,offload,oracle (without offload when --private)")
 @click.option("--estimator", default="harmonic", show_default=True)
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True)
@@ -427,8 +432,8 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
-def demo(model: str, trace_path: str | None, duration_s: float, segments: int, policies: str | None, estimator: str,
-         fps: float, rtt_ms: float, deadline_ms: float | None, device_ms: float, codecs: str, exact: bool, private: bool,
+def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, take_turns: bool,
+         policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None, device_ms: float, codecs: str, exact: bool, private: bool,
          netns: bool, hedge: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
     trace, segment by segment, every policy under the same conditions, and compare them."""
@@ -440,8 +445,8 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, p
         raise EdgesplitError(f"the demo needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
     chosen = tuple(p for p in policies.split(",") if p) if policies is not None else \
         tuple(p for p in DEFAULT_POLICIES if not (private and p == "offload"))
-    config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s, segments,
-                        chosen, estimator, fps, rtt_ms / 1000,
+    config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s, segments, start_s,
+                        not take_turns, chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir), hedge)
     run_demo(config, console)

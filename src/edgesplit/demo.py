@@ -62,6 +62,8 @@ class DemoConfig:
     trace: Path = DEFAULT_TRACE
     duration_s: float = 25.0  # of each segment
     segments: int = 5
+    start_s: float = 0.0  # where the first segment starts in the trace
+    side_by_side: bool = True  # the policies at the same time on replicas; else they take turns
     policies: tuple[str, ...] = DEFAULT_POLICIES
     estimator: str = "harmonic"
     fps: float = 2.0
@@ -214,7 +216,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     if config.segments < 1:
         raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
     full = read_trace(config.trace)  # segments past its end wrap around to its start
-    segments = [full.segment(k * config.duration_s, config.duration_s) for k in range(config.segments)]
+    starts = [config.start_s + k * config.duration_s for k in range(config.segments)]
+    segments = [full.segment(start, config.duration_s) for start in starts]
     from edgesplit.analysis import analyze
     from edgesplit.measure import measure
     from edgesplit.models import load_model
@@ -254,8 +257,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                       f"{config.duration_s:g} s · {len(allowed)} options · setup {setup_s:.0f} s")
         runner = _Runner(config, urls, engine, photos, options, allowed, console)
         done = []
-        for k, trace in enumerate(segments):
-            start_s = k * config.duration_s
+        for k, (start_s, trace) in enumerate(zip(starts, segments)):
             console.rule(f"segment {k + 1}/{config.segments}: {start_s:g}–{start_s + config.duration_s:g} s of "
                          f"{full.name}, mean {trace.mean_bps() / 1e6:.2f} Mbit/s")
             done.append(Segment(start_s, trace, runner.segment(k, start_s, trace, link)))
@@ -282,7 +284,7 @@ def _servers(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterat
     where the policies run side by side (identical edges: no policy queues behind another's requests), else
     one; their URLs once ready. The first measures its profile once the others are up, so that their
     start does not disturb it; the replicas are started the same way but need none."""
-    ports = free_ports(len(config.policies) if link.replicable else 1)
+    ports = free_ports(len(config.policies) if link.replicable and config.side_by_side else 1)
 
     def command(port: int, *profile: str) -> list[str]:
         return link.server_command([sys.executable, "-m", "edgesplit", "serve", config.model, "--port", str(port),
@@ -391,7 +393,7 @@ class _Runner:
 
     def segment(self, k: int, start_s: float, trace: RateTrace, link: EmulatedLink) -> dict[str, list[RequestRecord]]:
         specs = list(self.config.policies)
-        if not link.replicable:  # one link: the policies take turns, first in turn rotating per segment
+        if not (link.replicable and self.config.side_by_side):  # taking turns, first in turn rotating
             order = specs[k % len(specs):] + specs[:k % len(specs)]
             runs = {spec: self.policy(spec, self.urls[0], start_s, trace, link) for spec in order}
             return {spec: runs[spec] for spec in specs}
