@@ -176,3 +176,12 @@ def test_bad_numbers_are_one_line_naming_the_option(profiles, monkeypatch, capsy
                        "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, STEPS), *args)
     assert code == 2 and err.startswith("edgesplit: error: ") and err.count("\n") == 1, err
     assert message in err and args[-2] in err
+
+
+def test_private_with_offload_says_so(profiles, monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(profiles / "device.json"),
+                       "--server-profile", str(profiles / "server.json"), "--trace", _trace(tmp_path, STEPS),
+                       "--private", "--policies", "dsc,offload")
+    assert code == 2 and err.splitlines() == [
+        "edgesplit: error: policy 'offload' sends the input to the server, but these options keep it on the device "
+        "(--private): drop it from the policies"]
