@@ -31,7 +31,6 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.demo import DemoConfig, LiveResult, run_live
-from edgesplit.device import DeviceConfig
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState
 from edgesplit.policies import make_policy
@@ -43,8 +42,7 @@ console = Console(width=200)
 
 def predict(result: LiveResult, config: DemoConfig) -> list[dict[str, list[float]]]:
     """Per segment, the latencies (ms) the simulator predicts for each policy of a live run."""
-    sim_config = SimConfig(DeviceConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge),
-                           sequential=True, max_batch_size=1)
+    sim_config = SimConfig(config.device, sequential=True, max_batch_size=1)
     predicted = []
     for segment in result.segments:
         per_policy = {}

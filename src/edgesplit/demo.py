@@ -77,6 +77,11 @@ class DemoConfig:
     out_dir: Path = Path("out/demo")
     hedge: bool = False  # the device runs the rest itself while it waits; the first answer wins
 
+    @property
+    def device(self) -> DeviceConfig:
+        """What every emulated device of the demo assumes and does (and the simulator's device, to compare)."""
+        return DeviceConfig(rtt_s=self.rtt_s, deadline_s=self.deadline_s, hedge=self.hedge)
+
 
 class EmulatedLink(Protocol):
     """What the demo needs of a link emulation (:class:`AppLink`, :class:`KernelLinkAdapter`)."""
@@ -194,7 +199,7 @@ def run_demo(config: DemoConfig, console: Console) -> dict[str, Any]:
     """Run every policy over each trace segment; print, plot and write the results."""
     started = time.perf_counter()
     result = run_live(config, console)
-    deadline = DeviceConfig(deadline_s=config.deadline_s).deadline_for(find_option(result.options, "local").head_s)
+    deadline = config.device.deadline_for(find_option(result.options, "local").head_s)
     overall = {spec: _summary(records, result.reference, deadline) for spec, records in result.runs().items()}
     per_segment = [{spec: _summary(records, result.reference, deadline) for spec, records in seg.runs.items()}
                    for seg in result.segments]
@@ -425,9 +430,8 @@ class _Runner:
         together with the others, at the instant the barrier's action puts in ``began``."""
         config = self.config
         policy = make_policy(spec, self.options, LinkState(trace.mean_bps(), config.rtt_s))
-        device = DeviceConfig(rtt_s=config.rtt_s, deadline_s=config.deadline_s, hedge=config.hedge)
         with link.device_side(), DeviceClient(url, self.engine, self.allowed, policy,
-                                              make_estimator(config.estimator), ClientConfig(device),
+                                              make_estimator(config.estimator), ClientConfig(config.device),
                                               connect=lambda: link.connect(url), truth=link.truth) as client:
             link.restart(trace)  # the probe on connecting sees the link as it is at the start (as in the simulator)
             connected = client.connect()

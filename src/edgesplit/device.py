@@ -30,7 +30,7 @@ from typing import Any, Literal
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import RECENT_SAMPLES, Estimator
-from edgesplit.latency import LinkState, Option, ServerState
+from edgesplit.latency import LinkState, Option, ServerState, rest_on_device
 from edgesplit.load import LoadReport
 from edgesplit.policies import Decision, Policy, State
 from edgesplit.profile import quantile
@@ -192,7 +192,7 @@ class DeviceCore:
 
     def remaining_s(self, option: Option) -> float:
         """What the device still computes when it finishes ``option`` itself (after its head)."""
-        return 0.0 if option.kind == "local" else self.local_s - (option.head_s if option.kind == "split" else 0.0)
+        return rest_on_device(option, self.local_s)
 
     def volatility(self) -> float:
         """Standard deviation of the uplink's log-rate change over one second, from consecutive samples."""

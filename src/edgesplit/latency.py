@@ -74,6 +74,12 @@ def latency(option: Option, link: LinkState, server: ServerState) -> float:
     return latencies_at(option, link, server, (link.uplink_bps,))[0]
 
 
+def rest_on_device(option: Option, local_s: float) -> float:
+    """What a device that runs the whole model in ``local_s`` still computes when it finishes ``option``
+    itself, after its head: the tail for a split, everything for offload, nothing for local."""
+    return 0.0 if option.kind == "local" else local_s - (option.head_s if option.kind == "split" else 0.0)
+
+
 def latencies_at(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...]
                  ) -> tuple[float, ...]:
     """:func:`latency` with the uplink at each of ``rates_bps`` instead of ``link.uplink_bps`` (one pass

@@ -27,7 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import LinkState, Option, ServerState, find_option, hedged_latency, latency, scenario_latencies
+from edgesplit.latency import (LinkState, Option, ServerState, find_option, hedged_latency, latency, rest_on_device,
+                               scenario_latencies)
 from edgesplit.registry import Registry
 
 
@@ -59,7 +60,8 @@ def rate_scenarios(state: State) -> tuple[float, ...]:
     (the log-rate as a random walk; the age capped at ``MAX_AGE_S``, the exponent at ``MAX_LOG_SPREAD``)."""
     estimate = state.estimated.uplink_bps
     recent = state.recent_bps
-    rates = tuple(r * estimate * sum(1.0 / r for r in recent) / len(recent) for r in recent) or (estimate,)
+    inverse_sum = sum(1.0 / r for r in recent)
+    rates = tuple(r * estimate * inverse_sum / len(recent) for r in recent) or (estimate,)
     spread = math.exp(min(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)), MAX_LOG_SPREAD))
     return rates if spread <= 1.0 else tuple(r * f for r in rates for f in (1 / spread, spread))
 
@@ -132,7 +134,7 @@ class DynamicSplit(Policy):
             samples = max(1, len(state.recent_bps))
             best, best_bound = None, math.inf
             for option in options:
-                rest = local.head_s - (option.head_s if option.kind == "split" else 0.0)
+                rest = rest_on_device(option, local.head_s)
                 costs = scenario_latencies(option, state.estimated, state.reported, rates,
                                            lambda t, rest=rest: t if t <= deadline else deadline + rest)
                 expected = math.fsum(costs) / len(costs)

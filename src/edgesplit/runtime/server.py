@@ -18,10 +18,9 @@ is answered 4xx with a message naming the problem (``FrameError.status``); a ful
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -165,7 +164,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"status": "ok", "model_id": engine.model_id.hex(), "load": json.loads(load()),
+        return {"status": "ok", "model_id": engine.model_id.hex(), "load": asdict(batcher.report()),
                 "compute_s": {str(k): v for k, v in sorted(batcher.recent_compute_s.items())}}
 
     @app.get("/metrics", response_class=PlainTextResponse)
