@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from edgesplit.codec import (OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8, encode_frame,
-                             quantize_int8)
+from edgesplit.codec import (MAX_SCALE, OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8,
+                             encode_frame, frame_checksum, max_jpeg_bytes, quantize_int8)
 from edgesplit.errors import FrameError
 
 MODEL = bytes.fromhex("0123456789abcdef")
@@ -30,8 +30,10 @@ def test_raw_fp32_round_trip_is_bit_exact(compression):
 def test_header_layout_and_sizes():
     data = encode_frame(X, model_id=MODEL, cut=5)
     assert len(data) == 32 + 4 * 4 + X.nbytes
-    assert data[:4] == b"ESPL" and data[4] == 1 and data[5] == 1 and data[6] == 0 and data[7] == 0
-    assert struct.unpack_from("<H8sIII", data, 10) == (5, MODEL, X.nbytes, X.nbytes, zlib.crc32(X.tobytes()))
+    assert data[:4] == b"ESPL" and data[4] == 2 and data[5] == 1 and data[6] == 0 and data[7] == 0
+    assert struct.unpack_from("<H8sII", data, 10) == (5, MODEL, X.nbytes, X.nbytes)
+    # the checksum covers the header and the payload, all but its own 4 bytes
+    assert struct.unpack_from("<I", data, 28)[0] == zlib.crc32(data[32:], zlib.crc32(data[:28]))
     assert struct.unpack_from("<4I", data, 32) == (2, 24, 7, 7)
 
 
@@ -76,8 +78,7 @@ GOOD = encode_frame(X, model_id=MODEL, cut=5)
 
 
 def _recrc(data: bytes) -> bytes:
-    payload_at = len(data) - struct.unpack_from("<I", data, 20)[0]
-    return _patch(data, 28, "<I", zlib.crc32(data[payload_at:]))
+    return _patch(data, 28, "<I", frame_checksum(data))
 
 
 @pytest.mark.parametrize("data,message", [
@@ -87,7 +88,9 @@ def _recrc(data: bytes) -> bytes:
     (GOOD[:-1], r"frame length mismatch: \d+ bytes, the header says \d+"),
     (GOOD + b"x", r"frame length mismatch"),
     (b"GIF8" + GOOD[4:], r"not an edgesplit frame: magic b'GIF8', expected b'ESPL'"),
-    (_patch(GOOD, 4, "<B", 2), r"unsupported frame version 2; this side speaks version 1"),
+    (_patch(GOOD, 4, "<B", 3), r"unsupported frame version 3; this side speaks version 2 only$"),
+    (_patch(GOOD, 4, "<B", 1), r"unsupported frame version 1; this side speaks version 2 only \(version 1 "
+                               r"checksummed only the payload: update the sender\)"),
     (_patch(GOOD, 5, "<B", 9), r"unknown dtype code 9"),
     (_patch(GOOD, 6, "<B", 7), r"unknown codec code 7"),
     (_patch(GOOD, 7, "<B", 5), r"unknown compression code 5"),
@@ -98,7 +101,10 @@ def _recrc(data: bytes) -> bytes:
     (_patch(GOOD, 32, "<I", 3), r"decoded length 9408 does not match shape \(3, 24, 7, 7\) of float32"),
     (_patch(GOOD, 32, "<I", 4_000_000_000), r"more than max_elements"),
     (_patch(GOOD, 5, "<B", 2), r"decoded length 9408 does not match shape .* of float16"),
-    (GOOD[:-4] + b"\x00\x00\x00\x00", r"checksum mismatch: the payload was corrupted in transit"),
+    (GOOD[:-4] + b"\x00\x00\x00\x00", r"checksum mismatch: the frame was corrupted in transit"),
+    (_patch(GOOD, 28, "<I", zlib.crc32(GOOD[48:])), r"checksum mismatch"),  # a version 1 checksum
+    (_patch(GOOD, 12, "<B", GOOD[12] ^ 1), r"checksum mismatch"),  # the model id
+    (_recrc(_patch(GOOD, 20, "<I", 9000)), r"frame length mismatch"),
     (bytes(RNG.integers(0, 256, 300, dtype=np.uint8)), r"not an edgesplit frame"),
 ])
 def test_malformed_frames(data, message):
@@ -157,7 +163,7 @@ def test_corrupt_compressed_and_jpeg_payloads():
         decode_frame(_recrc(truncated))
     image = RNG.integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
     jpeg = encode_frame(image, model_id=MODEL, cut=0, codec="jpeg")
-    wrong_size = _patch(jpeg, 40, "<II", 32, 32)  # claims 32x32
+    wrong_size = _recrc(_patch(jpeg, 40, "<II", 32, 32))  # claims 32x32
     with pytest.raises(FrameError, match=r"jpeg is 16×16, the frame declares 32×32"):
         decode_frame(wrong_size)
     garbage = jpeg[:48] + bytes(len(jpeg) - 48)
@@ -184,3 +190,89 @@ def test_dtypes_are_checked_per_cut():
     with pytest.raises(FrameError, match=r"dtype uint8 is not accepted at cut 5 \(accepted: float16, float32\)") as info:
         decode_frame(encode_frame(np.zeros((1, 24, 7, 7), np.uint8), model_id=MODEL, cut=5), expect=EXPECT)
     assert info.value.status == 422
+
+
+def test_a_flipped_bit_in_the_cut_id_is_caught():
+    """Cut 4 has cut 5's shape: only the header's checksum tells the two apart (v1 ran the wrong tail)."""
+    expect = Expectation(MODEL, {4: (24, 7, 7), 5: (24, 7, 7)})
+    with pytest.raises(FrameError, match=r"checksum mismatch"):
+        decode_frame(_patch(GOOD, 10, "<H", 4), expect=expect)
+    assert decode_frame(_recrc(_patch(GOOD, 10, "<H", 4)), expect=expect).cut == 4  # a true cut 4 frame
+
+
+INT8 = encode_frame(X, model_id=MODEL, cut=5, codec="int8")
+
+
+@pytest.mark.parametrize("scale,zero_point,message", [
+    (0.0, 0, r"int8 scale must be in \(0, 1\.329e\+36\], got 0$"),
+    (-1.0, 0, r"int8 scale must be in .*, got -1$"),
+    (float("nan"), 0, r"int8 scale must be in .*, got nan"),
+    (float("inf"), 0, r"int8 scale must be in .*, got inf"),
+    (3e38, 0, r"int8 scale must be in .*, got 3e\+38$"),
+    (0.1, -1, r"int8 zero point must be in 0\.\.255, got -1"),
+    (0.1, 256, r"int8 zero point must be in 0\.\.255, got 256"),
+])
+def test_int8_parameters_are_validated(scale, zero_point, message):
+    with pytest.raises(FrameError, match=message):
+        decode_frame(_recrc(_patch(INT8, 48, "<fi", scale, zero_point)), expect=EXPECT)
+
+
+def test_the_largest_int8_scale_decodes_to_finite_floats():
+    q = decode_frame(_recrc(_patch(INT8, 48, "<fi", MAX_SCALE, 0)), expect=EXPECT).array
+    assert np.isfinite(q).all() and q.max() > 1e36
+
+
+def test_a_jpeg_larger_than_its_image_allows_is_refused():
+    image = RNG.integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+    jpeg = encode_frame(image, model_id=MODEL, cut=0, codec="jpeg")
+    padded = jpeg + bytes(max_jpeg_bytes(16, 16) + 1 - (len(jpeg) - 48))
+    padded = _recrc(_patch(padded, 20, "<II", len(padded) - 48, len(padded) - 48))
+    with pytest.raises(FrameError, match=r"jpeg of 67073 bytes for a 16×16 image: at most 67072 bytes") as info:
+        decode_frame(padded, expect=EXPECT)
+    assert info.value.status == 413
+
+
+def test_a_jpeg_frame_accepts_jpeg_only():
+    import io
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(png, format="PNG")
+    jpeg = encode_frame(np.zeros((1, 3, 16, 16), np.uint8), model_id=MODEL, cut=0, codec="jpeg")
+    frame = jpeg[:48] + png.getvalue()
+    frame = _recrc(_patch(frame, 20, "<II", len(png.getvalue()), len(png.getvalue())))
+    with pytest.raises(FrameError, match=r"jpeg payload cannot be decoded \(cannot identify image file"):
+        decode_frame(frame, expect=EXPECT)
+
+
+def test_decoded_length_is_capped_whatever_the_shape():
+    with pytest.raises(FrameError, match=r"decoded length 9408 exceeds max_decoded_bytes=9000") as info:
+        decode_frame(GOOD, limits=Limits(max_decoded_bytes=9000))
+    assert info.value.status == 413
+
+
+def test_an_uncompressed_payload_must_be_its_decoded_length():
+    jpeg = encode_frame(np.zeros((1, 3, 16, 16), np.uint8), model_id=MODEL, cut=0, codec="jpeg")
+    with pytest.raises(FrameError, match=r"uncompressed payload of \d+ bytes, but the decoded length says 5"):
+        decode_frame(_recrc(_patch(jpeg, 24, "<I", 5)))
+
+
+def test_a_frame_claiming_more_than_its_cut_allows_allocates_nothing_near_its_claim():
+    """8 KB of zstd that declares 256 MiB of float32: refused by the cut's shape before decompressing."""
+    import zstandard
+
+    payload = zstandard.ZstdCompressor().compress(bytes(8 * 1024 * 1024))
+    data = bytearray(GOOD[:48])
+    data[7] = 1
+    struct.pack_into("<4I", data, 32, 1 << 10, 1 << 10, 8, 8)
+    struct.pack_into("<II", data, 20, len(payload), 256 << 20)
+    frame = _recrc(bytes(data) + payload)
+    tracemalloc.start()
+    with pytest.raises(FrameError, match=r"batch of 1024 exceeds max_batch_size=8"):
+        decode_frame(frame, expect=EXPECT)
+    with pytest.raises(FrameError, match=r"zstd payload does not decompress to the declared 268435456 bytes \(8388608\)"):
+        decode_frame(frame)  # no expectation: the payload's real 8 MiB, not the claimed 256
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgesplit import analyze, split
-from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame, frame_checksum
 from edgesplit.models import load_model
 from edgesplit.runtime.tail_engine import BatchPlan, TailEngine, best_batch_from, model_id
 from edgesplit.runtime.server import ServerConfig, create_app
@@ -156,7 +156,7 @@ def _bad_frames(engine, analysis):
     bomb[7] = 1
     bomb[20:28] = np.array([len(bomb_payload), len(good) - 48], dtype="<u4").tobytes()
     bomb = bytes(bomb) + bomb_payload
-    bomb = bomb[:28] + np.array([__import__("zlib").crc32(bomb_payload)], dtype="<u4").tobytes() + bomb[32:]
+    bomb = bomb[:28] + np.array([frame_checksum(bomb)], dtype="<u4").tobytes() + bomb[32:]
     return [
         ("truncated", good[:100], 400, "frame length mismatch"),
         ("wrong magic", b"XXXX" + good[4:], 400, "not an edgesplit frame"),

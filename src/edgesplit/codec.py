@@ -4,7 +4,7 @@ A frame is a 32-byte header, the shape, codec parameters, then the payload (all 
 
     offset  size  field
     0       4     magic b"ESPL"
-    4       1     version (1)
+    4       1     version (2)
     5       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8
     6       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image)
     7       1     compression of the payload: 0 none, 1 zstd, 2 lz4
@@ -14,21 +14,24 @@ A frame is a 32-byte header, the shape, codec parameters, then the payload (all 
     12      8     model id (the first 8 bytes of the model's SHA-256, see GET /v1/model)
     20      4     payload length in bytes (as sent)
     24      4     decoded length in bytes (after decompression; bounds every allocation)
-    28      4     CRC-32 of the payload
+    28      4     CRC-32 of everything else: bytes 0..27, then from 32 to the end
     32      4×n   shape (uint32 each, batch first)
     ...     8     int8 codec only: scale (float32), zero point (int32)
     ...           payload
 
-:func:`decode_frame` checks everything before it allocates: sizes against :class:`Limits`, the shape
-against the declared lengths, the checksum, then (given an :class:`Expectation`) the model id, the cut,
-the per-sample shape and the dtype. Decompression is bounded by the declared decoded length, so a
-decompression bomb fails instead of filling memory. Only numpy is needed (a device without torch can
-speak it). ``docs/wire.md`` is the reference.
+:func:`decode_frame` checks everything before it allocates: sizes against :class:`Limits`, the decoded
+length against what the shape and dtype allow, the checksum (which covers the header, so a flipped bit in
+a cut id or a scale is caught), then (given an :class:`Expectation`) the model id, the cut, the
+per-sample shape and the dtype. Decompression streams and stops one byte past the declared decoded
+length, so a decompression bomb fails after using no more memory than its frame may. Version 1 frames
+(whose checksum covered only the payload) are refused by name. Only numpy is needed (a device without
+torch can speak it). ``docs/wire.md`` is the reference.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import struct
 import zlib
 from collections.abc import Mapping
@@ -40,11 +43,16 @@ from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.registry import Registry
 
 MAGIC = b"ESPL"
-VERSION = 1
+VERSION = 2
 OUTPUT_CUT = 0xFFFF
 MAX_NDIM = 8
 _HEADER = struct.Struct("<4sBBBBBBH8sIII")
 _AFFINE = struct.Struct("<fi")
+_CHECKSUM_AT = 28  # the CRC field: the checksum covers the bytes before and after it
+MAX_SCALE = float(np.finfo(np.float32).max) / 256  # an int8 scale at most this decodes to finite floats
+JPEG_SLACK_BYTES = 64 * 1024  # markers, tables and metadata a JPEG may carry beyond its pixels
+DECOMPRESS_CHUNK_BYTES = 1 << 20
+MAX_ZSTD_WINDOW_BYTES = 1 << 24  # zstd level 3 uses at most 2 MiB; a frame asking for more is refused
 DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1")}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
 CODECS = {0: "raw", 1: "int8", 2: "jpeg"}
@@ -71,6 +79,7 @@ class Limits:
 
     max_body_bytes: int = 64 * 1024 * 1024
     max_elements: int = 64 * 1024 * 1024
+    max_decoded_bytes: int = 256 * 1024 * 1024  # after decompression, whatever the shape says
 
 
 FLOATS = frozenset({"float32", "float16"})
@@ -142,8 +151,22 @@ def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "
     payload = _compress(data, compression)
     header = _HEADER.pack(MAGIC, VERSION, DTYPE_CODES[decoded_dtype], _code(CODECS, codec, "codec"),
                           _code(COMPRESSIONS, compression, "compression"), array.ndim, 0, cut, model_id,
-                          len(payload), len(data), zlib.crc32(payload))
-    return header + struct.pack(f"<{array.ndim}I", *array.shape) + extra + payload
+                          len(payload), len(data), 0)
+    frame = bytearray(header + struct.pack(f"<{array.ndim}I", *array.shape) + extra + payload)
+    struct.pack_into("<I", frame, _CHECKSUM_AT, frame_checksum(frame))
+    return bytes(frame)
+
+
+def frame_checksum(frame: bytes | bytearray | memoryview) -> int:
+    """The CRC-32 a frame must carry at byte 28: over every byte but the checksum field itself."""
+    view = memoryview(frame)
+    return zlib.crc32(view[_CHECKSUM_AT + 4:], zlib.crc32(view[:_CHECKSUM_AT]))
+
+
+def max_jpeg_bytes(height: int, width: int) -> int:
+    """The largest JPEG accepted for an image of this size: twice its raw pixels plus room for headers
+    (Pillow's quality-100 JPEGs of noise take 0.7 × the raw size)."""
+    return 2 * 3 * height * width + JPEG_SLACK_BYTES
 
 
 def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation | None = None) -> Frame:
@@ -157,7 +180,8 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
     if magic != MAGIC:
         raise FrameError(f"not an edgesplit frame: magic {magic!r}, expected {MAGIC!r}")
     if version != VERSION:
-        raise FrameError(f"unsupported frame version {version}; this side speaks version {VERSION}")
+        raise FrameError(f"unsupported frame version {version}; this side speaks version {VERSION} only"
+                         + (" (version 1 checksummed only the payload: update the sender)" if version == 1 else ""))
     dtype = _lookup(DTYPES, dtype_code, "dtype")
     codec = _lookup(CODECS, codec_code, "codec")
     compression = _lookup(COMPRESSIONS, compression_code, "compression")
@@ -171,7 +195,7 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
     shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
     if any(d == 0 for d in shape):
         raise FrameError(f"shape {shape} has an empty dimension")
-    elements = int(np.prod(shape, dtype=np.int64))
+    elements = math.prod(shape)  # Python integers: no wrap-around
     if elements > limits.max_elements:
         raise FrameError(f"shape {shape} has {elements} elements, more than max_elements={limits.max_elements}",
                          413)
@@ -185,11 +209,24 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
                          f"{dtype.name} and {decoded_length}")
     if codec == "jpeg" and (dtype != np.uint8 or ndim != 4 or shape[:2] != (1, 3)):
         raise FrameError(f"jpeg frame must be one uint8 image (1, 3, H, W), got {dtype.name} {shape}")
-    if decoded_length > limits.max_body_bytes * 64:
-        raise FrameError(f"decoded length {decoded_length} is implausibly large")
+    if codec == "jpeg" and decoded_length > max_jpeg_bytes(shape[2], shape[3]):
+        raise FrameError(f"jpeg of {decoded_length} bytes for a {shape[3]}×{shape[2]} image: at most "
+                         f"{max_jpeg_bytes(shape[2], shape[3])} bytes are accepted", 413)
+    if decoded_length > limits.max_decoded_bytes:
+        raise FrameError(f"decoded length {decoded_length} exceeds max_decoded_bytes={limits.max_decoded_bytes}",
+                         413)
+    if compression == "none" and decoded_length != payload_length:
+        raise FrameError(f"uncompressed payload of {payload_length} bytes, but the decoded length says "
+                         f"{decoded_length}")
+    if frame_checksum(data) != checksum:
+        raise FrameError("checksum mismatch: the frame was corrupted in transit")
+    if codec == "int8":
+        scale, zero_point = _AFFINE.unpack_from(data, _HEADER.size + 4 * ndim)
+        if not 0 < scale <= MAX_SCALE:  # also refuses NaN
+            raise FrameError(f"int8 scale must be in (0, {MAX_SCALE:.4g}], got {scale:.4g}")
+        if not 0 <= zero_point <= 255:
+            raise FrameError(f"int8 zero point must be in 0..255, got {zero_point}")
     payload = memoryview(data)[offset:]
-    if zlib.crc32(payload) != checksum:
-        raise FrameError("checksum mismatch: the payload was corrupted in transit")
     if expect is not None:
         _check_expectation(expect, model_id, cut, shape)
         if dtype.name not in expect.allowed(cut):
@@ -199,9 +236,6 @@ def decode_frame(data: bytes, *, limits: Limits = Limits(), expect: Expectation 
     if codec == "raw":
         array = np.frombuffer(raw, dtype=dtype).reshape(shape)
     elif codec == "int8":
-        scale, zero_point = _AFFINE.unpack_from(data, _HEADER.size + 4 * ndim)
-        if not np.isfinite(scale) or scale <= 0:
-            raise FrameError(f"int8 scale must be a positive finite number, got {scale}")
         array = dequantize_int8(np.frombuffer(raw, dtype=np.uint8).reshape(shape), scale, zero_point)
     else:
         array = jpeg_decode(raw, shape)[None]
@@ -252,11 +286,10 @@ def _decompress(payload: memoryview, compression: str, decoded_length: int) -> b
     """The payload decoded, in a new writable buffer (the arrays made from it can be handed to torch)."""
     try:
         if compression == "none":
-            raw = payload
-        elif compression == "zstd":  # read at most one byte more than declared: a bomb stops there
-            with _zstd().ZstdDecompressor().stream_reader(io.BytesIO(payload)) as reader:
-                raw = reader.read(decoded_length + 1)
-        else:
+            raw = bytearray(payload)
+        elif compression == "zstd":
+            raw = _unzstd(payload, decoded_length)
+        else:  # lz4 blocks carry no size: the buffer is the declared length, already checked against the shape
             raw = _lz4().decompress(payload, uncompressed_size=decoded_length)
     except FrameError:
         raise
@@ -266,7 +299,21 @@ def _decompress(payload: memoryview, compression: str, decoded_length: int) -> b
     if len(raw) != decoded_length:
         raise FrameError(f"{compression} payload does not decompress to the declared {decoded_length} bytes "
                          f"({'more' if len(raw) > decoded_length else len(raw)})")
-    return bytearray(raw)
+    return raw if isinstance(raw, bytearray) else bytearray(raw)
+
+
+def _unzstd(payload: memoryview, decoded_length: int) -> bytearray:
+    """Decompress in chunks, at most one byte past ``decoded_length``: memory grows with what the payload
+    really decodes to, and a bomb stops one byte past its declaration."""
+    raw = bytearray()
+    decompressor = _zstd().ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW_BYTES)
+    with decompressor.stream_reader(io.BytesIO(payload), read_size=DECOMPRESS_CHUNK_BYTES) as reader:
+        while len(raw) <= decoded_length:
+            chunk = reader.read(min(DECOMPRESS_CHUNK_BYTES, decoded_length + 1 - len(raw)))
+            if not chunk:
+                break
+            raw += chunk
+    return raw
 
 
 def _zstd():  # type: ignore[no-untyped-def]
@@ -299,9 +346,7 @@ def jpeg_decode(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     from PIL import Image
 
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.format != "JPEG":
-                raise FrameError(f"jpeg payload is {image.format}, not JPEG")
+        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
             if (image.height, image.width) != tuple(shape[2:]):
                 raise FrameError(f"jpeg is {image.width}×{image.height}, the frame declares "
                                  f"{shape[3]}×{shape[2]}")
