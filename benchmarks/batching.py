@@ -36,7 +36,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from edgesplit import analyze, load_model, split  # noqa: E402
-from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
+from edgesplit.codec import FRAME_TYPE, decode_frame, encode_frame  # noqa: E402
 from edgesplit.demo import loopback_server  # noqa: E402
 from edgesplit.images import normalizer  # noqa: E402
 from edgesplit.runtime.tail_engine import INPUT_CUT, BatchPlan, TailEngine  # noqa: E402
@@ -61,7 +61,7 @@ def throughput(url: str, payload: bytes, seconds: float) -> tuple[float, float]:
     def client() -> None:
         with httpx.Client(timeout=60) as http:
             while time.perf_counter() < stop:
-                response = http.post(f"{url}/v1/infer", content=payload)
+                response = http.post(f"{url}/v1/infer", content=payload, headers={"content-type": FRAME_TYPE})
                 decode_frame(response.content)
                 done.append(time.perf_counter())
                 batches.append(int(response.headers["server-timing"].split('batch;desc="')[1].split('"')[0]))

@@ -42,7 +42,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from edgesplit import analyze, load_model, split  # noqa: E402
-from edgesplit.codec import decode_frame, encode_frame  # noqa: E402
+from edgesplit.codec import FRAME_TYPE, decode_frame, encode_frame  # noqa: E402
 from edgesplit.demo import loopback_server  # noqa: E402
 from edgesplit.images import normalizer  # noqa: E402
 from edgesplit.runtime.client import server_timings  # noqa: E402
@@ -119,7 +119,7 @@ def main() -> None:
                     engine.run(cut_id, array)
                     a = time.perf_counter() - started
                     started = time.perf_counter()
-                    response = http.request("POST", "/v1/infer", payload)
+                    response = http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE})
                     decode_frame(response.body)
                     b = time.perf_counter() - started
                     compute = server_timings(response)["compute"][0]

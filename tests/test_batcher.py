@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from edgesplit.runtime.batcher import Batcher, QueueFull
+from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull
 from edgesplit.runtime.metrics import Metrics
 
 
@@ -53,11 +53,10 @@ def test_a_lone_request_does_not_wait_but_an_arriving_one_is_waited_for():
         started = loop.time()
         await batcher.submit(1, np.zeros((1, 2), np.float32))
         alone = loop.time() - started
-        batcher.arriving = 1  # a body is still being received
-        first = asyncio.ensure_future(batcher.submit(1, np.zeros((1, 2), np.float32)))
-        await asyncio.sleep(0.05)
-        batcher.arriving = 0
-        second = await batcher.submit(1, np.zeros((1, 2), np.float32))
+        with batcher.arriving(None):  # a body is still being received
+            first = asyncio.ensure_future(batcher.submit(1, np.zeros((1, 2), np.float32)))
+            await asyncio.sleep(0.05)
+        second = await batcher.submit(1, np.zeros((1, 2), np.float32))  # that body, now a request
         await first
         await batcher.close()
         return alone, runs, second
@@ -70,12 +69,11 @@ def test_a_lone_request_does_not_wait_but_an_arriving_one_is_waited_for():
 def test_full_queue_and_failing_model():
     async def scenario():
         batcher, _ = make(max_queue=1, wait=0.5)
-        batcher.arriving = 1
-        first = asyncio.ensure_future(batcher.submit(1, np.zeros((1, 2), np.float32)))
-        await asyncio.sleep(0.01)
-        with pytest.raises(QueueFull, match=r"1 requests are waiting \(max_queue=1\)"):
-            await batcher.submit(1, np.zeros((1, 2), np.float32))
-        batcher.arriving = 0
+        with batcher.arriving(None):
+            first = asyncio.ensure_future(batcher.submit(1, np.zeros((1, 2), np.float32)))
+            await asyncio.sleep(0.01)
+            with pytest.raises(QueueFull, match=r"1 requests are waiting \(max_queue=1\)"):
+                await batcher.submit(1, np.zeros((1, 2), np.float32))
         await first
 
         def broken(cut, batch):
@@ -113,3 +111,40 @@ def test_a_lone_short_tail_runs_on_the_event_loop_and_compute_is_timed_where_it_
     # the first run of a cut is unknown, so it goes to the worker thread; a short one then stays on the loop
     assert threads == [(1, False), (1, True), (2, False), (2, False)]
     assert results[2].compute_s >= 0.02 and results[1].compute_s < 0.005
+
+
+def test_an_arrival_may_finish_by_a_deadline_only_if_it_progresses_fast_enough():
+    # 990 of 1000 bytes in 10 ms: 99 kB/s, so the last 10 bytes arrive 0.101 ms after the last chunk (10.010101)
+    nearly = Arrival(1000, started=10.0, last=10.01, received=990)
+    assert nearly.may_finish_by(10.0102, now=10.011, stall_s=0.005)
+    assert not nearly.may_finish_by(10.0100, now=10.011, stall_s=0.005)
+    assert not nearly.may_finish_by(11.0, now=10.016, stall_s=0.005)  # silent for 6 ms: stalled, however close
+    assert Arrival(None, started=10.0, last=10.01, received=990).may_finish_by(10.0, now=10.011, stall_s=0.005)
+    just_begun = Arrival(10**9, started=10.0, last=10.0)  # no chunk yet, so no rate: it may
+    assert just_begun.may_finish_by(10.001, now=10.004, stall_s=0.005)
+    assert not just_begun.may_finish_by(10.001, now=10.006, stall_s=0.005)
+
+
+def test_stalled_and_slow_bodies_are_neither_waited_for_nor_keep_a_short_tail_off_the_event_loop():
+    async def scenario():
+        threads = []
+
+        def run(cut, batch):
+            threads.append(threading.current_thread() is threading.main_thread())
+            return batch
+
+        batcher = Batcher(run, Metrics(), batch_wait_timeout_s=1.0, inline_below_s=0.5)
+        results = [await batcher.submit(1, np.zeros((1, 2), np.float32))]  # learns the tail is short
+        with batcher.arriving(1000) as stalled, batcher.arriving(10**9) as slow:
+            stalled.started -= 3
+            stalled.add(10)
+            stalled.last -= 2  # nothing for 2 s: longer than the 1 s window
+            slow.started -= 1
+            slow.add(1000)  # 1 kB/s: the rest would take 11 days
+            results.append(await batcher.submit(1, np.zeros((1, 2), np.float32)))
+        await batcher.close()
+        return threads, results
+
+    threads, results = asyncio.run(scenario())
+    assert threads == [False, True]  # the second ran inline, as if nobody were arriving
+    assert results[1].batch_size == 1 and results[1].queue_s < 0.5  # not held for the 1 s window

@@ -7,7 +7,7 @@ import zlib
 import numpy as np
 import pytest
 
-from edgesplit.codec import (MAX_SCALE, OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8,
+from edgesplit.codec import (FLOAT32_MAX, OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8,
                              encode_frame, frame_checksum, max_jpeg_bytes, quantize_int8)
 from edgesplit.errors import FrameError
 
@@ -166,7 +166,7 @@ def test_corrupt_compressed_and_jpeg_payloads():
     wrong_size = _recrc(_patch(jpeg, 40, "<II", 32, 32))  # claims 32x32
     with pytest.raises(FrameError, match=r"jpeg is 16×16, the frame declares 32×32"):
         decode_frame(wrong_size)
-    garbage = jpeg[:48] + bytes(len(jpeg) - 48)
+    garbage = jpeg[:48] + bytes(len(jpeg) - 50) + b"\xff\xd9"
     with pytest.raises(FrameError, match=r"jpeg payload cannot be decoded"):
         decode_frame(_recrc(garbage))
 
@@ -204,11 +204,13 @@ INT8 = encode_frame(X, model_id=MODEL, cut=5, codec="int8")
 
 
 @pytest.mark.parametrize("scale,zero_point,message", [
-    (0.0, 0, r"int8 scale must be in \(0, 1\.329e\+36\], got 0$"),
-    (-1.0, 0, r"int8 scale must be in .*, got -1$"),
-    (float("nan"), 0, r"int8 scale must be in .*, got nan"),
-    (float("inf"), 0, r"int8 scale must be in .*, got inf"),
-    (3e38, 0, r"int8 scale must be in .*, got 3e\+38$"),
+    (0.0, 0, r"int8 scale 0 with zero point 0 does not decode to finite float32 \(the scale must be at least "
+             r"1\.175e-38 and at most 1\.334e\+36\)"),
+    (-1.0, 0, r"int8 scale -1 with zero point 0 does not decode"),
+    (float("nan"), 0, r"int8 scale nan with zero point 0 does not decode"),
+    (float("inf"), 0, r"int8 scale inf with zero point 0 does not decode"),
+    (1e-40, 0, r"int8 scale 1e-40 with zero point 0 does not decode"),  # subnormal
+    (3e36, 128, r"int8 scale 3e\+36 with zero point 128 does not decode .* at most 2\.658e\+36\)"),
     (0.1, -1, r"int8 zero point must be in 0\.\.255, got -1"),
     (0.1, 256, r"int8 zero point must be in 0\.\.255, got 256"),
 ])
@@ -217,9 +219,30 @@ def test_int8_parameters_are_validated(scale, zero_point, message):
         decode_frame(_recrc(_patch(INT8, 48, "<fi", scale, zero_point)), expect=EXPECT)
 
 
-def test_the_largest_int8_scale_decodes_to_finite_floats():
-    q = decode_frame(_recrc(_patch(INT8, 48, "<fi", MAX_SCALE, 0)), expect=EXPECT).array
-    assert np.isfinite(q).all() and q.max() > 1e36
+@pytest.mark.parametrize("zero_point", [0, 128, 255])
+def test_the_largest_int8_scale_decodes_to_finite_floats(zero_point):
+    scale = np.float32(FLOAT32_MAX / max(zero_point, 255 - zero_point))
+    scale = scale if scale * max(zero_point, 255 - zero_point) <= FLOAT32_MAX else np.nextafter(scale, np.float32(0))
+    frame = _recrc(_patch(INT8[:56] + bytes([0, 255]) * (len(INT8[56:]) // 2), 48, "<fi", scale, zero_point))
+    q = decode_frame(frame, expect=EXPECT).array
+    assert np.isfinite(q).all() and np.abs(q).max() > 3e38
+
+
+@pytest.mark.parametrize("values,message", [
+    ([np.nan, 1.0], r"int8 frames carry finite values only: this tensor has 1 NaN or infinite"),
+    ([np.inf, 0.0, -np.inf], r"int8 frames carry finite values only: this tensor has 2 NaN or infinite"),
+    ([-FLOAT32_MAX, FLOAT32_MAX], r"a tensor spanning \[-3\.403e\+38, 3\.403e\+38\] exceeds what int8 frames carry: "
+                                  r"use fp32"),
+])
+def test_int8_encoding_refuses_what_it_cannot_carry(values, message):
+    with pytest.raises(FrameError, match=message):
+        encode_frame(np.array(values, np.float32), model_id=MODEL, cut=5, codec="int8")
+
+
+@pytest.mark.parametrize("values,error", [([0.0, 1e-45], 1e-38), ([-3e38, 3e38], 1.001 * 6e38 / 255 / 2)])  # half a step
+def test_int8_encodes_extreme_finite_values_to_a_valid_frame(values, error):
+    x = np.array(values, np.float32)
+    assert np.abs(decode_frame(encode_frame(x, model_id=MODEL, cut=5, codec="int8")).array - x).max() <= error
 
 
 def test_a_jpeg_larger_than_its_image_allows_is_refused():
@@ -232,6 +255,27 @@ def test_a_jpeg_larger_than_its_image_allows_is_refused():
     assert info.value.status == 413
 
 
+def _with_jpeg(payload: bytes, side: int = 16) -> bytes:
+    frame = encode_frame(np.zeros((1, 3, side, side), np.uint8), model_id=MODEL, cut=0, codec="jpeg")[:48] + payload
+    return _recrc(_patch(frame, 20, "<II", len(payload), len(payload)))
+
+
+def test_progressive_and_truncated_jpegs_are_refused():
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(RNG.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    progressive, baseline = io.BytesIO(), io.BytesIO()
+    image.save(progressive, format="JPEG", progressive=True)
+    image.save(baseline, format="JPEG")
+    with pytest.raises(FrameError, match=r"jpeg payload is progressive: only baseline JPEG is accepted"):
+        decode_frame(_with_jpeg(progressive.getvalue()), expect=EXPECT)
+    with pytest.raises(FrameError, match=r"jpeg payload is truncated: it does not end with the end-of-image marker"):
+        decode_frame(_with_jpeg(baseline.getvalue()[:-40]), expect=EXPECT)
+    assert decode_frame(_with_jpeg(baseline.getvalue()), expect=EXPECT).array.shape == (1, 3, 16, 16)
+
+
 def test_a_jpeg_frame_accepts_jpeg_only():
     import io
 
@@ -239,11 +283,8 @@ def test_a_jpeg_frame_accepts_jpeg_only():
 
     png = io.BytesIO()
     Image.new("RGB", (16, 16)).save(png, format="PNG")
-    jpeg = encode_frame(np.zeros((1, 3, 16, 16), np.uint8), model_id=MODEL, cut=0, codec="jpeg")
-    frame = jpeg[:48] + png.getvalue()
-    frame = _recrc(_patch(frame, 20, "<II", len(png.getvalue()), len(png.getvalue())))
     with pytest.raises(FrameError, match=r"jpeg payload cannot be decoded \(cannot identify image file"):
-        decode_frame(frame, expect=EXPECT)
+        decode_frame(_with_jpeg(png.getvalue() + b"\xff\xd9"), expect=EXPECT)  # a PNG with a JPEG's last bytes
 
 
 def test_decoded_length_is_capped_whatever_the_shape():

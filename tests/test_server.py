@@ -190,10 +190,13 @@ def test_every_bad_frame_gets_a_4xx_and_the_server_keeps_serving(live, b0):
     assert 'edgesplit_errors_total{kind="bad_frame"} 11' in httpx.get(f"{live.url}/metrics").text
 
 
-def test_oversize_body_is_refused_while_streaming(b0):
+def test_oversize_body_is_refused_by_its_content_length_or_while_streaming(b0):
     engine = b0[2]
     with LiveServer(create_app(engine, ServerConfig(max_body_bytes=10_000))) as server:
         data = encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=engine.model_id, cut=0)
-        response = post(server.url, data)
-        assert response.status_code == 413 and "max_body_bytes=10000" in response.json()["detail"]
+        declared = post(server.url, data)
+        chunked = post(server.url, (data[i:i + 4096] for i in range(0, len(data), 4096)))  # no Content-Length
+        for response in (declared, chunked):
+            assert response.status_code == 413
+            assert response.json() == {"error": "too_large", "detail": "body exceeds max_body_bytes=10000"}
         assert httpx.get(f"{server.url}/healthz").status_code == 200

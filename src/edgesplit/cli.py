@@ -296,13 +296,26 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
                    "--max-batch-size, on a worker thread, after idle gaps) and serve it at GET /v1/profile")
 @click.option("--profile-idle-ms", type=click.FloatRange(min=0), default=300.0, show_default=True,
               help="idle before each timed run of --profile, as between requests")
+@click.option("--header-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="close a connection that has not completed its request headers this long after it connected "
+                   "or after the previous response")
+@click.option("--body-timeout-s", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="answer 408 and close a connection whose body sends nothing for this long")
+@click.option("--keep-alive-timeout-s", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+              help="close a connection idle this long after a response")
+@click.option("--max-header-bytes", type=click.IntRange(1024), default=16 * 1024, show_default=True,
+              help="answer 431 and close when the request line and headers exceed this")
+@click.option("--max-connections", type=click.IntRange(1), default=128, show_default=True,
+              help="answer 503 to requests on connections beyond this")
 def serve(model: str, weights: str | None, input_size: int | None, input_shape: str | None, host: str, port: int,
           max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int,
-          warm_up: bool, own_profile: bool, profile_idle_ms: float) -> None:
+          warm_up: bool, own_profile: bool, profile_idle_ms: float, header_timeout_s: float, body_timeout_s: float,
+          keep_alive_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:
     """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut."""
     try:
         import uvicorn
 
+        from edgesplit.runtime.http_edge import uvicorn_options
         from edgesplit.runtime.tail_engine import INPUT_CUT, TailEngine
         from edgesplit.runtime.server import ServerConfig, create_app
     except ImportError as exc:
@@ -334,8 +347,12 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
                       f"at batch 1; GET /v1/profile")
     console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
                   f"accepted · http://{host}:{port}/docs")
-    config = ServerConfig(max_batch_size, batch_wait_timeout_s, max_body_bytes, max_queue)
-    uvicorn.run(create_app(engine, config, measured), host=host, port=port, log_level="warning")
+    config = ServerConfig(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                          max_body_bytes=max_body_bytes, max_queue=max_queue, header_timeout_s=header_timeout_s,
+                          body_timeout_s=body_timeout_s, keep_alive_timeout_s=keep_alive_timeout_s,
+                          max_header_bytes=max_header_bytes, max_connections=max_connections)
+    uvicorn.run(create_app(engine, config, measured), host=host, port=port, log_level="warning",
+                **uvicorn_options(config))
 
 
 def _as_served(measurement: Callable[[], T]) -> T:

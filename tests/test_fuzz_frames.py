@@ -1,0 +1,326 @@
+"""Property-based fuzzing of the wire format: every frame round-trips, and every bad frame is a FrameError.
+
+Four properties, each derandomised (the same examples on every run), half of the examples decoded with a
+server-like :class:`Expectation` and half without:
+
+- round trip: any small array, dtype, codec and compression decodes to the array sent (exactly for raw,
+  within half a quantisation step for int8, within 2 for a one-colour jpeg);
+- mutations of valid frames (bit flips, truncations, insertions, deletions, splices, header fields at
+  their boundary values), with and without a fixed-up checksum, decode or raise FrameError 4xx — and a
+  mutation whose checksum was not fixed up is never decoded;
+- arbitrary bytes, and well-framed frames of arbitrary header values and payloads, likewise;
+- compressed payloads that inflate beyond their declared length are refused without allocating what
+  they inflate to.
+
+``benchmarks/fuzz.py`` runs the same kinds of mutation over 100,000 frames at realistic sizes.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import math
+import struct
+import tracemalloc
+from collections.abc import Callable
+
+import lz4.block
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from edgesplit.codec import FLOATS, FLOAT32_MAX, FLOAT32_TINY, Expectation, Frame, decode_frame, encode_frame, frame_checksum
+from edgesplit.errors import FrameError
+
+MODEL = bytes.fromhex("0123456789abcdef")
+INPUT_CUT, FEATURE_CUT, POOLED_CUT = 0, 4, 9
+EXPECT = Expectation(MODEL, {INPUT_CUT: (3, 16, 16), FEATURE_CUT: (8, 4, 4), POOLED_CUT: (10,)},
+                     max_batch_size=4, dtypes={INPUT_CUT: FLOATS | {"uint8"}})
+EXPECTATIONS = st.sampled_from([EXPECT, None])
+COMPRESSIONS = st.sampled_from(["none", "zstd", "lz4"])
+CHECKSUM_AT = 28
+
+
+def fuzz(max_examples: int) -> settings:
+    """The same examples on every run, no example database written, no per-example deadline."""
+    return settings(derandomize=True, deadline=None, database=None, max_examples=max_examples)
+
+
+def _seed_frames() -> list[bytes]:
+    """Valid frames for every codec, dtype and compression, each accepted by ``EXPECT``."""
+    rng = np.random.default_rng(0)
+    feature = np.maximum(rng.standard_normal((2, *EXPECT.shapes[FEATURE_CUT])), 0).astype(np.float32)
+    image = rng.integers(0, 256, (1, *EXPECT.shapes[INPUT_CUT]), dtype=np.uint8)
+    pooled = rng.standard_normal((3, *EXPECT.shapes[POOLED_CUT])).astype(np.float32)
+    tensors = [(feature, FEATURE_CUT, "raw"), (feature.astype(np.float16), FEATURE_CUT, "raw"),
+               (feature, FEATURE_CUT, "int8"), (pooled, POOLED_CUT, "raw"), (image, INPUT_CUT, "raw"),
+               (image, INPUT_CUT, "jpeg")]
+    return [encode_frame(array, model_id=MODEL, cut=cut, codec=codec, compression=compression)
+            for array, cut, codec in tensors for compression in ("none", "zstd", "lz4")]
+
+
+SEEDS = _seed_frames()
+
+
+def _with_checksum(data: bytes) -> bytes:
+    """``data`` carrying the checksum its bytes call for (a frame too short to hold one is left as is)."""
+    if len(data) < CHECKSUM_AT + 4:
+        return data
+    fixed = bytearray(data)
+    struct.pack_into("<I", fixed, CHECKSUM_AT, frame_checksum(fixed))
+    return bytes(fixed)
+
+
+def _header_fields(frame: bytes) -> list[tuple[int, int]]:
+    """(offset, width) of every field before the payload that ``frame`` (at least 32 bytes) holds: the fixed
+    header, each dimension, the int8 parameters."""
+    ndim = frame[8]
+    fields = [(0, 4), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 2), (12, 8), (20, 4), (24, 4), (28, 4)]
+    fields += [(32 + 4 * i, 4) for i in range(ndim)]
+    if frame[6] == 1:  # int8: scale, zero point
+        fields += [(32 + 4 * ndim, 4), (36 + 4 * ndim, 4)]
+    return [(offset, width) for offset, width in fields if offset + width <= len(frame)]
+
+
+# the int8 scale is a float32: its extremes as bit patterns (inf, -inf, the largest finite, the largest
+# scale accepted (zero point 0) and the next float up, the least accepted and the next float down, 0)
+FLOAT32_EXTREMES = [int(np.array(x, np.float32).view(np.uint32)) for x in
+                    (np.inf, -np.inf, FLOAT32_MAX, FLOAT32_MAX / 255, np.nextafter(np.float32(FLOAT32_MAX / 255), np.inf),
+                     FLOAT32_TINY, np.nextafter(np.float32(FLOAT32_TINY), 0), 0.0)]
+
+
+def _boundary_values(width: int) -> list[int]:
+    top = (1 << (8 * width)) - 1
+    extremes = [0, 1, top - 1, top, top >> 1, (top >> 1) + 1]  # unsigned, then signed
+    return extremes + (FLOAT32_EXTREMES if width == 4 else [])
+
+
+@st.composite
+def _mutations(draw: st.DrawFn, frame: bytes) -> bytes:
+    """``frame`` changed in one of the ways a link, a bug or an attacker changes it."""
+    size = len(frame)
+    at = draw(st.integers(0, size - 1))
+    kinds = ["flip", "truncate", "insert", "delete", "splice"] + (["field"] if size >= 32 else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "flip":
+        flipped = bytearray(frame)
+        for index in draw(st.lists(st.integers(0, 8 * size - 1), min_size=1, max_size=8)):
+            flipped[index // 8] ^= 1 << (index % 8)
+        return bytes(flipped)
+    if kind == "truncate":
+        return frame[:at]
+    if kind == "insert":
+        return frame[:at] + draw(st.binary(min_size=1, max_size=16)) + frame[at:]
+    if kind == "delete":
+        return frame[:at] + frame[at + draw(st.integers(1, 16)):]
+    if kind == "splice":
+        return frame[:at] + draw(st.binary(min_size=1, max_size=64)) + frame[at + draw(st.integers(1, 64)):]
+    offset, width = draw(st.sampled_from(_header_fields(frame)))
+    value = draw(st.sampled_from(_boundary_values(width)))
+    return frame[:offset] + value.to_bytes(width, "little") + frame[offset + width:]
+
+
+def _decode_or_refuse(data: bytes, expect: Expectation | None) -> Frame | None:
+    """The frame decoded, or None when refused with a 4xx FrameError that says why; anything else raises."""
+    try:
+        frame = decode_frame(data, expect=expect)
+    except FrameError as exc:
+        assert 400 <= exc.status < 500, (exc.status, str(exc))
+        assert str(exc).strip()
+        return None
+    assert frame.array.flags.writeable and frame.array.ndim >= 1
+    if frame.codec == "int8":
+        assert np.isfinite(frame.array).all()
+    if expect is not None:
+        assert frame.model_id == expect.model_id and frame.cut in expect.shapes
+        assert frame.array.shape[1:] == expect.shapes[frame.cut] and frame.array.shape[0] <= expect.max_batch_size
+        assert frame.array.dtype.name in expect.allowed(frame.cut)
+    return frame
+
+
+def _decode_both_ways(data: bytes) -> tuple[Frame | None, Frame | None]:
+    """Decoded without and with ``EXPECT``; the expectation only adds checks, so it never accepts more."""
+    free, expected = _decode_or_refuse(data, None), _decode_or_refuse(data, EXPECT)
+    if expected is not None:
+        assert free is not None and free.array.dtype == expected.array.dtype
+        assert free.array.shape == expected.array.shape and free.array.tobytes() == expected.array.tobytes()
+    return free, expected
+
+
+def _peak_allocation(action: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        action()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+# (a) round trips
+
+@fuzz(150)
+@given(array=hnp.arrays(st.sampled_from([np.float32, np.float16, np.uint8]),
+                        hnp.array_shapes(min_dims=1, max_dims=4, max_side=6)),
+       compression=COMPRESSIONS, cut=st.integers(0, 0xFFFF))
+def test_raw_frames_round_trip_bit_exactly(array: np.ndarray, compression: str, cut: int) -> None:
+    frame = decode_frame(encode_frame(array, model_id=MODEL, cut=cut, compression=compression))
+    assert frame.array.dtype == array.dtype and frame.array.shape == array.shape
+    assert frame.array.tobytes() == array.tobytes()  # NaN payloads and -0.0 included
+    assert (frame.cut, frame.codec, frame.compression) == (cut, "raw", compression)
+
+
+@fuzz(150)
+@given(array=hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=4, max_side=6),
+                        elements=st.floats(-2.0**100, 2.0**100, width=32, allow_subnormal=False)),
+       compression=COMPRESSIONS)
+def test_int8_frames_round_trip_within_half_a_step(array: np.ndarray, compression: str) -> None:
+    decoded = decode_frame(encode_frame(array, model_id=MODEL, cut=FEATURE_CUT, codec="int8",
+                                        compression=compression)).array
+    step = (max(float(array.max()), 0.0) - min(float(array.min()), 0.0)) / 255
+    assert decoded.dtype == np.float32 and decoded.shape == array.shape
+    # half a step, plus float32 rounding of x / scale and of the product (a few ulps of the largest value)
+    assert np.abs(decoded.astype(np.float64) - array).max() <= step * (0.5 + 1e-4) + 1e-6 * np.abs(array).max()
+
+
+@fuzz(40)
+@given(colour=st.tuples(*[st.integers(0, 255)] * 3), height=st.integers(1, 40), width=st.integers(1, 40),
+       compression=COMPRESSIONS)
+def test_one_colour_jpeg_frames_round_trip_within_two(colour: tuple[int, int, int], height: int, width: int,
+                                                      compression: str) -> None:
+    image = np.broadcast_to(np.array(colour, np.uint8)[None, :, None, None], (1, 3, height, width))
+    decoded = decode_frame(encode_frame(image, model_id=MODEL, cut=INPUT_CUT, codec="jpeg",
+                                        compression=compression)).array
+    assert decoded.dtype == np.uint8 and decoded.shape == image.shape
+    assert np.abs(decoded.astype(int) - image).max() <= 2
+
+
+# (b) mutations of valid frames
+
+@st.composite
+def _mutated_frames(draw: st.DrawFn) -> tuple[bytes, bytes, bool]:
+    """(seed frame, the frame after one to three mutations, whether its checksum was fixed up after)."""
+    seed = draw(st.sampled_from(SEEDS))
+    mutated = seed
+    for _ in range(draw(st.integers(1, 3))):
+        mutated = draw(_mutations(mutated)) or mutated  # a frame truncated to nothing stays empty
+    fixed_up = draw(st.booleans())
+    return seed, _with_checksum(mutated) if fixed_up else mutated, fixed_up
+
+
+@fuzz(3000)
+@given(case=_mutated_frames())
+def test_mutated_frames_decode_or_raise_frame_error(case: tuple[bytes, bytes, bool]) -> None:
+    seed, mutated, fixed_up = case
+    free, _ = _decode_both_ways(mutated)
+    if not fixed_up and mutated != seed:
+        assert free is None, "a changed frame with its old checksum was accepted"
+
+
+@fuzz(500)
+@given(seed=st.sampled_from(SEEDS), data=st.data())
+def test_every_header_field_at_every_boundary_value(seed: bytes, data: st.DataObject) -> None:
+    """Each field, each value, explicitly: the shrinker's favourite corners, not left to chance."""
+    offset, width = data.draw(st.sampled_from(_header_fields(seed)), label="field")
+    value = data.draw(st.sampled_from(_boundary_values(width)), label="value")
+    patched = seed[:offset] + value.to_bytes(width, "little") + seed[offset + width:]
+    _decode_both_ways(patched)
+    _decode_both_ways(_with_checksum(patched))
+
+
+@fuzz(300)
+@given(case=_mutated_frames())
+def test_decoding_with_the_expectation_allocates_little_beyond_the_body(case: tuple[bytes, bytes, bool]) -> None:
+    """With the expectation, every shape it accepts is a few KB: nothing may allocate much past the body."""
+    _, mutated, _ = case
+    peak = _peak_allocation(lambda: _decode_or_refuse(mutated, EXPECT))
+    assert peak <= 4 * len(mutated) + (256 << 10), (peak, len(mutated))
+
+
+# (c) arbitrary bytes
+
+@fuzz(800)
+@given(data=st.one_of(st.binary(max_size=600), st.binary(max_size=600).map(lambda tail: b"ESPL\x02" + tail)),
+       fixed_up=st.booleans(), expect=EXPECTATIONS)
+def test_arbitrary_bytes_raise_frame_error(data: bytes, fixed_up: bool, expect: Expectation | None) -> None:
+    assert _decode_or_refuse(_with_checksum(data) if fixed_up else data, expect) is None
+
+
+def _compressed(data: bytes, compression: int) -> bytes:
+    if compression == 1:
+        return zstandard.ZstdCompressor(level=19).compress(data)
+    if compression == 2:
+        return lz4.block.compress(data, store_size=False)
+    return data
+
+
+@st.composite
+def _well_framed(draw: st.DrawFn) -> bytes:
+    """A frame of known codes, a small shape and a right checksum whose content is arbitrary bytes (for
+    jpeg, sometimes a real JPEG of the declared size), mostly of the length the shape needs, compressed as
+    declared or replaced by arbitrary bytes: payloads reach the decompressors, the int8 parameters and the
+    JPEG decoder, which a mutation of a valid frame seldom gets past the checksum to do."""
+    codec = draw(st.sampled_from([0, 1, 2]))  # raw, int8, jpeg
+    dtype = draw(st.sampled_from({0: [1, 2, 3], 1: [1, 1, 1, 2], 2: [3, 3, 3, 1]}[codec]))  # mostly as required
+    compression = draw(st.sampled_from([0, 1, 2]))
+    if codec == 2:
+        shape = (1, 3, draw(st.integers(1, 16)), draw(st.integers(1, 16)))
+    else:
+        shape = tuple(draw(st.lists(st.integers(1, 6), min_size=1, max_size=4)))
+    length = math.prod(shape) * (1 if codec == 1 else {1: 4, 2: 2, 3: 1}[dtype])
+    if codec == 2 and draw(st.booleans()):
+        image = Image.frombytes("RGB", shape[:1:-1], draw(st.binary(min_size=length, max_size=length)))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG")
+        content = buffer.getvalue()
+    else:
+        size = draw(st.sampled_from([length] * 4 + [max(length - 1, 0), length + 1]))
+        content = draw(st.binary(min_size=size, max_size=size))
+    payload = draw(st.one_of(st.just(_compressed(content, compression)), st.binary(max_size=64)))
+    params = b""
+    if codec == 1:
+        params = draw(st.one_of(st.binary(min_size=8, max_size=8),
+                                st.tuples(st.floats(2.0**-20, 2.0**20, width=32), st.integers(0, 255)).map(
+                                    lambda affine: struct.pack("<fi", *affine))))
+    header = struct.pack("<4sBBBBBBH8sIII", b"ESPL", 2, dtype, codec, compression, len(shape), 0,
+                         draw(st.sampled_from([INPUT_CUT, FEATURE_CUT, POOLED_CUT, 1, 0xFFFF])),
+                         draw(st.sampled_from([MODEL, MODEL, bytes(8)])), len(payload), len(content), 0)
+    return _with_checksum(header + struct.pack(f"<{len(shape)}I", *shape) + params + payload)
+
+
+@fuzz(1000)
+@given(data=_well_framed())
+def test_well_framed_frames_of_arbitrary_fields_decode_or_raise_frame_error(data: bytes) -> None:
+    _decode_both_ways(data)
+
+
+# compression bombs
+
+@functools.lru_cache(maxsize=None)
+def _inflating_payload(compression: int, inflated_bytes: int) -> bytes:
+    return _compressed(bytes(inflated_bytes), compression)
+
+
+@fuzz(30)
+@given(compression=st.sampled_from(["zstd", "lz4"]), inflation=st.sampled_from([2, 64, 4096]),
+       batch=st.integers(1, 4), expect=EXPECTATIONS)
+def test_payloads_that_inflate_beyond_their_declaration_are_refused_in_bounded_memory(
+        compression: str, inflation: int, batch: int, expect: Expectation | None) -> None:
+    declared = batch * int(np.prod(EXPECT.shapes[FEATURE_CUT])) * 4
+    payload = _inflating_payload({"zstd": 1, "lz4": 2}[compression], declared * inflation)
+    header = bytearray(encode_frame(np.zeros((batch, *EXPECT.shapes[FEATURE_CUT]), np.float32), model_id=MODEL,
+                                    cut=FEATURE_CUT)[:48])
+    header[7] = {"zstd": 1, "lz4": 2}[compression]
+    struct.pack_into("<II", header, 20, len(payload), declared)
+    bomb = _with_checksum(bytes(header) + payload)
+
+    def refuse() -> None:
+        with pytest.raises(FrameError, match=rf"{compression} payload does not decompress to the declared "
+                                             rf"{declared} bytes"):
+            decode_frame(bomb, expect=expect)
+
+    assert _peak_allocation(refuse) <= 2 * len(bomb) + declared + (1 << 20) + (64 << 10)
