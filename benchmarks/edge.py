@@ -33,7 +33,7 @@ from rich.table import Table
 
 from edgesplit.codec import encode_frame
 from edgesplit.demo import free_ports, server_process
-from edgesplit.runtime.server import FRAME_TYPE
+from edgesplit.codec import FRAME_TYPE
 
 console = Console(width=150)
 LOGS = Path("out")

@@ -75,12 +75,12 @@ def live(setup):
 
 @pytest.mark.parametrize("policy", ["static:features_4_0_block_3_1", "offload", "offload:jpeg90", "local"])
 def test_every_request_gets_the_local_models_answer(setup, live, policy):
-    client = _client(setup, live.url, policy)
+    client = _client(setup, live.url, policy, deadline_s=30.0)  # the first split builds its head and tail
     assert "holds the same model" in client.connect()
     images = setup[3]
     records = [client.infer(image) for image in images]
     kind = {"local": "local", "offload": "offload", "offload:jpeg90": "offload"}.get(policy, "split")
-    assert [r.executed for r in records] == [kind] * len(images)
+    assert [r.executed for r in records] == [kind] * len(images), [r.fallback_reason for r in records]
     assert all(r.fallback_reason is None for r in records)
     if policy != "offload:jpeg90":  # JPEG changes the input; everything else is exact
         assert [r.top1 for r in records] == [_local_top1(setup, image) for image in images]
@@ -263,9 +263,11 @@ def _hostile(model_id: bytes, logits: np.ndarray, timing: str, load: str) -> Fas
 
 @pytest.mark.parametrize("logits, timing, load, reason", [
     (np.zeros((0, 5), np.float32), "recv;dur=1.0", "{}", "bad answer from the server (shape (0, 5) has an empty dimension)"),
-    (np.zeros((2, 5), np.float32), "", "", "bad answer from the server (logits of shape (2, 5))"),
-    (np.zeros((1, 5), np.float32), 'recv;dur=.;desc="9' + "9" * 5000 + '", queue;dur=1.2.3', "[" * 60_000, None),
-    (np.zeros((1, 5), np.float32), "compute;dur=" + "1" * 400, '{"queue_wait_s": "nan"}', None),
+    (np.zeros((2, 1000), np.float32), "", "", "bad answer from the server (batch of 2 exceeds max_batch_size=1)"),
+    (np.zeros((1, 5), np.float32), "", "", "bad answer from the server (shape (1, 5) does not fit cut 65535: "
+                                           "expected (batch, 1000))"),
+    (np.zeros((1, 1000), np.float32), 'recv;dur=.;desc="9' + "9" * 5000 + '", queue;dur=1.2.3', "[" * 60_000, None),
+    (np.zeros((1, 1000), np.float32), "compute;dur=" + "1" * 400, '{"queue_wait_s": "nan"}', None),
 ])
 def test_a_hostile_answer_falls_back_or_teaches_nothing(setup, logits, timing, load, reason):
     client = _client(setup, "http://127.0.0.1:9", "offload", probe_on_connect=False)

@@ -317,3 +317,14 @@ def test_a_frame_claiming_more_than_its_cut_allows_allocates_nothing_near_its_cl
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 20 * 1024 * 1024
+
+
+def test_the_longest_acceptable_frame_is_a_full_batch_of_float32_at_the_largest_cut():
+    expect = Expectation(MODEL, {5: (24, 7, 7), 0: (3, 64, 64)}, max_batch_size=8)
+    raw = 8 * 3 * 64 * 64 * 4
+    assert expect.max_frame_bytes() == 32 + 4 * 4 + 8 + raw + raw // 128 + 1024
+    noise = RNG.standard_normal((8, 3, 64, 64)).astype(np.float32)
+    for compression in ("none", "zstd", "lz4"):  # noise: the compressors' worst case
+        assert len(encode_frame(noise, model_id=MODEL, cut=0, compression=compression)) <= expect.max_frame_bytes()
+    one_small_image = Expectation(MODEL, {0: (3, 16, 16)}, max_batch_size=1)  # a JPEG may be longer than raw
+    assert one_small_image.max_frame_bytes() == 32 + 16 + 8 + max_jpeg_bytes(16, 16)

@@ -323,6 +323,16 @@ def test_load_profile_names_a_missing_timing_field(tmp_path):
         load_profile(path)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.001])
+def test_load_profile_refuses_a_time_that_is_not_finite_and_positive(tmp_path, value):
+    data = device_profile().to_dict()
+    data["cuts"][1]["tail_s"]["1"]["median_s"] = value
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ProfileError, match=rf"timing\.json is a malformed profile \(a time of {value!r} s\)"):
+        load_profile(path)
+
+
 def test_load_profile_of_a_missing_file(tmp_path):
     with pytest.raises(ProfileError, match=r"cannot read profile .*nowhere\.json"):
         load_profile(tmp_path / "nowhere.json")

@@ -14,11 +14,11 @@ import pytest
 import uvicorn
 
 from edgesplit import analyze
-from edgesplit.codec import encode_frame
+from edgesplit.codec import FRAME_TYPE, encode_frame
 from edgesplit.models import load_model
 from edgesplit.runtime import server as server_module
 from edgesplit.runtime.http_edge import EdgeProtocol, uvicorn_options
-from edgesplit.runtime.server import FRAME_TYPE, ServerConfig, create_app
+from edgesplit.runtime.server import ServerConfig, create_app
 from edgesplit.runtime.tail_engine import TailEngine
 from live_server import LiveServer
 from test_cli import run
@@ -254,10 +254,12 @@ def test_large_or_compressed_frames_are_decoded_off_the_event_loop(live, engine,
         return decode(data, **kwargs)
 
     monkeypatch.setattr(server_module, "decode_frame", recording)
-    big = frame(engine)[:32] + bytes(70_000)  # garbage: refused, once decoded
+    big = frame(engine)[:32] + bytes(64 * 1024 - 31)  # garbage, refused once decoded: 1 byte over the loop's limit
     waiting = threading.Thread(target=lambda: statuses.append(post(live.url, big).status_code))
     waiting.start()
+    deadline = time.monotonic() + 10
     while not on_loop:
+        assert time.monotonic() < deadline and waiting.is_alive(), f"the big frame was never decoded: {statuses}"
         time.sleep(0.01)
     assert httpx.get(f"{live.url}/healthz").status_code == 200  # answered while the big frame decodes
     release.set()
@@ -284,3 +286,12 @@ def test_serve_passes_its_connection_limits_to_uvicorn_and_the_app(monkeypatch, 
         sock.sendall(upload_head(100))
         response, _ = read_until_closed(sock)
     assert json_body(response)["detail"].endswith("(body_timeout_s=0.2)")
+
+
+def test_the_body_limit_is_the_longest_frame_the_model_can_take(live, engine):
+    longest = engine.expectation(LIMITS.max_batch_size).max_frame_bytes()
+    assert longest == 32 + 16 + 8 + 2 * 3 * 8 * 8 + 64 * 1024  # a JPEG of the 8×8 input outgrows 8 raw samples
+    assert httpx.get(f"{live.url}/v1/model").json()["max_body_bytes"] == longest
+    response = post(live.url, frame(engine)[:32] + bytes(longest - 31))
+    assert response.status_code == 413 and response.json() == {
+        "error": "too_large", "detail": f"body exceeds max_body_bytes={longest}"}

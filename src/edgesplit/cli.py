@@ -286,7 +286,8 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
 @click.option("--port", type=int, default=8700, show_default=True)
 @click.option("--max-batch-size", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--batch-wait-timeout-s", type=click.FloatRange(0), default=0.005, show_default=True)
-@click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True)
+@click.option("--max-body-bytes", type=click.IntRange(1024), default=64 * 1024 * 1024, show_default=True,
+              help="413 beyond this; never above the longest frame the model can take")
 @click.option("--max-queue", type=click.IntRange(1), default=64, show_default=True, help="answer 503 beyond this")
 @click.option("--warm-up", is_flag=True,
               help="build and run every natural-bottleneck tail once before serving, and (with --max-batch-size > 1) "

@@ -100,6 +100,17 @@ class Expectation:
     def allowed(self, cut: int) -> frozenset[str]:
         return self.dtypes.get(cut, FLOATS)
 
+    def max_frame_bytes(self) -> int:
+        """The longest frame this receiver can accept: a full batch of float32 (the widest dtype) at its
+        largest cut, the worst case of zstd's or lz4's expansion of incompressible data on top, or a JPEG
+        of an image cut (batches of one); a longer body is refused before any of it is kept."""
+        def longest(shape: tuple[int, ...]) -> int:
+            raw = self.max_batch_size * math.prod(shape) * 4
+            jpeg = max_jpeg_bytes(shape[1], shape[2]) if len(shape) == 3 and shape[0] == 3 else 0
+            return _HEADER.size + 4 * (len(shape) + 1) + _AFFINE.size + max(raw + raw // 128 + 1024, jpeg)
+
+        return max(longest(tuple(shape)) for shape in self.shapes.values())
+
 
 @dataclass(frozen=True)
 class Frame:

@@ -220,9 +220,15 @@ def profile_from_dict(data: Any, source: str) -> Profile:
             raise ProfileError(f"{source} is not an edgesplit profile (format {data.get('format')!r}, "
                                f"expected {FORMAT!r})")
 
+        def seconds(value: Any) -> float:
+            value = float(value)
+            if not (math.isfinite(value) and value >= 0):
+                raise ProfileError(f"{source} is a malformed profile (a time of {value!r} s)")
+            return value
+
         def timings(table: dict[str, Any]) -> dict[int, Timing]:
-            return {int(b): Timing(float(t["median_s"]), float(t["p10_s"]), float(t["p90_s"]), int(t["repeats"]),
-                                   t["source"]) for b, t in table.items()}
+            return {int(b): Timing(seconds(t["median_s"]), seconds(t["p10_s"]), seconds(t["p90_s"]),
+                                   int(t["repeats"]), t["source"]) for b, t in table.items()}
 
         cuts = {c["name"]: CutProfile(c["name"], int(c["index"]), int(c["elements"]), timings(c["head_s"]),
                                       timings(c["tail_s"]), c["codec_s"]) for c in data["cuts"]}

@@ -8,6 +8,13 @@ arrived (``Server-Timing: recv``) and how many bytes came after the first chunk,
 nothing about delivery (the kernel buffers megabytes), so the client never times its own send. When the
 core asks for a probe (its newest sample is stale and this request teaches nothing), the client sends one
 (``POST /v1/probe``) on a second connection: beside a local run, or after the answer.
+
+Nothing the server sends stops the device: an answer that is not a finite output frame of this model, of
+its output's shape (checked before anything is allocated), any other status, an answer over
+``max_answer_bytes``, a broken connection or a silent server all end in the local answer, with the reason
+in ``fallback_reason``. A server that cannot be reached, or answers 429 or 503, is left alone for a
+backoff that doubles; one that answered anything else unusable is tried again with the next request, on a
+new connection. Server-made text in the reasons is made safe to print (:func:`_printable`).
 """
 
 from __future__ import annotations
@@ -21,19 +28,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.codec import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame, encode_frame
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
                               RateSample, RequestRecord, summarize, timed_sample)
-from edgesplit.errors import EdgesplitError, FrameError
+from edgesplit.errors import FrameError, ProfileError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option
 from edgesplit.load import LOAD_HEADER, LoadReport
 from edgesplit.policies import Policy
 from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
-from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportError, TransportStopped
+from edgesplit.runtime.transport import (BadAnswer, HttpTransport, Response, TransportAborted, TransportError,
+                                         TransportStopped)
 
-FRAME_TYPE = "application/vnd.edgesplit.frame"
+_MARKUP = re.compile(r"\[(?=[a-z#/@])")  # where rich's markup tags begin (rich.markup.RE_TAGS)
 _TIMING = re.compile(r'(?:^|,)\s*(\w+)(?:;dur=(\d{1,12}(?:\.\d{1,9})?))?(?:;desc="(\d{1,15}))?')
 
 
@@ -57,7 +65,8 @@ class DeviceClient:
                  truth: Callable[[], LinkState] | None = None) -> None:
         """``options`` are those the device may pick; ``connect`` opens a connection to ``url`` (default: plain
         HTTP; an emulated link passes its shaping transport); ``truth`` tells the true link now, where it is
-        known (an emulated link), and lets the oracle policy run live."""
+        known (an emulated link), and lets the oracle policy run live. ``engine`` runs the model once here,
+        on a blank image: every answer must have the shape of its output."""
         self.url = url.rstrip("/")
         self.engine = engine
         self.core = DeviceCore(policy, estimator, options, config.device)
@@ -72,6 +81,8 @@ class DeviceClient:
         self._hedge: threading.Thread | None = None  # a hedged local run that lost, still finishing
         self._lock = threading.Lock()  # the core, shared with the probe thread
         self.model_id = engine.model_id
+        output = engine.local(engine.normalize(np.zeros(engine.input_shape, np.uint8)))
+        self._answer = Expectation(self.model_id, {OUTPUT_CUT: output.shape[1:]}, max_batch_size=1)
         self.down_until = 0.0
         self._backoff = config.backoff_s
         self.refusal: str | None = None  # why splitting is off for good (model mismatch)
@@ -97,17 +108,24 @@ class DeviceClient:
 
     def connect(self) -> str:
         """Check that the server holds the same model and, unless ``probe_on_connect`` is off, measure the
-        uplink once (a probe on the second connection); returns a line for the user."""
+        uplink once (a probe on the second connection); returns a line for the user. A server that cannot
+        be reached, or answers no model id, is retried with backoff meanwhile."""
         try:
             started = time.perf_counter()
-            info = self.http.request("GET", "/v1/model").json()
-            self.core.rtt_s = time.perf_counter() - started
-        except (TransportError, ValueError) as exc:
+            served = _model_id(self.http.request("GET", "/v1/model"))
+            rtt_s = time.perf_counter() - started
+        except BadAnswer as exc:
+            self.http.close()
             self._mark_down()
-            return f"server {self.url} unreachable ({type(exc).__name__}); running locally, retrying with backoff"
-        if info.get("model_id") != self.model_id.hex():
-            self.refusal = (f"the server's model id {info.get('model_id')} differs from ours {self.model_id.hex()}: "
-                            "start both with the same model and weights; running locally")
+            return _printable(f"server {self.url} gave a bad answer to GET /v1/model ({exc}); running locally, "
+                              "retrying with backoff")
+        except TransportError as exc:
+            self._mark_down()
+            return _printable(f"server {self.url} unreachable ({exc}); running locally, retrying with backoff")
+        self.core.rtt_s = rtt_s
+        if served != self.model_id.hex():
+            self.refusal = _printable(f"the server's model id {served[:40]} differs from ours {self.model_id.hex()}: "
+                                      "start both with the same model and weights; running locally")
             return self.refusal
         if self.config.device.probe_on_connect:
             with self._lock:
@@ -247,26 +265,36 @@ class DeviceClient:
                     self.core.learn([bound])  # the link gave less than this; a slow server teaches nothing
             reason = HEDGE_WON if isinstance(exc, TransportAborted) else DEADLINE_PASSED
             return None, Outcome("local", reason, sent)
+        except BadAnswer as exc:
+            return None, _fallback(f"bad answer from the server ({exc})", sent)
         except TransportError as exc:
             self._mark_down()
-            return None, Outcome("local", f"server unreachable ({exc})", sent)
+            return None, _fallback(f"server unreachable ({exc})", sent)
         if response.status != 200:
+            self.http.close()  # a connection that carried an answer we cannot use is not trusted with the next
             if response.status in (429, 503):
                 self._mark_down()
-            return None, Outcome("local", f"server answered {response.status}: {_detail(response)}", sent)
-        self._backoff = self.config.backoff_s
+            return None, _fallback(f"server answered {_status(response)}", sent)
         try:
-            frame = decode_frame(response.body)
-        except FrameError as exc:
-            return None, Outcome("local", f"bad answer from the server ({exc})", sent)
-        if frame.cut != OUTPUT_CUT:
-            return None, Outcome("local", "bad answer from the server (not an output frame)", sent)
-        if frame.array.ndim != 2 or frame.array.shape[0] != 1 or frame.array.shape[1] < 1:
-            return None, Outcome("local", f"bad answer from the server (logits of shape {frame.array.shape})", sent)
+            logits = self._logits(response.body)
+        except Exception as exc:  # noqa: BLE001 — whatever a hostile frame makes the codec raise (see _logits)
+            self.http.close()
+            return None, _fallback(f"bad answer from the server ({_describe(exc)})", sent)
+        self._backoff = self.config.backoff_s
         timings, sample = self._learn(response)
         queue, compute = (timings[k][0] if k in timings else None for k in ("queue", "compute"))
         batch = timings.get("batch", (0.0, None))[1]
-        return frame.array, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+        return logits, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+
+    def _logits(self, body: bytes) -> np.ndarray:
+        """The logits an answer carries: an output frame of this model, of its output's shape and a float
+        dtype (checked before anything is allocated), every value finite. Raises FrameError, or whatever
+        else a frame the codec does not foresee makes it raise (a shape whose product overflowed int64
+        raised ValueError once): the device must answer all the same."""
+        logits = decode_frame(body, expect=self._answer).array
+        if not np.isfinite(logits).all():
+            raise FrameError("logits that are not all finite")
+        return logits
 
     def _learn(self, response: Response) -> tuple[dict[str, tuple[float, str | None]], float | None]:
         """Feed the core what an answer (or a probe's) teaches: the rate its upload's receive stamps give, by
@@ -290,17 +318,19 @@ class DeviceClient:
 
 
 def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
-    """The server's own profile (``edgesplit serve --profile``), or None when it has none."""
+    """The server's own profile (``edgesplit serve --profile``), or None when it has none; :class:`BadAnswer`
+    (a :class:`TransportError`, as when it cannot be reached) when its answer is no profile."""
     response = transport.request("GET", "/v1/profile")
     if response.status == 404:
         return None
     if response.status != 200:
-        raise EdgesplitError(f"{url}/v1/profile answered {response.status}: {_detail(response)}")
+        raise BadAnswer(_printable(f"{url}/v1/profile answered {_status(response)}"))
     try:
-        data = response.json()
-    except ValueError as exc:
-        raise EdgesplitError(f"{url}/v1/profile is not JSON ({exc})") from None
-    return profile_from_dict(data, f"{url}/v1/profile")
+        return profile_from_dict(response.json(), f"{url}/v1/profile")
+    except (ValueError, RecursionError) as exc:
+        raise BadAnswer(_printable(f"{url}/v1/profile is not JSON ({exc})")) from None
+    except ProfileError as exc:
+        raise BadAnswer(_printable(str(exc))) from exc
 
 
 def server_timings(response: Response) -> dict[str, tuple[float, str | None]]:
@@ -309,8 +339,42 @@ def server_timings(response: Response) -> dict[str, tuple[float, str | None]]:
             for m in _TIMING.findall(response.headers.get("server-timing", ""))}
 
 
+def _printable(text: str, limit: int = 300) -> str:
+    """Text the server had a hand in, safe to print: at most ``limit`` characters, each printable, and no
+    ``[`` that would open rich markup (a stray ``[/x]`` makes ``console.print`` raise); "?" stands for
+    what was left out."""
+    return _MARKUP.sub("?", "".join(c if c.isprintable() else "?" for c in text[:limit]))
+
+
+def _fallback(reason: str, sent: int) -> Outcome:
+    return Outcome("local", _printable(reason), sent)
+
+
+def _model_id(response: Response) -> str:
+    """The model id in a GET /v1/model answer; BadAnswer when it has none."""
+    if response.status != 200:
+        raise BadAnswer(f"status {_status(response)}")
+    try:
+        served = response.json()["model_id"]
+    except (ValueError, RecursionError, TypeError, KeyError) as exc:
+        raise BadAnswer(f"no model id in it: {type(exc).__name__}: {exc}") from None
+    if not isinstance(served, str):
+        raise BadAnswer(f"a model id of type {type(served).__name__}, not a string")
+    return served
+
+
+def _status(response: Response) -> str:
+    """The status, and what the server said of it, if anything."""
+    detail = _detail(response)
+    return f"{response.status}: {detail}" if detail else str(response.status)
+
+
 def _detail(response: Response) -> str:
     try:
         return str(response.json().get("detail", ""))[:200]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return response.body[:200].decode("utf-8", "replace")
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, FrameError) else f"{type(exc).__name__}: {exc}"

@@ -21,7 +21,7 @@ from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, load_profile
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
-from edgesplit.runtime.transport import HttpTransport, TransportError
+from edgesplit.runtime.transport import BadAnswer, HttpTransport, TransportError
 
 
 def run_device(model: str, weights: str | None, input_size: int | None, input_shape: str | None, *,
@@ -104,6 +104,10 @@ def _server_profile(url: str, console: Console) -> Profile | None:
     try:
         with HttpTransport(url, timeout_s=5) as http:
             profile = fetch_server_profile(http, url)
+    except BadAnswer as exc:
+        console.print(f"the server's profile is unusable ({exc}): assuming it is as fast as this device",
+                      markup=False)
+        return None
     except TransportError:
         return None  # the client reports the unreachable server itself
     console.print("using the server's own profile (GET /v1/profile)" if profile else

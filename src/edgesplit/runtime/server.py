@@ -125,8 +125,8 @@ class ServerConfig:
 
 def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profile: Profile | None = None) -> FastAPI:
     metrics = Metrics()
-    limits = Limits(max_body_bytes=config.max_body_bytes)
     expect = engine.expectation(config.max_batch_size)
+    limits = Limits(max_body_bytes=min(config.max_body_bytes, expect.max_frame_bytes()))  # no valid frame is longer
     batcher = Batcher(engine.run, metrics, max_batch_size=config.max_batch_size,
                       batch_wait_timeout_s=config.batch_wait_timeout_s, max_queue=config.max_queue)
 
@@ -216,7 +216,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
     async def model() -> dict[str, object]:
         """The model id clients must match, and every cut a client may send (id, name, shape)."""
         return {**engine.describe(), "max_batch_size": config.max_batch_size,
-                "max_body_bytes": config.max_body_bytes}
+                "max_body_bytes": limits.max_body_bytes}
 
     @app.get("/v1/profile", responses={404: {"description": "started without --profile"}})
     async def own_profile() -> Response:
