@@ -6,10 +6,14 @@ limits (``--timeout-s`` for the header and body timeouts, half of it for keep-al
 
 (a) opens each attack on a raw socket and times until the server closed it, beside the limit that applies;
 (b) times a small request (the frame before the last linear layer: its tail runs inline on the event loop)
-    in rounds that alternate without and with one stalled upload in progress (60 MB announced, 1 MB sent,
-    then silence), ``--requests`` of each; reports median and p95 latency and the server's queue time;
-(c) reads the server's RSS before, at the peak of, and after 10 stalled 60 MB uploads (each sent all but its
-    last kilobyte), once the body timeout has dropped them.
+    in rounds that alternate without and with one stalled upload in progress (the largest body the server
+    takes announced, half of it sent, then silence), ``--requests`` of each; reports median and p95 latency
+    and the server's queue time;
+(c) reads the server's RSS before, at the peak of, and after 10 stalled uploads of the largest body the
+    server takes (each sent all but its last kilobyte), once the body timeout has dropped them.
+
+The largest body is the server's ``max_body_bytes`` (``GET /v1/model``): never more than the longest frame
+its model can take. A body announced beyond it (60 MB) is refused at once, before any of it is read.
 
     python benchmarks/edge.py [--timeout-s 2] [--requests 200] [--out ...]
 """
@@ -31,14 +35,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.codec import encode_frame
+from edgesplit.codec import FRAME_TYPE, encode_frame
 from edgesplit.demo import free_ports, server_process
-from edgesplit.codec import FRAME_TYPE
 
 console = Console(width=150)
 LOGS = Path("out")
 MAX_HEADER_BYTES = 16 * 1024
-STALLED_BYTES = 60_000_000
+OVERSIZE_BYTES = 60_000_000
 ROUND = 10  # requests of one kind in a row
 
 
@@ -84,15 +87,19 @@ def _huge_header(sock: socket.socket) -> None:
         pass
 
 
-ATTACKS: list[tuple[str, str, Callable[[socket.socket], None]]] = [
-    ("slowloris headers (a line every 0.2 s)", "header_timeout_s", _slowloris),
-    ("idle new socket", "header_timeout_s", lambda sock: None),
-    ("idle after a response", "keep_alive_timeout_s", _keep_alive_idle),
-    ("body short of its Content-Length", "body_timeout_s", lambda sock: sock.sendall(_head(1 << 20) + bytes(100_000))),
-    ("unfinished chunked body", "body_timeout_s",
-     lambda sock: sock.sendall(_head(None) + b"%x\r\n" % 100_000 + bytes(100_000))),
-    ("8 MiB header", "max_header_bytes", _huge_header),
-]
+def attacks(body_bytes: int) -> list[tuple[str, str, Callable[[socket.socket], None]]]:
+    """Each attack: its name, the limit that stops it, and how it starts on a fresh socket (``body_bytes``:
+    the largest body the server takes)."""
+    half = body_bytes // 2
+    return [
+        ("slowloris headers (a line every 0.2 s)", "header_timeout_s", _slowloris),
+        ("idle new socket", "header_timeout_s", lambda sock: None),
+        ("idle after a response", "keep_alive_timeout_s", _keep_alive_idle),
+        ("body short of its Content-Length", "body_timeout_s", lambda sock: sock.sendall(_head(body_bytes) + bytes(half))),
+        ("unfinished chunked body", "body_timeout_s", lambda sock: sock.sendall(_head(None) + b"%x\r\n" % half + bytes(half))),
+        ("8 MiB header", "max_header_bytes", _huge_header),
+        (f"{OVERSIZE_BYTES / 1e6:.0f} MB announced", "max_body_bytes", lambda sock: sock.sendall(_head(OVERSIZE_BYTES))),
+    ]
 
 
 def attack(port: int, start: Callable[[socket.socket], None]) -> tuple[float, str]:
@@ -111,7 +118,7 @@ def _stall(port: int, announced: int, sent: int) -> socket.socket:
     return sock
 
 
-def latency(url: str, port: int, payload: bytes, requests: int) -> dict[str, dict[str, float]]:
+def latency(url: str, port: int, payload: bytes, requests: int, body_bytes: int) -> dict[str, dict[str, float]]:
     """A small request's latency without and with one stalled upload in progress, alternating rounds."""
     samples: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
     with httpx.Client(base_url=url, headers={"content-type": FRAME_TYPE}, timeout=30) as http:
@@ -119,7 +126,7 @@ def latency(url: str, port: int, payload: bytes, requests: int) -> dict[str, dic
             http.post("/v1/infer", content=payload)
         for round_ in range(requests // ROUND):
             for kind in (("without", "with") if round_ % 2 == 0 else ("with", "without")):
-                stalled = _stall(port, STALLED_BYTES, 1 << 20) if kind == "with" else None
+                stalled = _stall(port, body_bytes, body_bytes // 2) if kind == "with" else None
                 time.sleep(0.05)  # the stalled body is silent by now (either way, the same pause)
                 for _ in range(ROUND):
                     started = time.perf_counter()
@@ -143,13 +150,13 @@ def _rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for process {pid}")
 
 
-def memory(pid: int, port: int, count: int = 10) -> dict[str, object]:
-    """The server's RSS before, at the peak of and after ``count`` stalled 60 MB uploads."""
+def memory(pid: int, port: int, body_bytes: int, count: int = 10) -> dict[str, object]:
+    """The server's RSS before, at the peak of and after ``count`` stalled uploads of ``body_bytes``."""
     before = _rss_mib(pid)
     answers: list[str] = []
 
     def upload() -> None:
-        with _stall(port, STALLED_BYTES, STALLED_BYTES - 1000) as sock:
+        with _stall(port, body_bytes, body_bytes - 1000) as sock:
             answers.append(_until_closed(sock))
 
     threads = [threading.Thread(target=upload) for _ in range(count)]
@@ -160,7 +167,7 @@ def memory(pid: int, port: int, count: int = 10) -> dict[str, object]:
         peak = max(peak, _rss_mib(pid))
         time.sleep(0.02)
     time.sleep(0.5)
-    return {"uploads": count, "bytes_each": STALLED_BYTES, "rss_before_mib": before, "rss_peak_mib": peak,
+    return {"uploads": count, "bytes_each": body_bytes, "rss_before_mib": before, "rss_peak_mib": peak,
             "rss_after_mib": _rss_mib(pid), "answers": sorted(set(answers))}
 
 
@@ -181,19 +188,21 @@ def main() -> None:
         cut = info["cuts"][-1]  # the input of the last linear layer: a 4 KiB frame, a tail well under 2 ms
         payload = encode_frame(np.random.default_rng(0).standard_normal((1, *cut["shape"])).astype(np.float32),
                                model_id=bytes.fromhex(info["model_id"]), cut=cut["id"])
-        attacks = []
-        for name, limit, start in ATTACKS:
+        body_bytes = info["max_body_bytes"]
+        limits["max_body_bytes"] = body_bytes
+        results = []
+        for name, limit, start in attacks(body_bytes):
             seconds, answer = attack(port, start)
-            attacks.append({"attack": name, "limit": limit, "limit_value": limits[limit], "closed_after_s": seconds,
+            results.append({"attack": name, "limit": limit, "limit_value": limits[limit], "closed_after_s": seconds,
                             "answer": answer})
-        small = latency(url, port, payload, args.requests)
-        rss = memory(server.pid, port)
+        small = latency(url, port, payload, args.requests, body_bytes)
+        rss = memory(server.pid, port, body_bytes)
     ratio = small["with"]["median_ms"] / small["without"]["median_ms"]
 
     table = Table(title="(a) attacks: time until the server closed the connection (mobilenet_v3_small 64×64)")
     for column in ("attack", "limit", "closed after s", "answer"):
         table.add_column(column, justify="left" if column in ("attack", "answer") else "right")
-    for a in attacks:
+    for a in results:
         table.add_row(a["attack"], f"{a['limit']}={a['limit_value']:g}", f"{a['closed_after_s']:.3f}", a["answer"])
     console.print(table)
     table = Table(title=f"(b) a small request ({len(payload)} B frame at {cut['name']}), in alternating rounds")
@@ -205,14 +214,15 @@ def main() -> None:
                       f"{s['queue_median_ms']:.3f}")
     console.print(table)
     console.print(f"median with / without: {ratio:.3f}")
-    table = Table(title=f"(c) server RSS, {rss['uploads']} stalled {STALLED_BYTES / 1e6:.0f} MB uploads")
+    table = Table(title=f"(c) server RSS, {rss['uploads']} stalled uploads of {body_bytes / 1e6:.2f} MB "
+                        "(the largest body it takes)")
     for column in ("before MiB", "peak MiB", "after they were dropped MiB", "answers"):
         table.add_column(column, justify="left" if column == "answers" else "right")
     table.add_row(f"{rss['rss_before_mib']:.0f}", f"{rss['rss_peak_mib']:.0f}", f"{rss['rss_after_mib']:.0f}",
                   ", ".join(rss["answers"]))
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"limits": limits, "attacks": attacks, "small_request": {**small, "ratio": ratio},
+    args.out.write_text(json.dumps({"limits": limits, "attacks": results, "small_request": {**small, "ratio": ratio},
                                     "memory": rss}, indent=1) + "\n")
     console.print(f"wrote {args.out}")
 

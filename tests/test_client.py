@@ -119,6 +119,15 @@ def test_killing_the_server_mid_run_still_answers_every_request(setup):
     assert summary["cuts"] == {"split:features_4_0_block_3_1:fp32": 3 + len(images)}  # chosen, then fell back
 
 
+def test_backoff_doubles_only_after_failures_that_cost_time(setup):
+    client = _client(setup, "http://127.0.0.1:9", "offload", backoff_s=0.5)
+    waits = []
+    for failed_in_s in (10.0, 10.0, 10.0, 0.001, 0.001, 10.0):  # timeouts, then refused connections, then a timeout
+        client._mark_down(failed_in_s)
+        waits.append(round(client.down_until - time.monotonic(), 1))
+    assert waits == [0.5, 1.0, 2.0, 0.5, 0.5, 1.0]
+
+
 def _stub(model_id_hex: str, status: int = 200, delay_s: float = 0.0) -> FastAPI:
     app = FastAPI()
 

@@ -20,6 +20,7 @@ new connection. Server-made text in the reasons is made safe to print (:func:`_p
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import threading
 import time
@@ -53,6 +54,7 @@ class ClientConfig:
     max_backoff_s: float = 8.0
 
 
+CHEAP_FAILURE_S = 0.05  # a request that failed this fast (a refused connection) cost the device nothing
 CONNECT_PROBE_TIMEOUT_S = 2.0  # a link in an outage when the device connects teaches nothing: do not wait
 
 
@@ -268,7 +270,7 @@ class DeviceClient:
         except BadAnswer as exc:
             return None, _fallback(f"bad answer from the server ({exc})", sent)
         except TransportError as exc:
-            self._mark_down()
+            self._mark_down(time.perf_counter() - sending)
             return None, _fallback(f"server unreachable ({exc})", sent)
         if response.status != 200:
             self.http.close()  # a connection that carried an answer we cannot use is not trusted with the next
@@ -309,7 +311,12 @@ class DeviceClient:
             self.core.learn([LoadUpdate(now, report)] if report is not None else [])
         return timings, sample
 
-    def _mark_down(self) -> None:
+    def _mark_down(self, failed_in_s: float = math.inf) -> None:
+        """Leave the server alone for the backoff, which doubles; except after a failure that cost nothing
+        (a refused connection, within ``CHEAP_FAILURE_S``): trying again then costs nothing either, so the
+        device keeps trying every ``backoff_s`` and is back on a restarted server within that."""
+        if failed_in_s < CHEAP_FAILURE_S:
+            self._backoff = self.config.backoff_s
         self.down_until = time.monotonic() + self._backoff
         self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
 
