@@ -174,9 +174,10 @@ def test_poisson_arrivals_in_the_simulation():
     assert [r.arrival_s for r in first] == Workload(4.0, "poisson", seed=3).times(50.0)
 
 
-def test_a_non_positive_fps_is_an_error():
-    with pytest.raises(EdgesplitError, match="--fps must be positive, got 0"):
-        Workload(0).times(10.0)
+@pytest.mark.parametrize("fps", [0.0, -1.0, float("nan"), float("inf")])
+def test_an_fps_that_is_not_finite_and_positive_is_an_error(fps):
+    with pytest.raises(EdgesplitError, match=rf"--fps must be a finite number > 0, got {fps:g}"):
+        Workload(fps).times(10.0)
 
 
 # --- the device, the uplink and the estimator -------------------------------------------------------

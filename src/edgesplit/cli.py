@@ -246,6 +246,97 @@ def simulate(device_profile: str, server_profile: str, trace_path: str, policies
             plot_cdf(result.runs, scenario.trace.name, path)
 
 
+@cli.command("simulate-fleet")
+@click.option("--device-profile", required=True, type=click.Path(dir_okay=False),
+              help="from edgesplit profile --role device")
+@click.option("--server-profile", required=True, type=click.Path(dir_okay=False),
+              help="from edgesplit profile --role server")
+@click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False),
+              help="uplink trace: mahimahi, 2-column time_s Mbit/s, or CSV time_s,mbps; each device replays it "
+                   "from its own offset")
+@click.option("--devices", "device_counts", required=True, help="fleet sizes, comma-separated, e.g. 1,4,16,32")
+@click.option("--policies", default="dsc,best-static,offload,local", show_default=True,
+              help="every device of a fleet runs the same policy")
+@click.option("--servers", type=int, default=1, show_default=True, help="edge replicas")
+@click.option("--routing", default="least-queue", show_default=True,
+              help="random | round-robin | least-queue (the shorter queue of two replicas drawn at random)")
+@click.option("--estimator", default="harmonic", show_default=True, help="last | ewma[:A] | harmonic[:N] | robust[:N]")
+@click.option("--fps", type=float, default=2.0, show_default=True, help="request rate of each device")
+@click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
+@click.option("--rtt-ms", type=float, default=40.0, show_default=True)
+@click.option("--deadline-ms", type=float,
+              help="give up on the server this long after taking a request up and finish it on the device "
+                   "(default: twice the device's whole-model time, at least 500 ms)")
+@hedge_option
+@click.option("--duration", "duration_s", type=float, help="simulate this long (default: the trace's length)")
+@click.option("--seed", type=int, default=0, show_default=True, help="for Poisson arrivals and the balancer's draws")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summaries as JSON")
+@click.option("--plot", "plot_prefix", help="write PREFIX-latency.png and PREFIX-options.png")
+def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, device_counts: str, policies: str,
+                   servers: int, routing: str, estimator: str, fps: float, arrivals: str, rtt_ms: float,
+                   deadline_ms: float | None, hedge: bool, duration_s: float | None, seed: int,
+                   json_path: str | None, plot_prefix: str | None) -> None:
+    """Simulate fleets of devices sharing the edge's batching replicas, per policy and fleet size."""
+    from edgesplit.latency import LinkState, find_option
+    from edgesplit.policies import make_policy
+    from edgesplit.sim.fleet import FleetSimConfig, build_fleet, plot_fleet_latency, plot_fleet_options
+    from edgesplit.sim.fleet import simulate_fleet as run_fleet
+    from edgesplit.sim.run import Scenario
+
+    try:
+        counts = [int(part) for part in device_counts.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise EdgesplitError("--devices takes whole numbers >= 1 separated by commas, e.g. 1,4,16; "
+                             f"got {device_counts!r}")
+    config = FleetSimConfig(servers=servers, routing=routing, seed=seed)
+    scenario = Scenario.from_files(device_profile, server_profile, trace_path, estimator=estimator, fps=fps,
+                                   arrivals=arrivals, rtt_ms=rtt_ms, deadline_ms=deadline_ms, hedge=hedge,
+                                   duration_s=duration_s, seed=seed)
+    requests, limit = max(counts) * scenario.trace.duration_s * fps, 10_000_000
+    if requests > limit:
+        raise EdgesplitError(f"{max(counts)} devices for {scenario.trace.duration_s:g} s at --fps {fps:g} would "
+                             f"simulate {requests:,.0f} requests, more than the limit of {limit:,}; shorten "
+                             "--duration or lower --devices or --fps")
+    device = scenario.config.device
+    specs = [p.strip() for p in policies.split(",") if p.strip()]
+    for spec in specs:  # fail before any run
+        make_policy(spec, scenario.options, LinkState(scenario.trace.mean_bps(), device.rtt_s, device.downlink_bps))
+    deadline = device.deadline_for(find_option(scenario.allowed, "local").head_s)
+    out: dict[str, Any] = {"trace": scenario.trace.name, "servers": servers, "routing": routing, "devices": {}}
+    summaries: dict[int, dict[str, dict[str, Any]]] = {}
+    for count in counts:
+        table = Table(title=f"{count} device{'s' if count > 1 else ''} · {scenario.trace.name} · {fps:g} fps each · "
+                            f"{servers} replica{'s' if servers > 1 else ''}, {routing}")
+        for column in ("policy", "mean ms", "p50 ms", "p95 ms", "edge answered", "fallbacks", "utilisation",
+                       "mean batch", "queue p95 ms", "most chosen"):
+            table.add_column(column, justify="left" if column in ("policy", "most chosen") else "right")
+        summaries[count], server = {}, {}
+        for spec in specs:
+            fleet = build_fleet(count, policy=spec, estimator=scenario.estimator, options=scenario.options,
+                                allowed=scenario.allowed, traces=[scenario.trace], workload=scenario.workload,
+                                device=device)
+            result = run_fleet(fleet, config)
+            summary, server[spec] = result.summary(deadline), result.server_summary()
+            summaries[count][spec] = summary
+            top = ", ".join(f"{k} ×{v}" for k, v in list(summary["cuts"].items())[:2])
+            table.add_row(spec, f"{summary['mean_ms']:.1f}", f"{summary['p50_ms']:.1f}", f"{summary['p95_ms']:.1f}",
+                          f"{summary['answered']}/{summary['count']}", str(summary["fallbacks"]),
+                          f"{server[spec]['utilisation']:.1%}", f"{server[spec]['mean_batch']:.2f}",
+                          f"{server[spec]['queue_p95_ms']:.1f}", top)
+        console.print(table)
+        out["devices"][str(count)] = {"policies": summaries[count], "server": server}
+    if json_path:
+        with _output(json_path) as path:
+            path.write_text(json.dumps(out, indent=1) + "\n")
+    if plot_prefix:
+        with _output(f"{plot_prefix}-latency.png") as path:
+            plot_fleet_latency(summaries, scenario.trace.name, path)
+        with _output(f"{plot_prefix}-options.png") as path:
+            plot_fleet_options(summaries, scenario.trace.name, path)
+
+
 @cli.command()
 @click.option("--device-profile", required=True, type=click.Path(dir_okay=False))
 @click.option("--server-profile", required=True, type=click.Path(dir_okay=False))
@@ -468,6 +559,45 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, s
                         deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir), hedge)
     run_demo(config, console)
+
+
+@cli.command()
+@model_options
+@click.option("--devices", "device_counts", required=True,
+              help="devices at once; several counts separated by commas sweep them, e.g. 1,4,16")
+@click.option("--server", "server_url",
+              help="edge server URL (default: start edgesplit serve MODEL --warm-up --profile here, stop it at the end)")
+@click.option("--policies", help="default: dsc,best-static,offload,local")
+@click.option("--trace", "trace_path", type=click.Path(dir_okay=False),
+              help="uplink trace (mahimahi, time_s Mbit/s, or CSV); default: the demo's Verizon LTE segment")
+@click.option("--duration", "duration_s", type=float, default=20.0, show_default=True,
+              help="seconds of each policy's turn")
+@click.option("--fps", type=float, default=2.0, show_default=True, help="requests per second of each device")
+@click.option("--repeats", type=int, default=2, show_default=True,
+              help="turns of each policy, in an order rotating from repeat to repeat")
+@click.option("--device-ms", type=float, default=350.0, show_default=True,
+              help="emulate devices that run the whole model in this time (this machine, slowed to match)")
+@click.option("--rtt-ms", type=float, default=40.0, show_default=True)
+@click.option("--estimator", default="harmonic", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
+def fleet(model: str, weights: str | None, input_size: int | None, input_shape: str | None, device_counts: str,
+          server_url: str | None, policies: str | None, trace_path: str | None, duration_s: float, fps: float,
+          repeats: int, device_ms: float, rtt_ms: float, estimator: str, out_dir: str) -> None:
+    """Run many emulated devices at once against one edge server, the policies taking turns, and compare
+    their latency as the number of devices grows."""
+    try:
+        import fastapi  # noqa: F401  (the server's extra)
+
+        from edgesplit.fleet import DEFAULT_POLICIES, DEFAULT_TRACE, FleetConfig, parse_device_counts, run_fleet
+    except ImportError as exc:
+        raise EdgesplitError(f"the fleet needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
+    config = FleetConfig(model=model, weights=weights, input_size=input_size, input_shape=input_shape,
+                         server_url=server_url, device_counts=parse_device_counts(device_counts),
+                         policies=tuple(p for p in policies.split(",") if p) if policies is not None else DEFAULT_POLICIES,
+                         trace=Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s=duration_s, fps=fps,
+                         repeats=repeats, device_local_s=device_ms / 1000, rtt_s=rtt_ms / 1000, estimator=estimator,
+                         out_dir=Path(out_dir))
+    run_fleet(config, console)
 
 
 @cli.command()

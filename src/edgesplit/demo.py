@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rich.console import Console
 from rich.table import Table
@@ -51,6 +51,11 @@ from edgesplit.profile import Profile, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, TransportError
 from edgesplit.traces import RateTrace, read_trace
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from edgesplit.runtime.device_engines import EmulatedDevice
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
 DEFAULT_POLICIES = ("dsc", "best-static", "local", "offload", "oracle")
@@ -224,9 +229,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     starts = [config.start_s + k * config.duration_s for k in range(config.segments)]
     segments = [full.segment(start, config.duration_s) for start in starts]
     from edgesplit.analysis import analyze
-    from edgesplit.measure import measure
     from edgesplit.models import load_model
-    from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 
     started = time.perf_counter()
     with _link(config, segments[0]) as link, _servers(config, link, console) as urls:
@@ -234,29 +237,15 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
-        # requests come about 1/fps apart: profile after as long an idle (a CPU that idled is slower for its
-        # next inference); the device is emulated from these numbers, slowed
-        measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
-                           idle_s=_idle_s(config))
-        slowdown = config.device_local_s / measured.model_s[1].median_s
-        if slowdown < 1:
-            raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
-                                 f"an emulated device cannot be faster (--device-ms {config.device_local_s * 1e3:g})")
-        device = with_slowdown(measured, slowdown)
-        console.print(f"emulated device: this machine slowed {slowdown:.1f}× (whole model "
-                      f"{measured.model_s[1].median_s * 1e3:.0f} → {config.device_local_s * 1e3:.0f} ms)")
+        measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console)
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
             raise EdgesplitError(f"the edge server at {url} serves no profile")
         options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
         allowed = allowed_options(options, config.private, config.lossy)
-        engine = EmulatedDevice(TorchEngine(analysis, loaded.normalization), device, replay=True)
-        photos = load_images(None, engine.input_shape)
+        engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
         reference = [int(engine.engine.local(engine.normalize(p)).argmax()) for p in photos]
-        for option in allowed:
-            if option.cut is not None:  # build every head now, not during the first request at it
-                engine.engine.head(option.cut, engine.normalize(photos[0]))
         setup_s = time.perf_counter() - started
         console.print(f"link: {link.describe}; trace {full.name}, {config.segments} segment(s) of "
                       f"{config.duration_s:g} s · {len(allowed)} options · setup {setup_s:.0f} s")
@@ -267,6 +256,37 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                          f"{full.name}, mean {trace.mean_bps() / 1e6:.2f} Mbit/s")
             done.append(Segment(start_s, trace, runner.segment(k, start_s, trace, link)))
     return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
+
+
+def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, console: Console) -> tuple[Profile, Profile]:
+    """This machine's profile at batch 1, each timed run after ``idle_s`` idle (requests come about that far
+    apart, and a CPU that idled is slower for its next inference), and the emulated device's: this machine
+    slowed so that the whole model takes ``device_local_s``."""
+    from edgesplit.measure import measure
+
+    measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
+                       idle_s=idle_s)
+    slowdown = device_local_s / measured.model_s[1].median_s
+    if slowdown < 1:
+        raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
+                             f"an emulated device cannot be faster (--device-ms {device_local_s * 1e3:g})")
+    console.print(f"emulated device: this machine slowed {slowdown:.1f}× (whole model "
+                  f"{measured.model_s[1].median_s * 1e3:.0f} → {device_local_s * 1e3:.0f} ms)")
+    return measured, with_slowdown(measured, slowdown)
+
+
+def replaying_device(analysis: Any, normalization: Any, device: Profile, allowed: list[Option]
+                     ) -> tuple[EmulatedDevice, list[np.ndarray]]:
+    """The emulated device (:class:`EmulatedDevice` with ``replay``), every head it may run already built,
+    and the photos it serves."""
+    from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
+
+    engine = EmulatedDevice(TorchEngine(analysis, normalization), device, replay=True)
+    photos = load_images(None, engine.input_shape)
+    for option in allowed:
+        if option.cut is not None:  # build every head now, not during the first request at it
+            engine.engine.head(option.cut, engine.normalize(photos[0]))
+    return engine, photos
 
 
 @contextlib.contextmanager
@@ -298,7 +318,7 @@ def _servers(config: DemoConfig, link: EmulatedLink, console: Console) -> Iterat
     urls = [link.server_url(port) for port in ports]
     logs = [config.out_dir / ("server.log" if k == 0 else f"server-{k + 1}.log") for k in range(len(ports))]
     replicas = [(command(port), url, log) for port, url, log in zip(ports[1:], urls[1:], logs[1:])]
-    profiled = command(ports[0], "--profile", "--profile-idle-ms", str(_idle_s(config) * 1000))
+    profiled = command(ports[0], "--profile", "--profile-idle-ms", str(idle_s_at(config.fps) * 1000))
     # the replicas share this machine's cores: one thread each, so that two computing at once do not slow
     # each other down, and no OpenMP thread spinning after a batch (profiled the same way: as they serve)
     env = {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"} if replicas else None
@@ -365,9 +385,9 @@ def loopback_server(command: Callable[[int], list[str]], log_path: Path) -> Iter
         yield url
 
 
-def _idle_s(config: DemoConfig) -> float:
-    """How long a machine idles between two requests of the demo, about: for profiling as it will run."""
-    return min(0.5, 0.8 / config.fps)
+def idle_s_at(fps: float) -> float:
+    """How long a machine idles between two requests at ``fps``, about: for profiling as it will run."""
+    return min(0.5, 0.8 / fps)
 
 
 def _wait_until_ready(url: str, process: subprocess.Popen[bytes], log_path: Path,

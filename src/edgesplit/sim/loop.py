@@ -44,8 +44,8 @@ class Workload:
     seed: int = 0
 
     def times(self, duration_s: float) -> list[float]:
-        if self.fps <= 0:
-            raise EdgesplitError(f"--fps must be positive, got {self.fps}")
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise EdgesplitError(f"--fps must be a finite number > 0, got {self.fps:g}")
         if self.arrivals == "periodic":
             return [k / self.fps for k in range(math.ceil(duration_s * self.fps - 1e-9))]  # every k/fps < duration
         rng, t, out = random.Random(self.seed), 0.0, []

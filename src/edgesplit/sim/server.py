@@ -4,6 +4,7 @@ reports its load as the live server does (:mod:`edgesplit.load`)."""
 from __future__ import annotations
 
 import bisect
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,10 @@ class _Job:
     start_s: float = field(compare=False, default=-1.0)
     done_s: float = field(compare=False, default=-1.0)
     batch_size: int = field(compare=False, default=0)
+
+    def served(self) -> Served:
+        """How it was served, once its batch has started."""
+        return Served(self.start_s - self.arrival_s, self.done_s - self.start_s, self.done_s, self.batch_size)
 
 
 @dataclass(frozen=True)
@@ -55,11 +60,21 @@ class BatchingServer:
         """Queue one of our requests for ``cut`` (``INPUT_CUT`` for offload) arriving at ``arrival_s`` and
         run the server until it is done."""
         self._run_until(arrival_s)
+        job = self.submit(arrival_s, cut, tail)
+        while job.done_s < 0:
+            self.start_batch()
+        return job.served()
+
+    def submit(self, arrival_s: float, cut: str, tail: TailTime) -> _Job:
+        """Queue one of our requests without running the server: for a caller that admits requests in
+        time order and starts each batch (:meth:`start_batch`) when it is due (:meth:`next_start_s`)."""
         job = _Job(arrival_s, cut, tail, ours=True)
         bisect.insort(self._queue, job)
-        while job.done_s < 0:
-            self._run_next_batch()
-        return Served(job.start_s - arrival_s, job.done_s - job.start_s, job.done_s, job.batch_size)
+        return job
+
+    def next_start_s(self) -> float:
+        """When the next batch starts, from what is queued now (inf when nothing is)."""
+        return max(self.free_at, self._queue[0].arrival_s) if self._queue else math.inf
 
     def report(self, now_s: float) -> LoadReport:
         """The load report a request arriving now would get back."""
@@ -79,9 +94,11 @@ class BatchingServer:
             start = max(self.free_at, self._queue[0].arrival_s)
             if start >= t_s:
                 return
-            self._run_next_batch()
+            self.start_batch()
 
-    def _run_next_batch(self) -> None:
+    def start_batch(self) -> list[_Job]:
+        """Start the next batch and return its jobs: the oldest waiting request's cut, with every request
+        for that cut that has arrived by the start, up to ``max_batch_size``."""
         if not self._queue:
             self._admit_background(self._next_background)
         start = max(self.free_at, self._queue[0].arrival_s)
@@ -93,6 +110,7 @@ class BatchingServer:
             job.start_s, job.done_s, job.batch_size = start, start + duration, len(batch)
             self._queue.remove(job)
         self.free_at = start + duration
+        return batch
 
     def _admit_background(self, until_s: float) -> None:
         while self._next_background <= until_s:
