@@ -272,10 +272,13 @@ def simulate(device_profile: str, server_profile: str, trace_path: str, policies
 @click.option("--seed", type=int, default=0, show_default=True, help="for Poisson arrivals and the balancer's draws")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summaries as JSON")
 @click.option("--plot", "plot_prefix", help="write PREFIX-latency.png and PREFIX-options.png")
+@click.option("--codecs", default="fp32", show_default=True, help="codecs for the crossing tensor: fp32,fp16,int8")
+@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, fp16, int8)")
+@click.option("--jpeg/--no-jpeg", default=True, show_default=True, help="offer JPEG offload (edgesplit fleet does not)")
 def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, device_counts: str, policies: str,
                    servers: int, routing: str, estimator: str, fps: float, arrivals: str, rtt_ms: float,
                    deadline_ms: float | None, hedge: bool, duration_s: float | None, seed: int,
-                   json_path: str | None, plot_prefix: str | None) -> None:
+                   json_path: str | None, plot_prefix: str | None, codecs: str, lossy: bool, jpeg: bool) -> None:
     """Simulate fleets of devices sharing the edge's batching replicas, per policy and fleet size."""
     from edgesplit.latency import LinkState, find_option
     from edgesplit.policies import make_policy
@@ -293,7 +296,8 @@ def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, de
     config = FleetSimConfig(servers=servers, routing=routing, seed=seed)
     scenario = Scenario.from_files(device_profile, server_profile, trace_path, estimator=estimator, fps=fps,
                                    arrivals=arrivals, rtt_ms=rtt_ms, deadline_ms=deadline_ms, hedge=hedge,
-                                   duration_s=duration_s, seed=seed)
+                                   duration_s=duration_s, seed=seed, codecs=tuple(codecs.split(",")), lossy=lossy,
+                                   jpeg=jpeg)
     requests, limit = max(counts) * scenario.trace.duration_s * fps, 10_000_000
     if requests > limit:
         raise EdgesplitError(f"{max(counts)} devices for {scenario.trace.duration_s:g} s at --fps {fps:g} would "

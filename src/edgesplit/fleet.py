@@ -227,6 +227,9 @@ def _device(config: FleetConfig, url: str, console: Console
     if server is None:
         console.print("the server serves no profile (start it with --profile): assuming it is as fast as this "
                       "machine")
+    config.out_dir.mkdir(parents=True, exist_ok=True)  # the profiles the fleet ran on, for simulate-fleet
+    device.save(config.out_dir / "device-profile.json")
+    (server or measured).save(config.out_dir / "server-profile.json")
     options = build_options(device, server or measured, codecs=CODECS, jpeg=False)
     allowed = allowed_options(options, private=False, lossy=True)
     engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)

@@ -34,7 +34,7 @@ class Scenario:
 
     @classmethod
     def from_files(cls, device_profile: str, server_profile: str, trace_path: str, *, load_trace: str | None = None,
-                   codecs: tuple[str, ...] = ("fp32",), private: bool = False, lossy: bool = False,
+                   codecs: tuple[str, ...] = ("fp32",), jpeg: bool = True, private: bool = False, lossy: bool = False,
                    estimator: str = "harmonic", fps: float = 2.0, arrivals: str = "periodic",
                    rtt_ms: float = 40.0, deadline_ms: float | None = None, hedge: bool = False, start_s: float = 0.0,
                    duration_s: float | None = None, seed: int = 0) -> Scenario:
@@ -56,7 +56,7 @@ class Scenario:
         config = SimConfig(DeviceConfig(rtt_s=rtt_ms / 1000, downlink_bps=20e6, hedge=hedge,
                                         deadline_s=deadline_ms / 1000 if deadline_ms else None))
         require_batch_sizes(server, config.max_batch_size)
-        options = build_options(device, server, codecs=codecs, private=private)
+        options = build_options(device, server, codecs=codecs, jpeg=jpeg, private=private)
         if start_s or duration_s:
             trace = trace.segment(start_s, duration_s or trace.duration_s - start_s)
         make_estimator(estimator)  # fail early on a bad spec
