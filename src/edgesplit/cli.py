@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -296,11 +298,15 @@ def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, de
     config = FleetSimConfig(servers=servers, routing=routing, seed=seed)
     scenario = Scenario.from_files(device_profile, server_profile, trace_path, estimator=estimator, fps=fps,
                                    arrivals=arrivals, rtt_ms=rtt_ms, deadline_ms=deadline_ms, hedge=hedge,
-                                   duration_s=duration_s, seed=seed, codecs=tuple(codecs.split(",")), lossy=lossy,
-                                   jpeg=jpeg)
-    requests, limit = max(counts) * scenario.trace.duration_s * fps, 10_000_000
+                                   seed=seed, codecs=tuple(codecs.split(",")), lossy=lossy, jpeg=jpeg)
+    if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
+        raise EdgesplitError(f"--duration must be a finite number > 0, got {duration_s:g}")
+    # the devices' offsets spread over the whole trace, as a live fleet's do; --duration bounds the arrivals
+    workload = dataclasses.replace(scenario.workload, duration_s=duration_s)
+    span = duration_s or scenario.trace.duration_s
+    requests, limit = max(counts) * span * fps, 10_000_000
     if requests > limit:
-        raise EdgesplitError(f"{max(counts)} devices for {scenario.trace.duration_s:g} s at --fps {fps:g} would "
+        raise EdgesplitError(f"{max(counts)} devices for {span:g} s at --fps {fps:g} would "
                              f"simulate {requests:,.0f} requests, more than the limit of {limit:,}; shorten "
                              "--duration or lower --devices or --fps")
     device = scenario.config.device
@@ -319,8 +325,7 @@ def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, de
         summaries[count], server = {}, {}
         for spec in specs:
             fleet = build_fleet(count, policy=spec, estimator=scenario.estimator, options=scenario.options,
-                                allowed=scenario.allowed, traces=[scenario.trace], workload=scenario.workload,
-                                device=device)
+                                allowed=scenario.allowed, traces=[scenario.trace], workload=workload, device=device)
             result = run_fleet(fleet, config)
             summary, server[spec] = result.summary(deadline), result.server_summary()
             summaries[count][spec] = summary

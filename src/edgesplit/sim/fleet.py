@@ -205,7 +205,8 @@ def build_fleet(count: int, *, policy: str, estimator: str, options: list[Option
     """``count`` devices alike but for their uplink and arrivals. Device i replays ``traces[i % len(traces)]``
     from an offset spread evenly over it among the devices that share it (wrapping around); its periodic
     arrivals are shifted by i / (count × fps), spreading the fleet over one period; its Poisson arrivals are
-    seeded ``workload.seed + i``. Each has its own policy (``best-static`` picks at its own trace's mean)
+    seeded ``workload.seed + i``. Each has its own policy (``best-static`` picks at the mean rate of the
+    window of its trace it replays, as a live fleet's device does)
     and estimator; ``allowed`` are the options it may pick. Requests arrive for ``workload.duration_s``,
     by default the shortest trace's duration; device 0 is ``simulate``'s device on ``traces[0]``."""
     if not (isinstance(count, int) and count >= 1):
@@ -229,7 +230,8 @@ def build_fleet(count: int, *, policy: str, estimator: str, options: list[Option
             arrivals = tuple(t + phase for t in periodic if t + phase < duration)
         else:
             arrivals = tuple(Workload(workload.fps, "poisson", seed=workload.seed + i).times(duration))
-        mean_link = LinkState(trace.mean_bps(), device.rtt_s, device.downlink_bps)
+        window_bps = trace.delivered_bits(0.0, duration) / duration  # what it meets, as a live device's window
+        mean_link = LinkState(window_bps, device.rtt_s, device.downlink_bps)
         fleet.append(FleetDevice(policy=make_policy(policy, options, mean_link), estimator=make_estimator(estimator),
                                  options=allowed, trace=trace, arrivals=arrivals, config=device))
     return fleet
