@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rich.console import Console
 from rich.table import Table
@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
 DEFAULT_POLICIES = ("dsc", "best-static", "local", "offload", "oracle")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -425,24 +426,10 @@ class _Runner:
         links = [link] + [link.replica() for _ in specs[1:]]
         began: list[float] = []  # one instant for every replica, set once all have connected
         start = threading.Barrier(len(specs), action=lambda: began.append(time.perf_counter() + 0.05), timeout=120)
-        runs, failures = {}, []
-
-        def run(spec: str, url: str, replica: EmulatedLink) -> None:
-            try:
-                runs[spec] = self.policy(spec, url, start_s, trace, replica, start, began)
-            except BaseException as exc:  # noqa: BLE001 — re-raised below, in the caller's thread
-                failures.append(exc)
-                start.abort()
-
-        threads = [threading.Thread(target=run, args=(spec, url, replica), name=f"demo-{spec}")
-                   for spec, url, replica in zip(specs, self.urls, links)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            raise failures[0]
-        return {spec: runs[spec] for spec in specs}
+        jobs = [lambda spec=spec, url=url, replica=replica: self.policy(spec, url, start_s, trace, replica, start,
+                                                                         began)
+                for spec, url, replica in zip(specs, self.urls, links)]
+        return dict(zip(specs, run_together(jobs, start, [f"demo-{spec}" for spec in specs])))
 
     def policy(self, spec: str, url: str, start_s: float, trace: RateTrace, link: EmulatedLink,
                start: threading.Barrier | None = None, began: list[float] | None = None) -> list[RequestRecord]:
@@ -475,6 +462,30 @@ class _Runner:
     def _say(self, line: str) -> None:
         with self._print:
             self.console.print(line, highlight=False)
+
+
+def run_together(jobs: list[Callable[[], T]], start: threading.Barrier, names: list[str]) -> list[T]:
+    """Run each job in its own thread (named ``names``), all at once, and return their results in order;
+    the first failure is re-raised here, once ``start`` is broken so that no job waits at it for one that
+    failed."""
+    results: list[Any] = [None] * len(jobs)
+    failures: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            results[k] = jobs[k]()
+        except BaseException as exc:  # noqa: BLE001 — re-raised below, in the caller's thread
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=run, args=(k,), name=name) for k, name in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    return results
 
 
 def _summary(records: list[RequestRecord], reference: list[int], deadline_s: float | None) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.demo import (DEFAULT_TRACE, AppLink, emulated_profiles, idle_s_at, loopback_server,
-                            replaying_device)
+                            replaying_device, run_together)
 from edgesplit.device import DeviceConfig, RequestRecord, summarize
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
@@ -316,23 +316,8 @@ class _Fleet:
         before = _server_work(self.url)
         began: list[float] = []
         start = threading.Barrier(devices, action=lambda: began.append(time.perf_counter() + 0.05), timeout=120)
-        runs: list[list[RequestRecord]] = [[] for _ in range(devices)]
-        failures: list[BaseException] = []
-
-        def run(k: int) -> None:
-            try:
-                runs[k] = self.device(k, devices, spec, windows[k], links[k], start, began)
-            except BaseException as exc:  # noqa: BLE001 — re-raised below, in the caller's thread
-                failures.append(exc)
-                start.abort()
-
-        threads = [threading.Thread(target=run, args=(k,), name=f"fleet-{spec}-{k}") for k in range(devices)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        if failures:
-            raise failures[0]
+        jobs = [lambda k=k: self.device(k, devices, spec, windows[k], links[k], start, began) for k in range(devices)]
+        runs = run_together(jobs, start, [f"fleet-{spec}-{k}" for k in range(devices)])
         drained = _drained(self.url)
         turn = Turn(devices, repeat, spec, began[0] - self.started, time.perf_counter() - began[0],
                     _server_work(self.url) - before, runs)
