@@ -189,9 +189,9 @@ def test_an_option_late_in_every_scenario_costs_the_deadline_plus_the_rest():
 
 
 def scenarios(mbps: float, recent_mbps: tuple[float, ...] = (), volatility: float = 0.0,
-              age: float = 0.0) -> tuple[float, ...]:
+              age: float = 0.0, ceilings: tuple[bool, ...] = ()) -> tuple[float, ...]:
     return rate_scenarios(State(LinkState(mbps * MBPS), ServerState(), recent_bps=tuple(r * MBPS for r in recent_mbps),
-                                sample_age_s=age, volatility=volatility))
+                                ceilings=ceilings, sample_age_s=age, volatility=volatility))
 
 
 def test_without_samples_the_one_scenario_is_the_estimate():
@@ -215,6 +215,17 @@ def test_an_aged_estimate_spreads_each_sample_both_ways():
     # no spread when the factor is 1: a fresh sample, or a steady link
     assert scenarios(1.6, (1, 4), volatility=0.5, age=0) == pytest.approx((1 * MBPS, 4 * MBPS))
     assert scenarios(1.6, (1, 4), volatility=0.0, age=4) == pytest.approx((1 * MBPS, 4 * MBPS))
+
+
+def test_a_bound_spreads_only_downwards():
+    # the device gave up on an upload at 1 Mbit/s: the link gave at most that, however old the samples
+    e = math.e
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(True, False)) == pytest.approx(
+        (MBPS / e, MBPS, 4 * MBPS / e, 4 * MBPS * e))
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(False, True)) == pytest.approx(
+        (MBPS / e, MBPS * e, 4 * MBPS / e, 4 * MBPS))
+    # flags that do not match the samples (a caller's mistake) are ignored rather than misapplied
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(True,)) == scenarios(1.6, (1, 4), 0.5, 4)
 
 
 def test_the_spread_stops_growing_at_max_age():

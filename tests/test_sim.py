@@ -14,7 +14,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import LastSample, make_estimator
 from edgesplit.latency import LinkState, Option, ServerState, latency
 from edgesplit.policies import Decision, Policy, State, make_policy
-from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.device import DeviceConfig, DeviceCore, RateBound, RateSample, RequestRecord, summarize
 from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.load import LoadReport
 from edgesplit.sim.server import BatchingServer, Served, _Job
@@ -521,6 +521,18 @@ def test_a_given_up_request_teaches_at_most_its_bytes_over_the_time_waited():
     records = run(Script("offload:raw", "local"), trace, fps=1.0, duration_s=2.0, config=cfg)
     # counted with request 1: the probe after request 0's fallback, and one beside its own local run
     assert (records[1].probe_bytes, records[1].estimated_bps) == (32_000, pytest.approx(8 * MBPS))
+
+
+def test_the_policy_is_told_which_recent_rates_are_bounds():
+    local = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
+    core = DeviceCore(make_policy("local", [local], LinkState(MBPS)), make_estimator("harmonic"), [local])
+    core.learn([RateBound(2.0, 1 * MBPS), RateSample(1.0, 8 * MBPS), RateSample(3.0, 4 * MBPS)])  # learnt in time order
+    state = core.state(3.5)
+    assert state.recent_bps == (8 * MBPS, 1 * MBPS, 4 * MBPS)
+    assert state.ceilings == (False, True, False)
+    assert state.sample_age_s == pytest.approx(0.5)  # a bound is not a sample: it does not make the estimate fresh
+    core.learn([RateSample(4.0 + k, 4 * MBPS) for k in range(4)])  # the bound leaves the window with its flag
+    assert core.state(8.0).ceilings == (False,) * 5
 
 
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():

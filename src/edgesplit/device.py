@@ -180,6 +180,7 @@ class DeviceCore:
         self.records: list[RequestRecord] = []
         estimator.reset()
         self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)  # (learnt at, bits/s)
+        self._ceilings: deque[bool] = deque(maxlen=RECENT_SAMPLES)  # the estimator's recent ones that are bounds
         self._square_step = self._step_s = math.nan  # moving averages of (Δ log rate)² and Δt
         self._probed_at = -math.inf
         self._uploads: dict[int, tuple[float, int, float]] = {}  # in flight: started at, bytes, learnt at
@@ -223,7 +224,7 @@ class DeviceCore:
         estimate = self.estimator.predict() or self.config.prior_bps
         newest = self._samples[-1][0] if self._samples else -math.inf
         return State(LinkState(estimate, self.rtt_s, self.config.downlink_bps, self.backlog_bytes(now)), self.reported,
-                     actual, current, self.config.hedge, self.estimator.recent(),
+                     actual, current, self.config.hedge, self.estimator.recent(), tuple(self._ceilings),
                      sample_age_s=max(0.0, now - newest) if self._samples else math.inf,
                      volatility=self.volatility(), deadline_s=self.deadline_s)
 
@@ -248,6 +249,7 @@ class DeviceCore:
                 self.reported = item.report.server_state()
                 continue
             self.estimator.update(item.bps)
+            self._ceilings.append(isinstance(item, RateBound))
             if isinstance(item, RateBound):  # at most this: the estimate hears it, the age and volatility not
                 continue
             if self._samples:

@@ -45,6 +45,7 @@ class State:
     current: ServerState | None = None  # the true load now: simulation only
     hedged: bool = False  # the device runs the rest itself while it waits (--hedge)
     recent_bps: tuple[float, ...] = ()  # the estimator's last samples: how the link may turn out
+    ceilings: tuple[bool, ...] = ()  # which of them are bounds (an upload given up: the rate was at most this)
     sample_age_s: float = 0.0  # since the newest sample was learnt (inf: none yet)
     volatility: float = 0.0  # standard deviation of the log-rate's change over one second
     deadline_s: float = math.inf  # the device gives up on the server this long after taking a request up
@@ -57,13 +58,17 @@ MAX_LOG_SPREAD = 3.0  # and no scenario is more than e³ (20×) off its sample
 def rate_scenarios(state: State) -> tuple[float, ...]:
     """Equally likely uplink rates for the next upload: the recent samples, scaled so that their harmonic
     mean is the estimate, each spread by a factor exp(±volatility·√age) once the newest sample has aged
-    (the log-rate as a random walk; the age capped at ``MAX_AGE_S``, the exponent at ``MAX_LOG_SPREAD``)."""
+    (the log-rate as a random walk; the age capped at ``MAX_AGE_S``, the exponent at ``MAX_LOG_SPREAD``).
+    A bound is a ceiling: it spreads only downwards (the link gave at most that when the device gave up)."""
     estimate = state.estimated.uplink_bps
     recent = state.recent_bps
     inverse_sum = sum(1.0 / r for r in recent)
     rates = tuple(r * estimate * inverse_sum / len(recent) for r in recent) or (estimate,)
     spread = math.exp(min(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)), MAX_LOG_SPREAD))
-    return rates if spread <= 1.0 else tuple(r * f for r in rates for f in (1 / spread, spread))
+    if spread <= 1.0:
+        return rates
+    ceilings = state.ceilings if recent and len(state.ceilings) == len(recent) else (False,) * len(rates)
+    return tuple(r * f for r, ceiling in zip(rates, ceilings) for f in (1 / spread, 1.0 if ceiling else spread))
 
 
 @dataclass(frozen=True)
