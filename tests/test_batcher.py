@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from edgesplit.load import WORK_WINDOW_S, WorkRate
 from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull
 from edgesplit.runtime.metrics import Metrics
 
@@ -148,3 +149,33 @@ def test_stalled_and_slow_bodies_are_neither_waited_for_nor_keep_a_short_tail_of
     threads, results = asyncio.run(scenario())
     assert threads == [False, True]  # the second ran inline, as if nobody were arriving
     assert results[1].batch_size == 1 and results[1].queue_s < 0.5  # not held for the 1 s window
+
+
+def test_the_report_says_how_much_work_arrived_per_second():
+    async def scenario():
+        batcher, runs = make()
+        batcher._compute_s.update({(3, 1): 0.010, (3, 2): 0.015, (3, 3): 0.018})  # as if measured before
+        batcher._offered = WorkRate(time.perf_counter() - 10.0)  # a server older than the window
+        # three requests for one cut, queued before the worker runs: a new batch (10 ms), then each one
+        # joins it (5 ms, then 3 ms more)
+        await asyncio.gather(*(batcher.submit(3, np.zeros((1, 2), np.float32)) for _ in range(3)))
+        report = batcher.report()
+        await batcher.close()
+        return runs, report
+
+    runs, report = asyncio.run(scenario())
+    assert runs == [(3, 3)]
+    assert report.offered_load == pytest.approx(0.018 / WORK_WINDOW_S)
+    assert (report.queue_wait_s, report.queue_length) == (0.0, 0)
+
+
+def test_offered_load_counts_the_last_window_only():
+    rate = WorkRate(started_s=0.0, window_s=2.0)
+    assert rate.rate(0.0) == 0.0
+    rate.add(0.5, 0.3)
+    assert rate.rate(1.0) == pytest.approx(0.3)  # younger than its window: over the 1 s it has lived
+    rate.add(1.5, 0.1)
+    rate.add(3.0, 0.2)  # known ahead of time (a simulator): not counted before it arrives
+    assert rate.rate(2.0) == pytest.approx(0.4 / 2)
+    assert rate.rate(3.0) == pytest.approx(0.3 / 2)  # the work at 0.5 s has left the window
+    assert rate.rate(10.0) == 0.0

@@ -245,13 +245,18 @@ def test_least_queue_waits_less_than_random_routing():
 def test_a_device_learns_the_load_of_the_replica_that_answered():
     # round-robin over two replicas: devices 0 and 1 reach replicas 0 and 1 at 60 ms; device 2 (from 10 ms)
     # reaches replica 0 at 70 ms, while device 0's batch runs (60-72 ms). Device 0's answer reports device 2's
-    # request waiting (12 ms to run), device 1's an idle replica: their next predictions differ by just that
+    # request waiting (12 ms to run), device 1's an idle replica
     result = simulate_fleet([offloading((0.0, 1.0)), offloading((0.0, 1.0)), offloading((0.01,))],
                             FleetSimConfig(servers=2, routing="round-robin"))
     assert [r.requests for r in result.replicas] == [3, 2]
     assert result.records[2][0].queue_s == pytest.approx(0.002)
     device0, device1 = result.records[0][1], result.records[1][1]
-    assert (device0.predicted_s, device1.predicted_s) == (pytest.approx(0.093 + 0.012), pytest.approx(0.093))
+    assert (device0.reported_queue_s, device1.reported_queue_s) == (pytest.approx(0.012), 0.0)
+    # ... but replica 0 was offered 24 ms of work in its first 72 ms (ρ = 1/3): by device 0's next request,
+    # 0.9 s later, the 12 ms have long been worked off, and both devices expect to wait nothing
+    assert (device0.predicted_queue_s, device1.predicted_queue_s) == (0.0, 0.0)
+    assert (device0.predicted_s, device1.predicted_s) == (pytest.approx(0.093), pytest.approx(0.093))
+    assert device0.queue_s == device1.queue_s == 0.0
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -301,7 +306,7 @@ def test_simulate_fleet_prints_a_table_per_fleet_size_and_writes_json_and_plots(
     for count, entry in data["devices"].items():
         assert list(entry) == ["policies", "server"] and list(entry["policies"]) == ["dsc", "offload", "local"]
         for summary in entry["policies"].values():
-            assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "answered", "count", "fallbacks", "cuts"]
+            assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "answered", "count", "fallbacks", "cuts", "load_errors"]
             assert summary["count"] == sum(summary["cuts"].values()) == 50 * int(count)  # 10 s at 5 fps each
         assert list(entry["server"]["offload"]) == ["utilisation", "mean_batch", "queue_p95_ms"]
         assert entry["policies"]["local"]["answered"] == 0

@@ -9,7 +9,8 @@ import math
 import pytest
 
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import LinkState, Option, ServerState, build_options, find_option, hedged_latency, latency
+from edgesplit.latency import (LinkState, Option, ServerState, build_options, find_option, hedged_latency, latency,
+                               queue_met)
 from edgesplit.errors import ProfileError
 from edgesplit.profile import CutProfile, Profile, Timing, load_profile, with_slowdown
 
@@ -208,6 +209,23 @@ def test_latency_of_offload_term_by_term(options):
     assert latency(options["offload:raw"], LINK, BUSY) == pytest.approx(0.1018, abs=1e-12)
     # JPEG: encode 0.003 + 120 B (0.00012) + rtt + wait + 0.03 + decode 0.0007 + 0.001
     assert latency(options["offload:jpeg90"], LINK, BUSY) == pytest.approx(0.10482, abs=1e-12)
+
+
+def test_the_wait_is_the_reported_one_aged_to_the_requests_arrival(options):
+    split = options["split:c1:fp32"]
+    # the frame reaches the server 0.1 (head) + 0.04 (upload) + 0.025 (half the RTT) = 0.165 s after the decision;
+    # the report is 0.2 s old then and the queue grew 0.5 s per second: 0.02 + 0.5 × (0.2 + 0.165)
+    growing = ServerState(0.02, growth=0.5, age_s=0.2)
+    assert queue_met(split, LINK, growing) == pytest.approx(0.02 + 0.5 * 0.365, abs=1e-12)
+    assert latency(split, LINK, growing) == pytest.approx(0.231 + 0.5 * 0.365, abs=1e-12)
+    # a draining queue (nothing arrives: -1 s per second) is empty by then, never negative
+    assert queue_met(split, LINK, ServerState(0.02, growth=-1.0, age_s=0.2)) == 0.0
+    assert latency(split, LINK, ServerState(0.02, growth=-1.0, age_s=0.2)) == pytest.approx(0.211, abs=1e-12)
+    # without a growth (a server that does not report its offered load) the report is taken as it is
+    assert queue_met(split, LINK, ServerState(0.02, age_s=5.0)) == 0.02
+    # never below the waits the device's own requests met lately
+    assert queue_met(split, LINK, ServerState(0.02, growth=-1.0, age_s=0.2, met_s=0.07)) == 0.07
+    assert queue_met(split, LINK, ServerState(0.02, growth=0.5, age_s=0.2, met_s=0.07)) == pytest.approx(0.2025)
 
 
 def test_latency_without_rtt_load_or_downlink_cost_is_compute_plus_upload(options):

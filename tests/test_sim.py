@@ -14,7 +14,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import LastSample, make_estimator
 from edgesplit.latency import LinkState, Option, ServerState, latency
 from edgesplit.policies import Decision, Policy, State, make_policy
-from edgesplit.device import DeviceConfig, DeviceCore, RateBound, RateSample, RequestRecord, summarize
+from edgesplit.device import (MET_MAX_AGE_S, DeviceConfig, DeviceCore, LoadUpdate, Outcome, RateBound, RateSample,
+                              RequestRecord, summarize)
 from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.load import LoadReport
 from edgesplit.sim.server import BatchingServer, Served, _Job
@@ -266,9 +267,7 @@ def tail(base: float, per_item: float):
 
 def enqueue(server: BatchingServer, arrival_s: float, key: str, tail_time) -> _Job:
     """Queue a job without running the server (serve() always runs until its job is done)."""
-    job = _Job(arrival_s, key, tail_time, ours=True)
-    bisect.insort(server._queue, job)
-    return job
+    return server.submit(arrival_s, key, tail_time)
 
 
 def test_jobs_for_the_same_key_run_as_one_batch():
@@ -315,18 +314,19 @@ def test_a_later_job_joins_the_oldest_jobs_batch():
 
 def test_the_report_counts_the_remaining_and_the_queued_work():
     server = BatchingServer(2, None, 0.0, tail(0, 0))
-    assert server.report(0.0) == LoadReport(0.0, 0, 2)
-    server.serve(0.0, "x", tail(1.0, 0.0))
-    assert server.report(0.4) == LoadReport(pytest.approx(0.6), 0, 2)  # the batch in progress
-    enqueue(server, 0.5, "a", tail(0.1, 0.1))
-    enqueue(server, 0.6, "b", tail(0.5, 0.0))
-    enqueue(server, 0.7, "a", tail(0.1, 0.1))
-    enqueue(server, 0.75, "a", tail(0.1, 0.1))
-    # 0.2 s left of x, then a in batches of at most 2 (0.3 s + 0.2 s), and b (0.5 s)
-    assert server.report(0.8) == LoadReport(pytest.approx(0.2 + 0.3 + 0.2 + 0.5), 4, 2)
+    assert server.report(0.0) == LoadReport(0.0, 0, 2, 0.0)
+    server.serve(0.0, "x", tail(1.0, 0.0))  # brings 1 s of work
+    assert server.report(0.4) == LoadReport(pytest.approx(0.6), 0, 2, 1.0 / 0.4)  # the batch in progress
+    enqueue(server, 0.5, "a", tail(0.1, 0.1))  # a new batch: 0.2 s
+    enqueue(server, 0.6, "b", tail(0.5, 0.0))  # 0.5 s
+    enqueue(server, 0.7, "a", tail(0.1, 0.1))  # joins a's batch: 0.3 - 0.2 s
+    enqueue(server, 0.75, "a", tail(0.1, 0.1))  # a's batch is full (2): a new one, 0.2 s
+    # 0.2 s left of x, then a in batches of at most 2 (0.3 s + 0.2 s), and b (0.5 s); 2 s of work in 0.8 s
+    assert server.report(0.8) == LoadReport(pytest.approx(0.2 + 0.3 + 0.2 + 0.5), 4, 2, pytest.approx(2.0 / 0.8))
     # at 1.1 s the first a batch (a at 0.5 and 0.7) has run for 0.1 s: 0.2 s of it left, then b, then a
-    assert server.report(1.1) == LoadReport(pytest.approx(0.2 + 0.5 + 0.2), 2, 2)
-    assert server.report(5.0) == LoadReport(0.0, 0, 2)  # everything has run by then
+    assert server.report(1.1) == LoadReport(pytest.approx(0.2 + 0.5 + 0.2), 2, 2, pytest.approx(2.0 / 1.1))
+    # everything has run by then, and nothing arrived in the last WORK_WINDOW_S
+    assert server.report(5.0) == LoadReport(0.0, 0, 2, 0.0)
 
 
 def test_background_load_is_seeded():
@@ -472,7 +472,8 @@ def test_request_to_dict():
         "index": 2, "arrival_s": 1.0, "option": "offload:raw", "kind": "offload", "cut": None, "codec": "-",
         "probe_bytes": 0, "executed": "offload", "fallback_reason": None, "bytes_sent": 40, "batch_size": 0,
         "top1": None, "predicted_ms": 100.0, "latency_ms": 300.0, "upload_ms": None, "queue_ms": None,
-        "compute_ms": None, "estimated_mbps": 1.0, "true_mbps": 1.0, "measured_mbps": None}
+        "compute_ms": None, "estimated_mbps": 1.0, "true_mbps": 1.0, "measured_mbps": None,
+        "reported_queue_ms": None, "predicted_queue_ms": None}
 
 
 def test_the_estimator_is_reset_for_each_run():
@@ -535,6 +536,22 @@ def test_the_policy_is_told_which_recent_rates_are_bounds():
     assert core.state(8.0).ceilings == (False,) * 5
 
 
+def test_the_device_ages_the_load_report_and_remembers_the_waits_its_requests_met():
+    local = Option("local", "local", None, "-", 0.1, 0.0, 0, 0.0, {}, 0, True)
+    core = DeviceCore(make_policy("local", [local], LinkState(MBPS)), make_estimator("last"), [local],
+                      DeviceConfig(rtt_s=0.04))
+    assert core.reported(0.0) == ServerState()  # nothing heard yet
+    core.learn([LoadUpdate(1.0, LoadReport(0.05, 2, 8, 1.5))])
+    # made half an RTT before it was learnt: 0.02 + 0.5 s old at 1.5 s
+    assert core.reported(1.5) == ServerState(0.05, growth=0.5, age_s=pytest.approx(0.52))
+    decision, state = core.decide(1.5)
+    for k, wait in enumerate((0.1, 0.2)):  # two answers that met 100 and 200 ms at the server
+        core.record(2.0 + k, decision, state, Outcome("offload", queue_s=wait), 0.3)
+    met = 0.7 * 0.1 + 0.3 * 0.2
+    assert core.reported(3.3).met_s == pytest.approx(met)
+    assert core.reported(3.3 + MET_MAX_AGE_S + 0.1).met_s == 0.0  # forgotten: not heard of for too long
+
+
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():
     slow = Option("local", "local", None, "-", 0.7, 0.0, 0, 0.0, {}, 0, True)
     cfg = config(rtt_s=0.04, downlink_bps=32 * MBPS, deadline_s=0.5, sequential=True)
@@ -571,7 +588,12 @@ def test_a_hedge_the_server_beat_still_keeps_the_processor_busy():
 @pytest.mark.parametrize("text", [None, "", "{}", "[" * 5000, '{"queue_wait_s": -1, "queue_length": 0, "max_batch_size": 1}',
                                   '{"queue_wait_s": "inf", "queue_length": 0, "max_batch_size": 1}',
                                   '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 0}',
-                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "pad": "' + "x" * 1024 + '"}'])
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "pad": "' + "x" * 1024 + '"}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "offered_load": -0.5}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "offered_load": "nan"}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "offered_load": 1e9}',
+                                  '{"queue_wait_s": 0.1, "queue_length": 0, "max_batch_size": 1, "offered_load": [1]}',
+                                  '[1, 2]'])
 def test_a_malformed_load_report_is_none(text):
     assert LoadReport.parse(text) is None
 
@@ -580,3 +602,12 @@ def test_a_load_report_round_trips():
     report = LoadReport(0.125, 3, 8)
     assert report.to_header() == '{"queue_wait_s": 0.125, "queue_length": 3, "max_batch_size": 8}'
     assert LoadReport.parse(report.to_header()) == report and report.server_state() == ServerState(0.125, 1)
+    # a report that says how fast work arrives: the device ages it, and the wait grows or drains from it
+    report = LoadReport(0.125, 3, 8, 1.5)
+    assert report.to_header() == ('{"queue_wait_s": 0.125, "queue_length": 3, "max_batch_size": 8, '
+                                  '"offered_load": 1.5}')
+    assert LoadReport.parse(report.to_header()) == report
+    assert report.server_state(0.25) == ServerState(0.125, 1, growth=0.5, age_s=0.25)
+    assert report.server_state(0.25).queue_at(0.25) == pytest.approx(0.125 + 0.5 * 0.5)
+    assert LoadReport(0.125, 3, 8, 0.5).server_state(0.1).queue_at(0.15) == pytest.approx(0.125 - 0.5 * 0.25)
+    assert LoadReport(0.125, 3, 8, 0.0).server_state(0.1).queue_at(0.5) == 0.0  # drained, not negative

@@ -10,7 +10,8 @@ What a device can learn (:data:`Feedback`), and the rule each side applies to it
   time and teaches nothing; neither does the sender's clock (``send()`` returns long before delivery).
 - :class:`RateBound` — an upload given up before it all arrived: the link gave at most its bytes over
   the time waited.
-- :class:`LoadUpdate` — the server's load report (:mod:`edgesplit.load`), with every answer and probe.
+- :class:`LoadUpdate` — the server's load report (:mod:`edgesplit.load`), with every answer and probe; the
+  policy sees it aged to the moment it decides, so that it can predict the wait at its request's arrival.
 
 The device probes (``probe_bytes`` to ``POST /v1/probe``, at most one per ``probe_interval_s``, so at most
 ``probe_bytes / probe_interval_s`` bytes a second) whenever its newest sample is older than the interval
@@ -25,12 +26,12 @@ import math
 import statistics
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import RECENT_SAMPLES, Estimator
-from edgesplit.latency import LinkState, Option, ServerState, rest_on_device
+from edgesplit.latency import LinkState, Option, ServerState, queue_met, rest_on_device
 from edgesplit.load import LoadReport
 from edgesplit.policies import Decision, Policy, State
 from edgesplit.profile import quantile
@@ -48,6 +49,8 @@ HEDGE_WON = "hedge: the device finished first"  # why a request ended locally
 DEADLINE_PASSED = "deadline"
 PRIOR_VOLATILITY = 0.5  # standard deviation of the uplink's log-rate change over one second, before measured
 VOLATILITY_ALPHA = 0.2  # weight of a new pair of samples in the volatility's moving averages
+MET_ALPHA = 0.3  # weight of a new queue wait in the average of those the device's requests met
+MET_MAX_AGE_S = 5.0  # that average is forgotten once the device has not heard of a wait for this long
 
 
 def timed_sample(bytes_after_first: int, recv_s: float) -> float | None:
@@ -151,11 +154,14 @@ class RequestRecord:
     compute_s: float | None
     batch_size: int
     top1: int | None
+    reported_queue_s: float | None = None  # remote options: the wait the newest load report said, as it said it
+    predicted_queue_s: float | None = None  # ... and the wait the policy expected at the request's arrival
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in ms and Mbit/s."""
         data = asdict(self)
-        for key in ("predicted_s", "latency_s", "upload_s", "queue_s", "compute_s"):
+        for key in ("predicted_s", "latency_s", "upload_s", "queue_s", "compute_s", "reported_queue_s",
+                    "predicted_queue_s"):
             value = data.pop(key)
             data[key.replace("_s", "_ms")] = None if value is None else value * 1e3
         for key in ("estimated_bps", "true_bps", "measured_bps"):
@@ -176,7 +182,8 @@ class DeviceCore:
         self.policy, self.estimator, self.options, self.config = policy, estimator, options, config
         self.local_s = local[0].head_s
         self.rtt_s = config.rtt_s
-        self.reported = ServerState()
+        self._report: LoadUpdate | None = None  # the newest load report, and when it was learnt
+        self._met: tuple[float, float] | None = None  # the waits this device's requests met: (last at, average)
         self.records: list[RequestRecord] = []
         estimator.reset()
         self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)  # (learnt at, bits/s)
@@ -223,10 +230,20 @@ class DeviceCore:
         self._uploads = {k: u for k, u in self._uploads.items() if u[2] > now}
         estimate = self.estimator.predict() or self.config.prior_bps
         newest = self._samples[-1][0] if self._samples else -math.inf
-        return State(LinkState(estimate, self.rtt_s, self.config.downlink_bps, self.backlog_bytes(now)), self.reported,
+        return State(LinkState(estimate, self.rtt_s, self.config.downlink_bps, self.backlog_bytes(now)), self.reported(now),
                      actual, current, self.config.hedge, self.estimator.recent(), tuple(self._ceilings),
                      sample_age_s=max(0.0, now - newest) if self._samples else math.inf,
                      volatility=self.volatility(), deadline_s=self.deadline_s)
+
+    def reported(self, now: float) -> ServerState:
+        """The server's load as its newest report says, aged to ``now`` (it was made half an RTT before it
+        was learnt, when the answer left the server), and the waits this device's own requests met lately.
+        A report is read when the device's own batch has just left the queue, so it tends to catch the
+        queue low; the waits its requests met are what they meet (see :meth:`ServerState.queue_at`)."""
+        met = self._met[1] if self._met is not None and now - self._met[0] <= MET_MAX_AGE_S else 0.0
+        if self._report is None:
+            return ServerState(met_s=met)
+        return replace(self._report.report.server_state(max(0.0, now - self._report.at_s) + self.rtt_s / 2), met_s=met)
 
     def decide(self, now: float, **truth: Any) -> tuple[Decision, State]:
         state = self.state(now, **truth)
@@ -246,7 +263,7 @@ class DeviceCore:
         """Fold what came back, oldest first."""
         for item in sorted(feedback, key=lambda f: f.at_s):
             if isinstance(item, LoadUpdate):
-                self.reported = item.report.server_state()
+                self._report = item
                 continue
             self.estimator.update(item.bps)
             self._ceilings.append(isinstance(item, RateBound))
@@ -274,8 +291,13 @@ class DeviceCore:
             len(self.records), arrival_s, o.name, o.kind, o.cut, o.codec, decision.predicted_s,
             state.estimated.uplink_bps, state.actual.uplink_bps if state.actual else None, latency_s, probe_bytes,
             outcome.executed, outcome.fallback_reason, outcome.bytes_sent, outcome.measured_bps, outcome.upload_s,
-            outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1)
+            outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1,
+            None if o.kind == "local" else state.reported.queue_wait_s,
+            None if o.kind == "local" else queue_met(o, state.estimated, state.reported))
         self.records.append(record)
+        if outcome.queue_s is not None:
+            met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s
+            self._met = (arrival_s + latency_s, met)
         return record
 
 
@@ -299,6 +321,18 @@ def summarize(records: list[RequestRecord], deadline_s: float | None = None) -> 
         "stale_estimate_s": stale_estimate_s(records),
         "cuts": dict(sorted(cuts.items(), key=lambda kv: -kv[1])),
     }
+
+
+def load_errors(records: list[RequestRecord]) -> dict[str, Any]:
+    """How well the devices knew the wait their requests met at the server, over the requests it answered:
+    the mean absolute error (ms) of the newest report taken as it is, and of the policy's prediction (the
+    report aged to the request's arrival)."""
+    known = [r for r in records if r.queue_s is not None and r.predicted_queue_s is not None]
+    if not known:
+        return {"requests": 0, "queue_ms": None, "reported_error_ms": None, "predicted_error_ms": None}
+    return {"requests": len(known), "queue_ms": statistics.fmean(r.queue_s for r in known) * 1e3,
+            "reported_error_ms": statistics.fmean(abs(r.reported_queue_s - r.queue_s) for r in known) * 1e3,
+            "predicted_error_ms": statistics.fmean(abs(r.predicted_queue_s - r.queue_s) for r in known) * 1e3}
 
 
 def stale_estimate_s(records: list[RequestRecord]) -> float | None:

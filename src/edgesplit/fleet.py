@@ -40,7 +40,7 @@ from rich.table import Table
 
 from edgesplit.demo import (DEFAULT_TRACE, AppLink, emulated_profiles, idle_s_at, loopback_server,
                             replaying_device, run_together)
-from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.device import DeviceConfig, RequestRecord, load_errors, summarize
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState, Option, build_options
@@ -370,6 +370,7 @@ def _policy_summary(turns: list[Turn], requests_per_turn: int) -> dict[str, Any]
     return {"mean_ms": s["mean_ms"], "p50_ms": s["p50_ms"], "p95_ms": s["p95_ms"],
             "answered": sum(r.top1 is not None for r in records),
             "count": sum(t.devices * requests_per_turn for t in turns), "fallbacks": s["fallbacks"], "cuts": s["cuts"],
+            "load_errors": load_errors(records),
             "repeats_mean_ms": [statistics.fmean(r.latency_s * 1e3 for r in t.records)
                                 for t in sorted(turns, key=lambda t: t.repeat)],
             "server": _server_summary(turns)}

@@ -39,10 +39,21 @@ class LinkState:
 
 @dataclass(frozen=True)
 class ServerState:
-    """What the server reports: how long a new request would wait, and the batch it would run in."""
+    """What the server reports: how long a new request would wait, and the batch it would run in; how the
+    wait changes per second after the report (``growth``, -1: draining, nothing arriving) and how old the
+    report is when the device decides (:mod:`edgesplit.load`)."""
 
     queue_wait_s: float = 0.0
     batch_size: int = 1
+    growth: float = 0.0
+    age_s: float = 0.0
+    met_s: float = 0.0  # the waits the device's own recent requests met (an average; 0: none lately)
+
+    def queue_at(self, after_s: float) -> float:
+        """The wait a request meets at the server ``after_s`` seconds after the device decided: the report
+        aged by its growth, but not below what the device's recent requests met."""
+        projected = self.queue_wait_s if self.growth == 0.0 else self.queue_wait_s + self.growth * (self.age_s + after_s)
+        return max(self.met_s, projected, 0.0)
 
 
 @dataclass(frozen=True)
@@ -87,10 +98,22 @@ def latencies_at(option: Option, link: LinkState, server: ServerState, rates_bps
     if option.kind == "local":
         return (option.head_s,) * len(rates_bps)
     ready = option.head_s + option.encode_s
-    fixed = (ready + link.rtt_s + server.queue_wait_s + option.tail_at(server.batch_size) + option.decode_s
+    fixed = (ready + link.rtt_s + option.tail_at(server.batch_size) + option.decode_s
              + option.result_bytes * 8 / link.downlink_bps)
-    backlog_bits, bits = link.backlog_bytes * 8, option.bytes * 8
-    return tuple(fixed + max(0.0, backlog_bits / rate - ready) + bits / rate for rate in rates_bps)
+    uploads = [_upload_s(option, link, rate) for rate in rates_bps]
+    return tuple(fixed + upload + server.queue_at(ready + upload + link.rtt_s / 2) for upload in uploads)
+
+
+def _upload_s(option: Option, link: LinkState, rate_bps: float) -> float:
+    """From the frame being ready to its last byte sent, at ``rate_bps``, behind the device's own backlog."""
+    ready = option.head_s + option.encode_s
+    return max(0.0, link.backlog_bytes * 8 / rate_bps - ready) + option.bytes * 8 / rate_bps
+
+
+def queue_met(option: Option, link: LinkState, server: ServerState) -> float:
+    """The wait a request sent as ``option`` now is expected to meet at the server (``link`` as given)."""
+    ready = option.head_s + option.encode_s
+    return server.queue_at(ready + _upload_s(option, link, link.uplink_bps) + link.rtt_s / 2)
 
 
 def scenario_latencies(option: Option, link: LinkState, server: ServerState, rates_bps: tuple[float, ...],

@@ -8,7 +8,7 @@ stalled upload is no partner: it used to hold every request for the whole window
 median went from 1.8 to 7.0 ms while one 60 MB upload stalled; now 1.91 against 1.94 ms without it,
 benchmarks/edge.py). Under load, requests that arrive while a batch runs form the next batch anyway. :meth:`Batcher.report` is the load report every answer
 carries (:mod:`edgesplit.load`): what is left of the batch in progress plus the waiting batches, each priced
-by the compute time last seen for its cut and size.
+by the compute time last seen for its cut and size, and the load offered over the last seconds.
 
 A lone request whose tail took under ``inline_below_s`` the last time runs on the event loop itself:
 handing it to the thread and back costs two wake-ups (0.3 ms on the 2-core test machine), more than such
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesplit.load import LoadReport, queue_wait
+from edgesplit.load import LoadReport, WorkRate, added_work, queue_wait
 from edgesplit.runtime.metrics import Metrics
 
 RunBatch = Callable[[int, np.ndarray], np.ndarray]
@@ -96,6 +96,7 @@ class Batcher:
         self._lone_compute_s: dict[int, float] = {}  # per cut: the last compute time of a batch of one
         self._running: tuple[int, int, float] | None = None  # the batch in progress: cut, size, start
         self._arrivals: list[Arrival] = []  # bodies being received: the only partners worth waiting for
+        self._offered = WorkRate(time.perf_counter())
 
     def report(self) -> LoadReport:
         """How long a request arriving now would wait (see :func:`edgesplit.load.queue_wait`)."""
@@ -104,7 +105,7 @@ class Batcher:
             cut, size, started = self._running
             busy = started + self.batch_s(cut, size) - time.perf_counter()
         wait = queue_wait(busy, (i.cut for i in self._pending), self.batch_s, self.max_batch_size)
-        return LoadReport(wait, len(self._pending), self.max_batch_size)
+        return LoadReport(wait, len(self._pending), self.max_batch_size, self._offered.rate(time.perf_counter()))
 
     def batch_s(self, cut: int, size: int) -> float:
         """The compute time of a batch: as last seen for this cut and size, else for this cut alone times the
@@ -133,6 +134,8 @@ class Batcher:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
         item = _Item(cut, array, time.perf_counter(), asyncio.get_running_loop().create_future())
+        self._offered.add(item.arrived, added_work((i.cut for i in self._pending), cut, self.batch_s,
+                                                   self.max_batch_size))
         self._pending.append(item)
         self.metrics.queue_length = len(self._pending)
         self._wake.set()

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, Feedback, LoadUpdate, Outcome,
-                              RateSample, RequestRecord, summarize, timed_sample)
+                              RateSample, RequestRecord, load_errors, summarize, timed_sample)
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import Estimator, make_estimator
 from edgesplit.latency import LinkState, Option, ServerState
@@ -182,7 +182,7 @@ class FleetResult:
         answered = sum(r.executed != "local" for r in pooled)
         return {"mean_ms": summary["mean_ms"], "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"],
                 "answered": answered, "count": summary["count"], "fallbacks": summary["fallbacks"],
-                "cuts": summary["cuts"]}
+                "cuts": summary["cuts"], "load_errors": load_errors(pooled)}
 
 
 def simulate_fleet(devices: Sequence[FleetDevice], config: FleetSimConfig = FleetSimConfig()) -> FleetResult:

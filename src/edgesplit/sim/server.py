@@ -9,7 +9,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from edgesplit.load import LoadReport, queue_wait
+from edgesplit.load import LoadReport, WorkRate, added_work, queue_wait
 from edgesplit.traces import LoadTrace
 
 TailTime = Callable[[int], float]  # seconds to run one batch of the given size
@@ -55,6 +55,7 @@ class BatchingServer:
         self._rng = random.Random(seed)
         self._peak = max(load.values) * background_fps if load is not None else 0.0
         self._next_background = self._draw_background(0.0)
+        self._offered = WorkRate(0.0)
 
     def serve(self, arrival_s: float, cut: str, tail: TailTime) -> Served:
         """Queue one of our requests for ``cut`` (``INPUT_CUT`` for offload) arriving at ``arrival_s`` and
@@ -69,8 +70,16 @@ class BatchingServer:
         """Queue one of our requests without running the server: for a caller that admits requests in
         time order and starts each batch (:meth:`start_batch`) when it is due (:meth:`next_start_s`)."""
         job = _Job(arrival_s, cut, tail, ours=True)
-        bisect.insort(self._queue, job)
+        self._enqueue(job)
         return job
+
+    def _enqueue(self, job: _Job) -> None:
+        """Queue ``job``, counting the work it brings (what it adds to the wait of the requests waiting then)."""
+        waiting = [j for j in self._queue if j.arrival_s <= job.arrival_s]
+        tails = {j.cut: j.tail for j in waiting} | {job.cut: job.tail}
+        self._offered.add(job.arrival_s, added_work((j.cut for j in waiting), job.cut, lambda cut, n: tails[cut](n),
+                                                    self.max_batch_size))
+        bisect.insort(self._queue, job)
 
     def next_start_s(self) -> float:
         """When the next batch starts, from what is queued now (inf when nothing is)."""
@@ -83,7 +92,7 @@ class BatchingServer:
         tails = {job.cut: job.tail for job in waiting}
         wait = queue_wait(self.free_at - now_s, (job.cut for job in waiting), lambda cut, n: tails[cut](n),
                           self.max_batch_size)
-        return LoadReport(wait, len(waiting), self.max_batch_size)
+        return LoadReport(wait, len(waiting), self.max_batch_size, self._offered.rate(now_s))
 
     def _run_until(self, t_s: float) -> None:
         """Start every batch that would start before ``t_s``."""
@@ -114,7 +123,7 @@ class BatchingServer:
 
     def _admit_background(self, until_s: float) -> None:
         while self._next_background <= until_s:
-            bisect.insort(self._queue, _Job(self._next_background, INPUT_CUT, self._background_tail))
+            self._enqueue(_Job(self._next_background, INPUT_CUT, self._background_tail))
             self._next_background = self._draw_background(self._next_background)
 
     def _draw_background(self, after_s: float) -> float:
