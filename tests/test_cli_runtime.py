@@ -28,7 +28,8 @@ def test_run_writes_the_documented_json(live, monkeypatch, capsys, tmp_path):
     data = json.loads(out.read_text())
     assert list(data) == ["requests", "summary"]
     assert [list(r) for r in data["requests"]] == [["index", "cut", "codec", "executed", "fallback_reason",
-                                                    "latency_ms", "bytes_sent", "top1"]] * 4
+                                                    "latency_ms", "bytes_sent", "top1", "edge"]] * 4
+    assert {r["edge"] for r in data["requests"]} == {None}  # one edge: records do not name it
     assert [r["executed"] for r in data["requests"]] == ["offload"] * 4
     assert list(data["summary"]) == ["count", "fallbacks", "mean_ms", "p50_ms", "p95_ms", "probe_bytes_per_s"]
     assert data["summary"]["count"] == 4 and data["summary"]["fallbacks"] == 0

@@ -19,7 +19,8 @@ from edgesplit.policies import make_policy
 from edgesplit.measure import measure
 from edgesplit.netem.app import PacedLink, ShapedTransport
 from edgesplit.device import DeviceConfig
-from edgesplit.runtime.client import ClientConfig, DeviceClient
+from edgesplit.runtime.client import ClientConfig, DeviceClient, server_timings
+from edgesplit.runtime import transport
 from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 from edgesplit.runtime.server import ServerConfig, create_app
@@ -289,3 +290,14 @@ def test_a_hostile_answer_falls_back_or_teaches_nothing(setup, logits, timing, l
     assert record.fallback_reason == reason
     assert record.executed == ("local" if reason else "offload")
     assert client.estimator.predict() is None and client.core.reported(0.0) == ServerState()  # learnt nothing
+
+
+def test_server_timing_entries_that_are_not_well_formed_teach_nothing():
+    def timings(header: str) -> dict:
+        return server_timings(transport.Response(200, {"server-timing": header}, b""))
+
+    good = 'recv;dur=12.5;desc="4096 bytes after the first chunk", queue;dur=0.250, compute;dur=3, batch;desc="4"'
+    assert timings(good) == {"recv": (0.0125, "4096"), "queue": (0.00025, None), "compute": (0.003, None),
+                             "batch": (0.0, "4")}
+    assert timings("queue;dur=1.2.3, compute;dur=" + "1" * 400 + ', recv;dur=.;desc="9"') == {}
+    assert timings(", ".join(f"e{k};dur=1" for k in range(100))) == {f"e{k}": (0.001, None) for k in range(16)}

@@ -156,6 +156,7 @@ class RequestRecord:
     top1: int | None
     reported_queue_s: float | None = None  # remote options: the wait the newest load report said, as it said it
     predicted_queue_s: float | None = None  # ... and the wait the policy expected at the request's arrival
+    edge: str | None = None  # which edge server it was sent to, where the device has several
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, in ms and Mbit/s."""
@@ -284,7 +285,7 @@ class DeviceCore:
         return RateBound(at_s, n_bytes * 8 / waited_s) if waited_s > MIN_BOUND_S else None
 
     def record(self, arrival_s: float, decision: Decision, state: State, outcome: Outcome, latency_s: float,
-               probe_bytes: int = 0) -> RequestRecord:
+               probe_bytes: int = 0, edge: str | None = None) -> RequestRecord:
         """Keep (and return) the record of one request."""
         o = decision.option
         record = RequestRecord(
@@ -293,7 +294,7 @@ class DeviceCore:
             outcome.executed, outcome.fallback_reason, outcome.bytes_sent, outcome.measured_bps, outcome.upload_s,
             outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1,
             None if o.kind == "local" else state.reported.queue_wait_s,
-            None if o.kind == "local" else queue_met(o, state.estimated, state.reported))
+            None if o.kind == "local" else queue_met(o, state.estimated, state.reported), edge)
         self.records.append(record)
         if outcome.queue_s is not None:
             met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s

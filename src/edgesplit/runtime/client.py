@@ -36,14 +36,15 @@ from edgesplit.errors import FrameError, ProfileError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option
 from edgesplit.load import LOAD_HEADER, LoadReport
-from edgesplit.policies import Policy
+from edgesplit.policies import Decision, Policy, State
 from edgesplit.profile import Profile, profile_from_dict
 from edgesplit.runtime.device_engines import DeviceEngine
 from edgesplit.runtime.transport import (BadAnswer, HttpTransport, Response, TransportAborted, TransportError,
                                          TransportStopped)
 
 _MARKUP = re.compile(r"\[(?=[a-z#/@])")  # where rich's markup tags begin (rich.markup.RE_TAGS)
-_TIMING = re.compile(r'(?:^|,)\s*(\w+)(?:;dur=(\d{1,12}(?:\.\d{1,9})?))?(?:;desc="(\d{1,15}))?')
+_TIMING = re.compile(r'\s*(\w{1,32})(?:;dur=(\d{1,12}(?:\.\d{1,9})?))?(?:;desc="(\d{1,15})[^"]{0,200}")?\s*')
+MAX_TIMING_ENTRIES = 16
 
 
 @dataclass(frozen=True)
@@ -139,40 +140,62 @@ class DeviceClient:
         """Answer one uint8 image (3, H, W); always returns exactly one result. Its latency counts from
         ``arrived`` (a ``time.perf_counter()`` value; default now): a request that waited for the previous
         one to finish has waited."""
-        if self._hedge is not None:  # the processor is still busy with the last request's hedge
-            self._hedge.join()
-            self._hedge = None
-        begun = time.perf_counter()
+        begun, x = self.take_up(image)
         arrived = begun if arrived is None else arrived
-        x = self.engine.normalize(image)
-        with self._lock:
-            decision, state = self.core.decide(begun, actual=self.truth() if self.truth else None)
-            stale = self.core.stale(begun)
+        decision, state, stale = self.plan(begun)
         option = decision.option
         probed = 0
         if option.kind == "local":
-            probed = self._maybe_probe() if stale else 0
+            probed = self.maybe_probe() if stale else 0
             logits, outcome = self.engine.local(x), Outcome("local")
         else:
-            mid = self.engine.head(option.cut, x) if option.kind == "split" else None
-            logits, reason = None, self._unavailable()
-            outcome = Outcome("local", reason)
-            if reason is None:
-                payload = self._frame(option, image, mid)
-                if self.config.device.hedge:
-                    logits, outcome = self._race(option, x, mid, payload, begun)
-                else:
-                    logits, outcome = self._remote(option, payload, begun)
+            logits, outcome, mid = self.attempt(option, image, x, begun)
             if logits is None:
-                logits = self._finish_locally(option, x, mid)
+                logits = self.finish_locally(option, x, mid)
             if stale and outcome.measured_bps is None:  # this upload taught nothing
-                probed = self._maybe_probe()
+                probed = self.maybe_probe()
+        return self.keep(arrived, decision, state, outcome, logits, probed)
+
+    def take_up(self, image: np.ndarray) -> tuple[float, np.ndarray]:
+        """Take a request up once the processor is free (a hedge that lost may still be running): when
+        (``time.perf_counter()``), and the image normalised for the model."""
+        if self._hedge is not None:
+            self._hedge.join()
+            self._hedge = None
+        return time.perf_counter(), self.engine.normalize(image)
+
+    def plan(self, begun: float) -> tuple[Decision, State, bool]:
+        """The core's decision for a request taken up at ``begun``, the state it decided on, and whether the
+        newest rate sample is stale (a request that teaches nothing should then be followed by a probe)."""
+        with self._lock:
+            decision, state = self.core.decide(begun, actual=self.truth() if self.truth else None)
+            return decision, state, self.core.stale(begun)
+
+    def attempt(self, option: Option, image: np.ndarray, x: np.ndarray, begun: float, mid: np.ndarray | None = None
+                ) -> tuple[np.ndarray | None, Outcome, np.ndarray | None]:
+        """Ask this server to serve ``option`` (running the head first, unless ``mid`` is its output already):
+        the logits, or None when the device must finish itself; how it went; and the head's output."""
+        if option.kind == "split" and mid is None:
+            mid = self.engine.head(option.cut, x)
+        reason = self._unavailable()
+        if reason is not None:
+            return None, Outcome("local", reason), mid
+        payload = self._frame(option, image, mid)
+        if self.config.device.hedge:
+            logits, outcome = self._race(option, x, mid, payload, begun)
+        else:
+            logits, outcome = self._remote(option, payload, begun)
+        return logits, outcome, mid
+
+    def keep(self, arrived: float, decision: Decision, state: State, outcome: Outcome, logits: np.ndarray,
+             probed: int, edge: str | None = None) -> RequestRecord:
+        """Record the request with the core (and return the record)."""
         outcome = dataclasses.replace(outcome, top1=int(np.argmax(logits[0])))
         with self._lock:
             return self.core.record(arrived - self.epoch, decision, state, outcome,
-                                    time.perf_counter() - arrived, probed)
+                                    time.perf_counter() - arrived, probed, edge)
 
-    def _maybe_probe(self) -> int:
+    def maybe_probe(self) -> int:
         """Measure the uplink on the second connection unless a probe is out or the server is down; the bytes
         sent."""
         if self._unavailable() or (self._probe is not None and self._probe.is_alive()):
@@ -209,7 +232,7 @@ class DeviceClient:
         left = self.down_until - time.monotonic()
         return f"server down (retrying in {left:.1f} s)" if left > 0 else None
 
-    def _finish_locally(self, option: Option, x: np.ndarray, mid: np.ndarray | None) -> np.ndarray:
+    def finish_locally(self, option: Option, x: np.ndarray, mid: np.ndarray | None) -> np.ndarray:
         """The server did not answer: the tail (or, for offload, the whole model) runs here."""
         return self.engine.local(x) if mid is None else self.engine.tail(option.cut, mid)
 
@@ -235,7 +258,7 @@ class DeviceClient:
         local: list[np.ndarray] = []
 
         def run_here() -> None:
-            local.append(self._finish_locally(option, x, mid))
+            local.append(self.finish_locally(option, x, mid))
             if answered.acquire(blocking=False):
                 self.http.interrupt(abort)
 
@@ -341,9 +364,10 @@ def fetch_server_profile(transport: HttpTransport, url: str) -> Profile | None:
 
 
 def server_timings(response: Response) -> dict[str, tuple[float, str | None]]:
-    """Server-Timing entries: name → (seconds, the number leading its description, if any)."""
-    return {m[0]: (float(m[1] or 0) / 1e3, m[2] or None)
-            for m in _TIMING.findall(response.headers.get("server-timing", ""))}
+    """Server-Timing entries: name → (seconds, the number leading its description, if any). An entry that
+    is not well formed (a duration like ``1.2.3``, 400 digits) teaches nothing and is left out."""
+    entries = response.headers.get("server-timing", "").split(",", MAX_TIMING_ENTRIES)[:MAX_TIMING_ENTRIES]
+    return {m[1]: (float(m[2] or 0) / 1e3, m[3] or None) for m in map(_TIMING.fullmatch, entries) if m}
 
 
 def _printable(text: str, limit: int = 300) -> str:

@@ -1,4 +1,5 @@
-"""``edgesplit run``: a device serving a stream of images through :class:`DeviceClient`.
+"""``edgesplit run``: a device serving a stream of images through :class:`DeviceClient`, or through
+:class:`~edgesplit.runtime.edges.MultiEdgeClient` when it is given several edge servers.
 
 With ``--engine onnx`` MODEL is a folder written by ``edgesplit export`` and nothing here needs torch.
 """
@@ -21,6 +22,7 @@ from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, load_profile
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
+from edgesplit.runtime.edges import MultiEdgeClient
 from edgesplit.runtime.transport import BadAnswer, HttpTransport, TransportError
 
 
@@ -43,21 +45,26 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
     else:
         engine, device = _torch_engine(model, weights, input_size, input_shape, device_profile, console)
         frames = load_images(images, engine.input_shape)
-    server = load_profile(server_profile) if server_profile else _server_profile(server_url, console) or device
-    options = build_options(device, server, codecs=codecs, private=private)
     config = DeviceConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge)
-    policy = make_policy(policy_spec, options, LinkState(config.prior_bps))
-    client = DeviceClient(server_url, engine, allowed_options(options, private, lossy), policy, estimator,
-                          ClientConfig(config))
+    clients = []
+    for url in edge_urls(server_url):
+        server = load_profile(server_profile) if server_profile else _server_profile(url, console) or device
+        options = build_options(device, server, codecs=codecs, private=private)
+        clients.append(DeviceClient(url, engine, allowed_options(options, private, lossy),
+                                    make_policy(policy_spec, options, LinkState(config.prior_bps)),
+                                    estimator if not clients else make_estimator(estimator_spec), ClientConfig(config)))
+    client = clients[0] if len(clients) == 1 else MultiEdgeClient(clients)
     total = count or (len(frames) if images else 20)
     with client:
-        console.print(client.connect())
+        for line in (client.connect(),) if len(clients) == 1 else client.connect():
+            console.print(line)
         started = time.perf_counter()
         for index in range(total):
             arrival = started + index / fps if fps else time.perf_counter()
             time.sleep(max(0.0, arrival - time.perf_counter()))
             r = client.infer(frames[index % len(frames)], arrived=arrival)
             note = f" · fallback: {r.fallback_reason}" if r.fallback_reason else ""
+            note += f" · {r.edge}" if len(clients) > 1 and r.edge else ""
             console.print(f"#{r.index:<4} {r.executed:<7} {r.cut or '-':<28} {r.latency_s * 1e3:8.1f} ms  "
                           f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_bps / 1e6:7.2f} Mbit/s  top1 {r.top1}{note}")
     summary = client.summary()
@@ -67,15 +74,29 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
     table.add_row(str(summary["count"]), str(summary["fallbacks"]), f"{summary['mean_ms']:.1f}",
                   f"{summary['p95_ms']:.1f}", f"{summary['probe_bytes_per_s']:.0f}")
     console.print(table)
+    if "edges" in summary:
+        console.print("answered by " + ", ".join(f"{url}: {n}" for url, n in summary["edges"].items()), markup=False)
     result = {"requests": [{k: r.to_dict()[k] for k in ("index", "cut", "codec", "executed", "fallback_reason",
-                                                         "latency_ms", "bytes_sent", "top1")} for r in client.records],
+                                                         "latency_ms", "bytes_sent", "top1", "edge")}
+                           for r in client.records],
               "summary": {k: summary[k] for k in ("count", "fallbacks", "mean_ms", "p50_ms", "p95_ms",
-                                                  "probe_bytes_per_s")}}
+                                                  "probe_bytes_per_s", "edges") if k in summary}}
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
         console.print(f"wrote {out_path}")
     return result
+
+
+def edge_urls(text: str) -> list[str]:
+    """The edge servers in ``--server``: one URL, or several separated by commas."""
+    urls = [url.strip().rstrip("/") for url in text.split(",")]
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise EdgesplitError(f"--server: {url!r} is not an http:// or https:// URL")
+    if len(set(urls)) != len(urls):
+        raise EdgesplitError(f"--server lists an edge twice: {text}")
+    return urls
 
 
 def _torch_engine(model: str, weights: str | None, input_size: int | None, input_shape: str | None,
