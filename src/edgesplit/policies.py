@@ -135,25 +135,31 @@ class DynamicSplit(Policy):
         if local is None:
             return argmin(options, state.estimated, state.reported)
         if not state.hedged:
-            rates, deadline = rate_scenarios(state), state.deadline_s
-            samples = max(1, len(state.recent_bps))
-            best, best_bound = None, math.inf
-            for option in options:
-                rest = rest_on_device(option, local.head_s)
-                costs = scenario_latencies(option, state.estimated, state.reported, rates,
-                                           lambda t, rest=rest: t if t <= deadline else deadline + rest)
-                expected = math.fsum(costs) / len(costs)
-                spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
-                bound = expected + spread / math.sqrt(samples)
-                if bound < best_bound:
-                    best, best_bound = Decision(option, expected), bound
-            return best
+            bound, expected, option = min(self.bounds(state, options, local), key=lambda b: b[0])
+            return Decision(option, expected)
         best = Decision(local, local.head_s)
         for option in options:
             expected = hedged_latency(option, state.estimated, state.reported, local.head_s, state.recent_bps)
             if expected < best.predicted_s - (HEDGE_MIN_GAIN_S if best.option is local else 0.0):
                 best = Decision(option, expected)
         return best
+
+
+    @staticmethod
+    def bounds(state: State, options: list[Option], local: Option) -> list[tuple[float, float, Option]]:
+        """Unhedged, for each option: its expected latency plus one standard error (what dsc minimises; the
+        first least is chosen), its expected latency, and the option."""
+        rates, deadline = rate_scenarios(state), state.deadline_s
+        samples = max(1, len(state.recent_bps))
+        priced = []
+        for option in options:
+            rest = rest_on_device(option, local.head_s)
+            costs = scenario_latencies(option, state.estimated, state.reported, rates,
+                                       lambda t, rest=rest: t if t <= deadline else deadline + rest)
+            expected = math.fsum(costs) / len(costs)
+            spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
+            priced.append((expected + spread / math.sqrt(samples), expected, option))
+        return priced
 
 
 class Oracle(Policy):
