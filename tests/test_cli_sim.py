@@ -62,18 +62,18 @@ def test_simulate_writes_the_documented_json_csv_and_plots(profiles, monkeypatch
     assert "dsc" in stdout and "mean ms" in stdout
 
 
-def test_grid_runs_the_papers_sweep_and_the_realistic_one(profiles, monkeypatch, capsys, tmp_path):
+def test_grid_runs_the_no_rtt_sweep_and_the_realistic_one(profiles, monkeypatch, capsys, tmp_path):
     out = tmp_path / "grid.json"
     code, stdout, err = run(monkeypatch, capsys, "grid", "--device-profile", str(profiles / "device.json"),
-                            "--server-profile", str(profiles / "server.json"), "--json", str(out),
-                            "--plot", str(tmp_path / "grid.png"))
+                            "--server-profile", str(profiles / "server.json"), "--options", "all",
+                            "--json", str(out), "--plot", str(tmp_path / "grid.png"))
     assert code == 0, err
     variants = json.loads(out.read_text())["variants"]
     assert [v["scenarios"] for v in variants] == [127 * 62, 127 * 62]
     for v in variants:
         assert sum(v["share"].values()) == pytest.approx(1.0)
         assert sum(v["best_counts"].values()) == 127 * 62
-    assert "offload:jpeg90" not in variants[0]["best_counts"]  # the paper's variant sends raw input only
+    assert "offload:jpeg90" not in variants[0]["options"] and "offload:jpeg90" in variants[1]["options"]
     assert (tmp_path / "grid.png").stat().st_size > 50_000
 
 

@@ -3,7 +3,6 @@ estimator may know and when, probes, the batching server, and the summary."""
 
 from __future__ import annotations
 
-import bisect
 import math
 import statistics
 from collections.abc import Iterator

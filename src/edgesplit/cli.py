@@ -125,10 +125,15 @@ def _output(name: str) -> Iterator[Path]:
 @click.option("--threads", type=click.IntRange(1), help="torch threads (default: torch's choice)")
 @click.option("--idle-ms", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="idle this long before every timed run, as a server between requests (an idle CPU is slower)")
+@click.option("--engine", "engine_name", type=click.Choice(["torch", "onnx", "compile", "auto"]), default="torch",
+              show_default=True, help="--role server: time whole tails as edgesplit serve --engine runs them "
+                                      "(torch on the cpu: per node, as --method says)")
+@click.option("--device", "device_name", default="cpu", show_default=True, help="--role server: cpu, cuda or cuda:N")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
 def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
             batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
-            device_ms: float | None, threads: int | None, idle_ms: float, out_path: str) -> None:
+            device_ms: float | None, threads: int | None, idle_ms: float, engine_name: str, device_name: str,
+            out_path: str) -> None:
     """Measure head and tail time of every chosen cut of MODEL on this machine."""
     import torch
     from rich.progress import Progress
@@ -140,13 +145,30 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
     if threads:
         torch.set_num_threads(threads)
     sizes = tuple(iter_batch_sizes(batch_sizes or ("1" if role == "device" else "1,2,4,8")))
+    by_engine = engine_name != "torch" or device_name != "cpu"
+    if by_engine and role != "server":
+        raise EdgesplitError("--engine and --device apply to --role server; a device is profiled in torch on this "
+                             "CPU (an ONNX device profiles itself: edgesplit run --engine onnx)")
+    if by_engine and method != "per-node":
+        raise EdgesplitError(f"--method {method} applies to --engine torch --device cpu; other engines time whole tails")
     loaded, analysis = _analysis(model, weights, input_size, input_shape)
     cuts = _choose_cuts(analysis, cut_spec)
-    with Progress(console=console, transient=True) as bar:
-        task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
-        result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
-                         slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
-                         idle_s=idle_ms / 1000)
+    if by_engine:
+        from edgesplit.profile import with_slowdown
+        from edgesplit.runtime.engines import auto_report, open_tail_engine, profile_engine
+
+        engine, timings = open_tail_engine(engine_name, analysis, loaded.normalization, device=device_name,
+                                           batch_size=max(sizes))
+        if timings:
+            console.print(auto_report(timings, engine, max(sizes)))
+        result = profile_engine(engine, cuts, batch_sizes=sizes, repeats=repeats, idle_s=idle_ms / 1000)
+        result = with_slowdown(result, slowdown) if slowdown != 1.0 else result
+    else:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
+            result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
+                             slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
+                             idle_s=idle_ms / 1000)
     if device_ms is not None:
         from edgesplit.profile import with_device_time
 
@@ -349,31 +371,50 @@ def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, de
 @cli.command()
 @click.option("--device-profile", required=True, type=click.Path(dir_okay=False))
 @click.option("--server-profile", required=True, type=click.Path(dir_okay=False))
-@click.option("--rtt-ms", type=float, default=40.0, show_default=True, help="RTT of the realistic variant")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write both grids' summaries as JSON")
+@click.option("--options", "option_set", type=click.Choice(["seed", "all"]), default="seed", show_default=True,
+              help="seed: local + fp32 splits at the record-low cuts, no RTT (the authors' setting); all: also raw "
+                   "offload and every profiled cut, without and with an RTT and JPEG offload")
+@click.option("--rtt-ms", type=click.FloatRange(min=0), help="RTT of --options all's second variant [default: 40]")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every variant's summary as JSON")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the maps and gain heatmaps (PNG)")
-def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str | None,
+def grid(device_profile: str, server_profile: str, option_set: str, rtt_ms: float | None, json_path: str | None,
          plot_path: str | None) -> None:
-    """The paper's experiment: best option over 1–127 MB/s × batch 1–62, as published (fp32 splits, raw
-    offload, no RTT), then with RTT and JPEG offload turned on."""
+    """The paper's experiment: the best option in every cell of 1–127 MB/s × batch 1–62, and what choosing
+    per cell gains over every static option."""
+    from rich.text import Text  # option names as text: rich would draw "split:a:fp32" with an emoji
+
     from edgesplit.profile import load_profile
-    from edgesplit.sim.grid import plot_grids, sweep
+    from edgesplit.sim.grid import grid_variants, plot_grids
 
     device, server = load_profile(device_profile), load_profile(server_profile)
-    results = [sweep(device, server, title="paper's assumptions (no RTT, raw offload)"),
-               sweep(device, server, rtt_s=rtt_ms / 1000, jpeg=True, title=f"RTT {rtt_ms:g} ms, JPEG offload")]
-    table = Table(title=f"{device.model}: best option over {results[0].best.size} scenarios "
-                        "(1–127 MB/s × batch 1–62)")
-    for column in ("variant", "split wins", "local wins", "offload wins", "most often best"):
-        table.add_column(column, justify="left" if column in ("variant", "most often best") else "right")
+    results = grid_variants(device, server, option_set, rtt_ms=rtt_ms)
+    table = Table(title=f"{device.model}: best option in {results[0].best.size} cells (1–127 MB/s × batch 1–62)")
+    for column in ("variant", "split wins", "local wins", "offload wins", "best static", "gain over it mean / max",
+                   "most often best"):
+        left = column in ("variant", "best static", "most often best")
+        table.add_column(column, justify="left" if left else "right")
     for result in results:
+        static = result.best_static()
+        gain = result.gain_over(static)
         top = ", ".join(f"{n} {c / result.best.size:.0%}" for n, c in list(result.best_counts().items())[:3])
         table.add_row(result.title, f"{result.share('split'):.1%}", f"{result.share('local'):.1%}",
-                      f"{result.share('offload'):.1%}", top)
+                      f"{result.share('offload'):.1%}", Text(static), f"{gain.mean():.1%} / {gain.max():.1%}",
+                      Text(top))
     console.print(table)
+    for result in results:
+        gains = Table(title=f"{result.title}: the dynamic choice's gain over each static option")
+        for column in ("static option", "best in", "gain mean", "gain max"):
+            gains.add_column(column, justify="left" if column == "static option" else "right")
+        counts = result.best_counts()
+        for name in result.names:
+            gain = result.gain_over(name)
+            gains.add_row(Text(name), f"{counts.get(name, 0) / result.best.size:.1%}", f"{gain.mean():.1%}",
+                          f"{gain.max():.1%}")
+        console.print(gains)
     if json_path:
         with _output(json_path) as path:
-            data = {"rates_MBps": [1, 127], "batch_sizes": [1, 62], "variants": [r.to_dict() for r in results]}
+            data = {"rates_MBps": [1, 127], "batch_sizes": [1, 62], "options": option_set,
+                    "variants": [r.to_dict() for r in results]}
             path.write_text(json.dumps(data, indent=1) + "\n")
     if plot_path:
         with _output(plot_path) as path:
@@ -408,22 +449,56 @@ def grid(device_profile: str, server_profile: str, rtt_ms: float, json_path: str
               help="answer 431 and close when the request line and headers exceed this")
 @click.option("--max-connections", type=click.IntRange(1), default=128, show_default=True,
               help="answer 503 to requests on connections beyond this")
+@click.option("--backend", "backend_name", type=click.Choice(["in-process", "ray"]), default="in-process",
+              show_default=True, help="where the tails run: in this process, or on Ray Serve replicas (docs/ray.md)")
+@click.option("--replicas", type=click.IntRange(1), help="--backend ray: this many replicas, each a model copy "
+                                                         "(default: 1)")
+@click.option("--autoscale", metavar="MIN,MAX", callback=lambda _, __, value: _replica_range(value),
+              help="--backend ray: let Ray Serve scale between MIN and MAX replicas")
+@click.option("--replica-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="--backend ray: Ray CPUs per replica (torch runs that many threads there)")
+@click.option("--ray-address", help="--backend ray: the Ray cluster's head, HOST:PORT or auto (default: start Ray here)")
+@click.option("--engine", "engine_name", type=click.Choice(["torch", "onnx", "compile", "auto"]), default="torch",
+              show_default=True, help="what runs the tails: eager torch (bit-exact), ONNX Runtime or torch.compile "
+                                      "(within 1e-4), or auto: the faster of torch and onnx, measured at start-up")
+@click.option("--device", "device_name", default="cpu", show_default=True, help="run the tails on cpu, cuda or cuda:N")
 def serve(model: str, weights: str | None, input_size: int | None, input_shape: str | None, host: str, port: int,
           max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int,
           warm_up: bool, own_profile: bool, profile_idle_ms: float, header_timeout_s: float, body_timeout_s: float,
-          keep_alive_timeout_s: float, max_header_bytes: int, max_connections: int) -> None:
-    """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut."""
+          keep_alive_timeout_s: float, max_header_bytes: int, max_connections: int, backend_name: str,
+          replicas: int | None, autoscale: tuple[int, int] | None, replica_cpus: float, ray_address: str | None,
+          engine_name: str, device_name: str) -> None:
+    """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut (or, with
+    --backend ray, a front end for Ray Serve replicas that each hold a copy)."""
+    if backend_name != "ray" and (replicas or autoscale or ray_address):
+        raise EdgesplitError("--replicas, --autoscale and --ray-address apply to --backend ray")
+    if replicas and autoscale:
+        raise EdgesplitError("--replicas and --autoscale exclude each other: a fixed number, or MIN,MAX")
+    if backend_name == "ray" and (own_profile or engine_name == "auto"):
+        raise EdgesplitError("--profile and --engine auto measure this process; with --backend ray the replicas "
+                             "run the tails: name the engine, and profile a replica's node with edgesplit profile")
     try:
         import uvicorn
 
         from edgesplit.runtime.http_edge import uvicorn_options
-        from edgesplit.runtime.tail_engine import INPUT_CUT, TailEngine
+        from edgesplit.runtime.engines import auto_report, open_tail_engine, profile_engine
+        from edgesplit.runtime.tail_engine import INPUT_CUT
         from edgesplit.runtime.server import ServerConfig, create_app
     except ImportError as exc:
         raise EdgesplitError(f"the server needs its extra: pip install 'edgesplit[server]' ({exc.name} is missing)")
+    owns_ray = _join_ray(ray_address) if backend_name == "ray" else False  # before the model: fail fast
     loaded, analysis = _analysis(model, weights, input_size, input_shape)
-    engine = TailEngine(analysis, loaded.normalization)
-    if warm_up:
+    tails = None
+    if backend_name == "ray":
+        engine, tails = _ray_tails(model, weights, analysis, loaded.normalization, engine_name, device_name,
+                                   replicas, autoscale, replica_cpus, owns_ray, max_batch_size,
+                                   batch_wait_timeout_s, max_queue, warm_up)
+    else:
+        engine, timings = _as_served(lambda: open_tail_engine(engine_name, analysis, loaded.normalization,
+                                                              device=device_name, batch_size=max_batch_size))
+        if timings:
+            console.print(auto_report(timings, engine, max_batch_size))
+    if warm_up and tails is None:  # each Ray replica warms up and plans its batches on its own node
         started = time.perf_counter()
         console.print(f"warmed {engine.warm_up()} tails in {time.perf_counter() - started:.1f} s")
         if max_batch_size > 1:
@@ -439,21 +514,71 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
 
         started = time.perf_counter()
         sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size)
-        measured = _as_served(lambda: measure(analysis, analysis.natural_bottlenecks(), role="server",
-                                              batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000))
-        if engine.batch_plan is not None and engine.batch_plan.batch_from != INPUT_CUT:
-            measured = with_batch_plan(measured, engine.cuts[engine.batch_plan.batch_from].name)
+        if engine.name == "torch" and engine.device.type == "cpu":
+            measured = _as_served(lambda: measure(analysis, analysis.natural_bottlenecks(), role="server",
+                                                  batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000))
+            if engine.batch_plan is not None and engine.batch_plan.batch_from != INPUT_CUT:
+                measured = with_batch_plan(measured, engine.cuts[engine.batch_plan.batch_from].name)
+        else:  # timed through the engine as it serves, batch plan included
+            measured = _as_served(lambda: profile_engine(engine, analysis.natural_bottlenecks(), batch_sizes=sizes,
+                                                         repeats=5, idle_s=profile_idle_ms / 1000))
         console.print(f"measured this server's profile (batch sizes {', '.join(map(str, sizes))}) in "
                       f"{time.perf_counter() - started:.0f} s: whole model {measured.model_s[1].median_s * 1e3:.1f} ms "
                       f"at batch 1; GET /v1/profile")
+    where = f"{engine.name} engine on {engine.device}" if tails is None else f"tails on Ray Serve ({tails.application})"
     console.print(f"{model} ({loaded.weights}) · model id {engine.model_id.hex()} · {len(engine.cuts)} cuts "
-                  f"accepted · http://{host}:{port}/docs")
+                  f"accepted · {where} · http://{host}:{port}/docs")
     config = ServerConfig(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
                           max_body_bytes=max_body_bytes, max_queue=max_queue, header_timeout_s=header_timeout_s,
                           body_timeout_s=body_timeout_s, keep_alive_timeout_s=keep_alive_timeout_s,
                           max_header_bytes=max_header_bytes, max_connections=max_connections)
-    uvicorn.run(create_app(engine, config, measured), host=host, port=port, log_level="warning",
+    uvicorn.run(create_app(engine, config, measured, tails), host=host, port=port, log_level="warning",
                 **uvicorn_options(config))
+
+
+def _replica_range(value: str | None) -> tuple[int, int] | None:
+    """``--autoscale MIN,MAX`` as two integers, 0 <= MIN <= MAX, MAX >= 1."""
+    if value is None:
+        return None
+    low, _, high = value.partition(",")
+    if not (low.strip().isdigit() and high.strip().isdigit()) or not int(low) <= int(high) >= 1:
+        raise click.BadParameter(f"{value!r}: expected MIN,MAX with 0 <= MIN <= MAX and MAX >= 1, e.g. 1,4")
+    return int(low), int(high)
+
+
+def _join_ray(ray_address: str | None) -> bool:
+    """serve --backend ray: join the cluster at ``ray_address`` or start Ray here; True when started here."""
+    try:
+        from edgesplit.runtime.ray_backend import connect
+    except ImportError as exc:
+        raise EdgesplitError(f"--backend ray needs its extra: pip install 'edgesplit[ray]' "
+                             f"({exc.name} is missing)") from None
+    return connect(ray_address)
+
+
+def _ray_tails(model: str, weights: str | None, analysis: Any, normalization: Any, engine_name: str,
+               device_name: str, replicas: int | None, autoscale: tuple[int, int] | None, replica_cpus: float,
+               owns_ray: bool, max_batch_size: int, batch_wait_timeout_s: float, max_queue: int,
+               warm_up: bool) -> tuple[Any, Any]:
+    """serve --backend ray: the front end's engine (it validates frames, never runs a tail) and the Ray
+    Serve backend whose replicas run the tails."""
+    from edgesplit.runtime.ray_backend import EngineRecipe, Scaling, start_ray_backend
+    from edgesplit.runtime.tail_engine import TailEngine
+
+    engine = TailEngine(analysis, normalization)
+    recipe = EngineRecipe(model=model, weights=weights, input_shape=tuple(analysis.input_shape), engine=engine_name,
+                          device=device_name)
+    started = time.perf_counter()
+    scaling = Scaling(replicas=replicas or 1, autoscale=autoscale, replica_cpus=replica_cpus,
+                      replica_gpus=0.0 if device_name == "cpu" else 1.0)
+    tails = start_ray_backend(recipe, engine, scaling=scaling,
+                              max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
+                              max_queue=max_queue, warm_up=warm_up, owns_ray=owns_ray)
+    settings = "the running application's replicas" if tails.scaling is None else (
+        f"autoscaled {autoscale[0]}–{autoscale[1]} replicas" if autoscale else f"{replicas or 1} replica(s)")
+    console.print(f"Ray Serve application {tails.application} ready in {time.perf_counter() - started:.1f} s: "
+                  f"{settings}")
+    return engine, tails
 
 
 def _as_served(measurement: Callable[[], T]) -> T:
@@ -465,7 +590,9 @@ def _as_served(measurement: Callable[[], T]) -> T:
 
 @cli.command()
 @model_options
-@click.option("--server", "server_url", required=True, help="edge server URL, e.g. http://127.0.0.1:8700")
+@click.option("--server", "server_url", required=True,
+              help="edge server URL, e.g. http://127.0.0.1:8700; several, comma-separated: each request goes to "
+                   "the edge expected to answer first, the next if it fails fast, else runs here")
 @click.option("--engine", "engine_name", type=click.Choice(["torch", "onnx"]), default="torch", show_default=True,
               help="onnx: MODEL is a folder from edgesplit export, run by ONNX Runtime (no torch needed)")
 @click.option("--policy", "policy_spec", default="dsc", show_default=True, help="any simulator policy but oracle")

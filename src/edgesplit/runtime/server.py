@@ -16,6 +16,8 @@ is answered 4xx with a message naming the problem (``FrameError.status``); anoth
 frame's 415; a body silent for ``body_timeout_s`` 408 (and the connection closed); a full queue 503; a
 failure of the model 500 with an id to find its traceback in the server's log, never the exception's
 text. The limits that act before a request reaches the app are in :mod:`edgesplit.runtime.http_edge`.
+The tails run on a backend (:mod:`edgesplit.runtime.backends`): in this process, or on Ray Serve
+replicas (:mod:`edgesplit.runtime.ray_backend`), where no replica able to take a request is a 503 too.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ from starlette.requests import ClientDisconnect
 from edgesplit.codec import FRAME_TYPE, OUTPUT_CUT, Frame, Limits, decode_frame, encode_frame
 from edgesplit.errors import FrameError
 from edgesplit.profile import Profile
-from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull
+from edgesplit.runtime.backends import Backend, BackendUnavailable, InProcessBackend
+from edgesplit.runtime.batcher import Arrival, QueueFull
 from edgesplit.runtime.tail_engine import TailEngine
 from edgesplit.runtime.metrics import Metrics
 
@@ -123,23 +126,27 @@ class ServerConfig:
     max_connections: int = 128
 
 
-def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profile: Profile | None = None) -> FastAPI:
+def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profile: Profile | None = None,
+               backend: Backend | None = None) -> FastAPI:
+    """The front end for ``engine``'s model: it validates frames against ``engine`` and runs their tails on
+    ``backend`` (default: in this process, on ``engine``; see :mod:`edgesplit.runtime.backends`)."""
     metrics = Metrics()
     expect = engine.expectation(config.max_batch_size)
     limits = Limits(max_body_bytes=min(config.max_body_bytes, expect.max_frame_bytes()))  # no valid frame is longer
-    batcher = Batcher(engine.run, metrics, max_batch_size=config.max_batch_size,
-                      batch_wait_timeout_s=config.batch_wait_timeout_s, max_queue=config.max_queue)
+    tails: Backend = backend or InProcessBackend(engine, metrics, max_batch_size=config.max_batch_size,
+                                                 batch_wait_timeout_s=config.batch_wait_timeout_s,
+                                                 max_queue=config.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await batcher.close()
+        await tails.close()
 
     app = FastAPI(title="edgesplit edge server", version="1", lifespan=lifespan,
                   description="Runs the tail of a split network from any cut; see docs/wire.md for frames.")
 
     def load() -> str:
-        return batcher.report().to_header()
+        return tails.report().to_header()
 
     def refuse(kind: str, status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
         metrics.errors[kind] += 1
@@ -161,7 +168,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
                       "409": {"description": "another model"}, "413": {"description": "too large"},
                       "415": {"description": "not a frame's Content-Type"},
                       "422": {"description": "not a cut of this model"}, "500": {"description": "the model failed"},
-                      "503": {"description": "queue full"}}})
+                      "503": {"description": "queue full, or no replica available"}}})
     async def infer(request: Request) -> Response:
         """Run the model from the frame's cut to the end; answer the logits as a frame."""
         content_type = request.headers.get("content-type")
@@ -169,7 +176,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
             return refuse("unsupported_media_type", 415,
                           f"Content-Type must be {FRAME_TYPE}, got {content_type or 'none'}")
         try:
-            with batcher.arriving(_content_length(request)) as arrival:  # a partner until submitted
+            with tails.arriving(_content_length(request)) as arrival:  # a partner until submitted
                 body = await receive(request, limits.max_body_bytes, config.body_timeout_s, arrival)
                 received = time.perf_counter()
                 frame = await decode(body.body)
@@ -182,9 +189,11 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
         except FrameError as exc:
             return refuse("bad_frame", exc.status, str(exc))
         try:
-            result = await batcher.submit(frame.cut, frame.array)
+            result = await tails.submit(frame.cut, frame.array)
         except QueueFull as exc:
             return refuse("queue_full", 503, str(exc), {"Retry-After": "1"})
+        except BackendUnavailable as exc:
+            return refuse("backend_unavailable", 503, str(exc), {"Retry-After": "1"})
         except Exception:  # the model failed on this input: log it, answer without its text, keep serving
             error_id = secrets.token_hex(4)
             logger.exception("model error %s (cut %d, shape %s)", error_id, frame.cut, frame.array.shape)
@@ -214,8 +223,9 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
 
     @app.get("/v1/model")
     async def model() -> dict[str, object]:
-        """The model id clients must match, and every cut a client may send (id, name, shape)."""
-        return {**engine.describe(), "max_batch_size": config.max_batch_size,
+        """The model id clients must match, every cut a client may send (id, name, shape), and where the tails
+        run (``backend``, ``replicas``)."""
+        return {**engine.describe(), **await tails.describe(), "max_batch_size": config.max_batch_size,
                 "max_body_bytes": limits.max_body_bytes}
 
     @app.get("/v1/profile", responses={404: {"description": "started without --profile"}})
@@ -228,8 +238,8 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
 
     @app.get("/healthz")
     async def healthz() -> dict[str, object]:
-        return {"status": "ok", "model_id": engine.model_id.hex(), "load": asdict(batcher.report()),
-                "compute_s": {str(k): v for k, v in sorted(batcher.recent_compute_s.items())}}
+        return {"status": "ok", "model_id": engine.model_id.hex(), "load": asdict(tails.report()),
+                "compute_s": {str(k): v for k, v in sorted(tails.recent_compute_s().items())}}
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def prometheus() -> str:

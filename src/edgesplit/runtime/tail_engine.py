@@ -1,10 +1,18 @@
-"""One model, able to run from any single-tensor cut to the end (no model copy per cut)."""
+"""One model, able to run from any single-tensor cut to the end (no model copy per cut).
+
+:class:`TailEngine` runs its tails in eager torch; other engines (``edgesplit.runtime.engines``: ONNX
+Runtime, ``torch.compile``) subclass it and override one hook, :meth:`TailEngine._build`, which turns a
+tail or segment module into what runs it. Cuts, the batch plan, normalisation and the model id are
+shared by all of them.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import statistics
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,11 +22,13 @@ from torch import nn
 
 from edgesplit.analysis import Analysis
 from edgesplit.codec import FLOATS, Expectation
+from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization
 from edgesplit import splitter
 
 INPUT_CUT = 0
+Runner = Callable[[torch.Tensor], torch.Tensor]  # a built tail or segment: a batch in, a batch out
 
 
 @dataclass(frozen=True)
@@ -75,10 +85,42 @@ def model_id(module: nn.Module) -> bytes:
     return digest.digest()[:8]
 
 
-class TailEngine:
-    """Runs the model's tail from any accepted cut; tails share the model's parameters and are built once."""
+def module_device(module: nn.Module) -> torch.device:
+    """Where ``module``'s parameters are (the CPU for one without any)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
 
-    def __init__(self, analysis: Analysis, normalization: Normalization) -> None:
+
+def torch_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a torch device; a clear error when no such GPU is usable here."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise EdgesplitError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise EdgesplitError(f"device {name!r} is not supported; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EdgesplitError(f"--device {name}: CUDA is not available here (torch {torch.__version__}, "
+                                 f"built for CUDA {torch.version.cuda or 'none'}, sees no GPU); use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EdgesplitError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                                 f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return device
+
+
+class TailEngine:
+    """Runs the model's tail from any accepted cut in eager torch; tails share the model's parameters and
+    are built once, on first use. Answers are the model's own, bit for bit (``max_abs_diff`` 0).
+
+    On a GPU (``device="cuda"``) the analysed model's parameters move there, once (every tail shares
+    them), and TF32 is switched off for the process, so that answers stay within 1e-4 of fp32 on a CPU.
+    """
+
+    name = "torch"
+    max_abs_diff = 0.0  # the largest difference from eager fp32 on the CPU that this engine allows
+
+    def __init__(self, analysis: Analysis, normalization: Normalization, device: str = "cpu") -> None:
+        self.device = self._resolve_device(device)
         self.analysis = analysis
         self.normalization = normalization
         self.model = analysis.graph.model.eval()
@@ -87,25 +129,69 @@ class TailEngine:
         self.cuts: dict[int, CutInfo] = {
             c.index: CutInfo(c.index, c.name, tuple(c.shapes[0][1:]), c.ratio, c.natural_bottleneck)
             for c in analysis.cuts if c.single_tensor and batch_dims.get(c.crossing[0]) == 0}
-        self._tails: dict[int, nn.Module] = {INPUT_CUT: self.model}
-        self._segments: dict[tuple[int, int], nn.Module] = {}
+        self._tails: dict[int, Runner] = {}
+        self._segments: dict[tuple[int, int], Runner] = {}
         self._normalize = normalizer(normalization.mean, normalization.std)
         self.batch_plan: BatchPlan | None = None  # None: batches run whole (see plan_batching)
+        self.placement = self._place_model()
+
+    def _resolve_device(self, name: str) -> torch.device:
+        return torch_device(name)
+
+    def _place_model(self) -> torch.device:
+        """Where the tensors a runner takes live: the model's device (moved there now) for torch."""
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            self.analysis.graph.gm.to(self.device)  # the traced graph holds the model's modules: moved in place
+            self.model.to(self.device)
+        return self.device
+
+    def _build(self, module: nn.Module, start: int, what: str) -> Runner:
+        """What runs ``module``, a tail or a segment that takes the tensor at cut ``start`` (``what`` names
+        it in messages); eager torch runs the module itself."""
+        return module
+
+    def example(self, cut_id: int) -> torch.Tensor:
+        """A fixed batch of 2 at ``cut_id`` (float32, on the CPU, not an inference tensor): random numbers
+        at the input, the model's own activation at a later cut."""
+        with torch.inference_mode(False), torch.no_grad():
+            x = torch.randn(2, *self.analysis.input_shape, generator=torch.Generator().manual_seed(0))
+            if cut_id == INPUT_CUT:
+                return x
+            head = splitter.split(self.analysis, self.cuts[cut_id].name)[0]
+            return head(x.to(module_device(self.model))).cpu()
 
     def expectation(self, max_batch_size: int) -> Expectation:
         return Expectation(self.model_id, {i: c.shape for i, c in self.cuts.items()}, max_batch_size,
                            {INPUT_CUT: FLOATS | {"uint8"}})
 
-    def tail(self, cut_id: int) -> nn.Module:
+    def tail(self, cut_id: int) -> Runner:
         if cut_id not in self._tails:
-            self._tails[cut_id] = splitter.split(self.analysis, self.cuts[cut_id].name)[1]
+            if cut_id == INPUT_CUT:
+                self._tails[cut_id] = self._build(self.model, cut_id, "the whole model")
+            else:
+                name = self.cuts[cut_id].name
+                self._tails[cut_id] = self._build(splitter.split(self.analysis, name)[1], cut_id, f"the tail from {name}")
         return self._tails[cut_id]
 
-    def segment(self, start: int, end: int) -> nn.Module:
+    def segment(self, start: int, end: int) -> Runner:
         if (start, end) not in self._segments:
-            self._segments[start, end] = splitter.segment(self.analysis, self.cuts[start].name,
-                                                            self.cuts[end].name)
+            first, last = self.cuts[start].name, self.cuts[end].name
+            self._segments[start, end] = self._build(splitter.segment(self.analysis, first, last), start,
+                                                     f"the segment from {first} to {last}")
         return self._segments[start, end]
+
+    @contextlib.contextmanager
+    def temporary_tails(self) -> Iterator[None]:
+        """Tails and segments built inside are dropped on leaving, and their memory with them: measuring
+        every cut does not leave the server holding tails that no client asked for."""
+        tails, segments = set(self._tails), set(self._segments)
+        try:
+            yield
+        finally:
+            self._tails = {c: t for c, t in self._tails.items() if c in tails}
+            self._segments = {c: s for c, s in self._segments.items() if c in segments}
 
     def run(self, cut_id: int, batch: np.ndarray) -> np.ndarray:
         """Logits for a batch that crossed at ``cut_id``; uint8 input at the input cut is normalised here.
@@ -113,13 +199,13 @@ class TailEngine:
         if cut_id == INPUT_CUT and batch.dtype == np.uint8:
             batch = self._normalize(batch)
         with torch.inference_mode():
-            x = torch.from_numpy(batch).float()
+            x = torch.from_numpy(batch).to(self.placement).float()
             plan = self.batch_plan
             if plan is not None and len(x) > 1 and cut_id < plan.batch_from:  # cut ids follow the graph's order
                 to_batch_from = self.segment(cut_id, plan.batch_from)
                 x = torch.cat([to_batch_from(one) for one in x.split(1)])
                 cut_id = plan.batch_from
-            return self.tail(cut_id)(x).numpy()
+            return self.tail(cut_id)(x).cpu().numpy()
 
     def plan_batching(self, batch_size: int, repeats: int = 3) -> BatchPlan:
         """Measure, between the input and the record-low cuts, each segment at batch 1 and at ``batch_size``
@@ -133,24 +219,34 @@ class TailEngine:
         with torch.inference_mode():
             for _ in range(repeats + 1):
                 for size in (1, batch_size):
-                    x = example.expand(size, *example.shape[1:]).contiguous()
+                    x = example.expand(size, *example.shape[1:]).contiguous().to(self.placement)
                     for start, stage in stages:
                         began = time.perf_counter()
                         x = stage(x)
+                        self.synchronize()
                         samples.setdefault((start, size), []).append(time.perf_counter() - began)
         timed = [(start, statistics.median(samples[start, 1][1:]), statistics.median(samples[start, batch_size][1:]))
                  for start, _ in stages]
         plan = best_batch_from(timed, batch_size)
-        for cut_id in (INPUT_CUT, *(i for i, c in self.cuts.items() if c.natural_bottleneck)):
+        for cut_id in self.warm_cut_ids():
             if cut_id < plan.batch_from:  # built now, so that no client's first batch pays for it
                 self.segment(cut_id, plan.batch_from)
         self.batch_plan = plan
         return plan
 
+    def synchronize(self) -> None:
+        """Wait for the GPU's queued work, so that a timing ends when the work does (no-op on a CPU)."""
+        if self.placement.type == "cuda":
+            torch.cuda.synchronize(self.placement)
+
+    def warm_cut_ids(self) -> list[int]:
+        """The cuts :meth:`warm_up` builds: the input and every natural bottleneck (cheap in torch)."""
+        return [INPUT_CUT, *(i for i, c in self.cuts.items() if c.natural_bottleneck)]
+
     def warm_up(self) -> int:
-        """Build and run once every natural-bottleneck tail and the whole model, so that no client's
-        first request at a cut pays for it; returns how many were warmed."""
-        warmed = [INPUT_CUT, *(i for i, c in self.cuts.items() if c.natural_bottleneck)]
+        """Build and run once the tail of every cut of :meth:`warm_cut_ids`, so that no client's first
+        request at one of them pays for it; returns how many were warmed."""
+        warmed = self.warm_cut_ids()
         for cut_id in warmed:
             shape = self.analysis.input_shape if cut_id == INPUT_CUT else self.cuts[cut_id].shape
             self.run(cut_id, np.zeros((1, *shape), np.float32))
@@ -159,5 +255,10 @@ class TailEngine:
     def describe(self) -> dict[str, Any]:
         return {"model": self.analysis.model, "model_id": self.model_id.hex(),
                 "input_shape": list(self.analysis.input_shape), "normalization": self.normalization.to_dict(),
-                "cuts": [c.to_dict() for c in self.cuts.values()],
+                "cuts": [c.to_dict() for c in self.cuts.values()], "engine": self.engine_description(),
                 "batch_plan": None if self.batch_plan is None else self.batch_plan.to_dict(self.cuts)}
+
+    def engine_description(self) -> dict[str, Any]:
+        """What runs the tails, where, how far its answers may be from eager fp32, and what is built."""
+        return {"name": self.name, "device": str(self.device), "max_abs_diff": self.max_abs_diff,
+                "tails_built": len(self._tails), "segments_built": len(self._segments)}

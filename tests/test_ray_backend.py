@@ -1,0 +1,213 @@
+"""serve --backend ray: the front end hands tensors to Ray Serve replicas, answers as the in-process server
+does, refuses bad options clearly, and loses no request when a replica dies.
+
+One Ray instance for the module (4 logical CPUs, no dashboard, its files under pytest's temp dir), one
+application of 2 replicas of squeezenet1_1 at 64×64; shut down at the end.
+"""
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+import ray
+import torch
+from ray import serve
+
+from edgesplit import analyze, split
+from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.errors import EdgesplitError
+from edgesplit.load import LoadReport
+from edgesplit.models import load_model
+from edgesplit.runtime import ray_backend as ray_module
+from edgesplit.runtime.backends import COMBINE_RULES, combine_reports
+from edgesplit.runtime.batcher import QueueFull
+from edgesplit.runtime.ray_backend import EngineRecipe, ReplicaState, Scaling, application_name, start_ray_backend
+from edgesplit.runtime.server import ServerConfig, create_app
+from edgesplit.runtime.tail_engine import TailEngine
+from live_server import LiveServer
+from test_cli import run
+
+MODEL, SHAPE = "squeezenet1_1", (3, 64, 64)
+CONFIG = ServerConfig(max_batch_size=2, batch_wait_timeout_s=0.0, max_queue=2)
+SERVE = ("serve", MODEL, "--input-size", "64")
+THREADS = torch.get_num_threads()  # as many in each replica as here: kernels sum in another order with fewer
+
+
+@pytest.fixture(scope="module")
+def model():
+    loaded = load_model(MODEL)
+    analysis = analyze(loaded.module, SHAPE, MODEL)
+    return loaded, analysis, TailEngine(analysis, loaded.normalization)
+
+
+@pytest.fixture(scope="module")
+def backend(model, tmp_path_factory):
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+             _temp_dir=str(tmp_path_factory.mktemp("ray")))
+    try:
+        yield start_ray_backend(EngineRecipe(model=MODEL, weights=None, input_shape=SHAPE), model[2],
+                                scaling=Scaling(replicas=2, replica_cpus=THREADS), max_batch_size=CONFIG.max_batch_size,
+                                batch_wait_timeout_s=CONFIG.batch_wait_timeout_s, max_queue=CONFIG.max_queue,
+                                warm_up=False, owns_ray=False)
+    finally:
+        ray.shutdown()  # this instance and every actor in it, Serve's included
+
+
+@pytest.fixture(scope="module")
+def servers(model, backend):
+    with LiveServer(create_app(model[2], CONFIG, backend=backend)) as on_ray, \
+            LiveServer(create_app(model[2], CONFIG)) as in_process:
+        yield on_ray, in_process
+
+
+def post(url, data):
+    return httpx.post(f"{url}/v1/infer", content=data, headers={"content-type": "application/vnd.edgesplit.frame"},
+                      timeout=30)
+
+
+@pytest.fixture(scope="module")
+def frames(model):
+    """One image as the input and at the first and the last natural bottleneck."""
+    loaded, analysis, engine = model
+    x = torch.randn(1, *SHAPE, generator=torch.Generator().manual_seed(3))
+    out = []
+    for cut in [analysis.cuts[0], analysis.natural_bottlenecks()[0], analysis.natural_bottlenecks()[-1]]:
+        with torch.inference_mode():
+            mid = split(analysis, cut)[0](x).numpy()
+        out.append((cut.name, encode_frame(mid, model_id=engine.model_id, cut=cut.index)))
+    return out
+
+
+def test_every_load_report_field_has_a_combine_rule():
+    assert {f for f in LoadReport.__dataclass_fields__} <= set(COMBINE_RULES)
+
+
+def test_reports_combine_field_by_field():
+    reports = [LoadReport(queue_wait_s=0.020, queue_length=3, max_batch_size=8, offered_load=0.5),
+               LoadReport(queue_wait_s=0.005, queue_length=1, max_batch_size=8, offered_load=None),
+               LoadReport(queue_wait_s=0.040, queue_length=0, max_batch_size=8, offered_load=1.5)]
+    # the least wait (the router picks the shorter queue), every queue, the mean offered load of those that say
+    assert combine_reports(reports) == LoadReport(queue_wait_s=0.005, queue_length=4, max_batch_size=8,
+                                                  offered_load=1.0)
+
+
+def test_a_replica_report_drains_with_its_age_and_is_forgotten_after_the_ttl(monkeypatch):
+    now = [100.0]
+    monkeypatch.setattr(ray_module.time, "monotonic", lambda: now[0])
+    front = ray_module.RayBackend(None, "app", max_batch_size=8, owns_ray=False, scaling=None)
+    report = LoadReport(queue_wait_s=0.5, queue_length=4, max_batch_size=8)
+    front.hear(ReplicaState("r1", "actor", "node", None, report, {1: 0.01}))
+    now[0] += 0.2
+    assert front.report().queue_wait_s == pytest.approx(0.3) and front.report().queue_length == 4
+    now[0] += ray_module.REPORT_TTL_S
+    assert front.report() == LoadReport(queue_wait_s=0.0, queue_length=0, max_batch_size=8)
+
+
+def test_ray_answers_are_the_in_process_answers(model, servers, frames):
+    on_ray, in_process = servers
+    for name, frame in frames:
+        ray_answer, local_answer = post(on_ray.url, frame), post(in_process.url, frame)
+        assert ray_answer.status_code == local_answer.status_code == 200, ray_answer.text
+        got = decode_frame(ray_answer.content)
+        assert got.cut == OUTPUT_CUT and np.array_equal(got.array, decode_frame(local_answer.content).array), name
+        timing = ray_answer.headers["server-timing"]
+        assert "recv;dur=" in timing and "queue;dur=" in timing and "compute;dur=" in timing
+        load = LoadReport.parse(ray_answer.headers["edgesplit-load"])
+        assert load is not None and load.max_batch_size == CONFIG.max_batch_size
+    info = httpx.get(f"{on_ray.url}/v1/model").json()
+    assert info["backend"] == "ray" and info["replicas_running"] == 2
+    assert info["application"] == application_name(model[2].model_id, SHAPE)
+    assert info["replicas"] and all(r["actor"].startswith("SERVE_REPLICA::") for r in info["replicas"])
+    assert httpx.get(f"{in_process.url}/v1/model").json()["backend"] == "in-process"
+    assert httpx.get(f"{on_ray.url}/healthz").json()["load"]["max_batch_size"] == CONFIG.max_batch_size
+
+
+def test_a_second_front_end_attaches_to_the_running_application(model, backend):
+    second = start_ray_backend(EngineRecipe(model=MODEL, weights=None, input_shape=SHAPE), model[2],
+                               scaling=Scaling(replicas=3), max_batch_size=CONFIG.max_batch_size,
+                               batch_wait_timeout_s=0.0, max_queue=CONFIG.max_queue, warm_up=False, owns_ray=False)
+    assert second.application == backend.application and second.scaling is None  # the first one's settings stand
+    assert serve.status().applications[backend.application].deployments["tail"].replica_states["RUNNING"] == 2
+
+
+def test_beyond_max_queued_requests_the_backend_refuses(model, backend):
+    async def forty_at_once():
+        x = np.zeros((1, *SHAPE), np.float32)
+        return await asyncio.gather(*(backend.submit(0, x) for _ in range(40)), return_exceptions=True)
+
+    outcomes = asyncio.run(forty_at_once())
+    refused = [o for o in outcomes if isinstance(o, QueueFull)]
+    answered = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(refused) + len(answered) == 40, [o for o in outcomes if isinstance(o, BaseException)][:1]
+    assert refused and answered and "max_queued_requests=2" in str(refused[0])
+
+
+def test_a_killed_replica_loses_no_request(backend, servers, frames):
+    on_ray = servers[0]
+    frame = frames[0][1]
+    victim = httpx.get(f"{on_ray.url}/v1/model").json()["replicas"][0]["actor"]
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(post, on_ray.url, frame) for _ in range(40)]
+        time.sleep(0.05)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        statuses = [a.result().status_code for a in answers]
+    assert set(statuses) <= {200, 503}, statuses  # 503: the device runs the request itself; never a 500
+    after = [post(on_ray.url, frame) for _ in range(5)]  # the other replica keeps serving
+    assert [a.status_code for a in after] == [200] * 5
+    assert httpx.get(f"{on_ray.url}/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(("scaling", "message"), [
+    ({"replicas": 0}, "replicas=0: a deployment needs at least 1 replica"),
+    ({"autoscale": (2, 1)}, "autoscale=2,1: MIN,MAX needs 0 <= MIN <= MAX and MAX >= 1"),
+    ({"autoscale": (-1, 2)}, "autoscale=-1,2"),
+    ({"replica_cpus": 0}, "replica_cpus=0: must be above 0"),
+])
+def test_scaling_refuses_what_cannot_be_deployed(scaling, message):
+    with pytest.raises(EdgesplitError, match=re.escape(message)):
+        Scaling(**scaling)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--backend", "ray", "--replicas", "0"), "0 is not in the range x>=1"),
+    (("--backend", "ray", "--replicas", "-2"), "-2 is not in the range x>=1"),
+    (("--backend", "ray", "--autoscale", "-1,3"), "expected MIN,MAX with 0 <= MIN <= MAX and MAX >= 1"),
+    (("--backend", "ray", "--autoscale", "3,1"), "expected MIN,MAX"),
+    (("--backend", "ray", "--autoscale", "0,0"), "expected MIN,MAX"),
+    (("--backend", "ray", "--autoscale", "4"), "expected MIN,MAX"),
+    (("--backend", "ray", "--autoscale", "one,two"), "expected MIN,MAX"),
+    (("--replicas", "2",), "--replicas, --autoscale and --ray-address apply to --backend ray"),
+    (("--backend", "ray", "--replicas", "2", "--autoscale", "1,2"), "--replicas and --autoscale exclude each other"),
+    (("--backend", "ray", "--profile"), "with --backend ray the replicas run the tails"),
+])
+def test_bad_replica_options_are_refused_before_anything_starts(monkeypatch, capsys, args, message):
+    code, _, err = run(monkeypatch, capsys, *SERVE, *args)
+    assert code == 2 and message in err, err
+
+
+def test_without_the_ray_extra_serve_says_what_to_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as when it is not installed
+    monkeypatch.delitem(sys.modules, "edgesplit.runtime.ray_backend")
+    code, _, err = run(monkeypatch, capsys, *SERVE, "--backend", "ray")
+    assert code == 2 and "pip install 'edgesplit[ray]' (ray is missing)" in err, err
+
+
+def test_an_unreachable_ray_address_fails_at_once():
+    import socket
+
+    with socket.socket() as closed:  # a loopback port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", "from edgesplit.cli import main; main()", *SERVE, "--backend", "ray",
+                           "--ray-address", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert f"cannot reach the Ray cluster at --ray-address 127.0.0.1:{port} within 10 s (ConnectionRefusedError" \
+           in done.stderr
+    assert time.monotonic() - started < 60
