@@ -66,7 +66,8 @@ def test_a_sweep_answers_every_request_and_writes_the_documented_json(live, step
         assert list(step["server"]) == server_keys
         for name, summary in step["policies"].items():
             assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "answered", "count", "fallbacks", "cuts",
-                                     "repeats_mean_ms", "server"], name
+                                     "load_errors", "repeats_mean_ms", "server"], name
+            assert list(summary["load_errors"]) == ["requests", "queue_ms", "reported_error_ms", "predicted_error_ms"]
             assert summary["count"] == summary["answered"] == devices * FPS * 2  # 1 s turns, 2 repeats
             assert len(summary["repeats_mean_ms"]) == 2 and list(summary["server"]) == server_keys
         local, offload = step["policies"]["local"], step["policies"]["offload"]

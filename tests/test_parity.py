@@ -79,12 +79,16 @@ def test_the_simulator_and_the_live_client_choose_the_same_options(toy):
             live = client.records
     chosen = [r.option for r in simulated]
     # the live client measures its link with noise (its samples vary by ±20 %, so its volatility and its
-    # scenarios differ a little): where the simulator's choice was a near tie (the runner-up within 10 %,
-    # as when the link comes back after the dip) either side may go either way; everywhere else they agree
-    clear = [k for k, c in enumerate(recorded.clearness) if c > 1.1]
-    assert len(clear) >= len(simulated) - 2 and 5 in clear  # the deadline's request is among them
-    assert [live[k].option for k in clear] == [chosen[k] for k in clear]
-    assert [live[k].fallback_reason for k in clear] == [simulated[k].fallback_reason for k in clear]
+    # scenarios differ a little): where the simulator's choice was a near tie (the runner-up within 20 %,
+    # as when the link comes back after the dip) either side may go either way, and once they went
+    # different ways they know different things. Up to such a parting they agree on every decision
+    agreed = 0
+    for k, clearness in enumerate(recorded.clearness):
+        if (live[k].option, live[k].fallback_reason) != (chosen[k], simulated[k].fallback_reason):
+            assert clearness <= 1.2, (k, live[k].option, chosen[k], live[k].fallback_reason)
+            break
+        agreed += 1
+    assert agreed >= 15  # the fast link, the request the dip cuts short and the slow link, at least
     # the sequence is worth comparing: offload on the fast link, a request the dip cuts short (the deadline),
     # then local while the link is slow, probing it
     assert chosen[:5] == ["offload:raw"] * 5 and chosen[5:].count("local") >= 4
