@@ -91,6 +91,7 @@ def test_the_simulator_and_the_live_client_choose_the_same_options(toy):
     assert agreed >= 15  # the fast link, the request the dip cuts short and the slow link, at least
     # the sequence is worth comparing: offload on the fast link, a request the dip cuts short (the deadline),
     # then local while the link is slow, probing it
-    assert chosen[:5] == ["offload:raw"] * 5 and chosen[5:].count("local") >= 4
+    # (offload or the first conv's output, 12 or 16 KiB: which, the profiles measured here decide)
+    assert "local" not in chosen[:5] and chosen[5:].count("local") >= 4
     assert [r.fallback_reason for r in simulated].count("deadline") >= 1
     assert sum(r.probe_bytes > 0 for r in simulated) >= 4
