@@ -35,7 +35,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.codec import FRAME_TYPE, encode_frame
+from edgesplit.wire import FRAME_TYPE, encode_frame
 from edgesplit.demo import free_ports, server_process
 
 console = Console(width=150)

@@ -60,8 +60,9 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from edgesplit.codec import (CODECS, COMPRESSIONS, DTYPES, FLOATS, FLOAT32_MAX, FLOAT32_TINY, Expectation, Limits, decode_frame,
-                             encode_frame, frame_checksum, max_jpeg_bytes)
+from edgesplit.codecs import DTYPES, FLOAT32_MAX, FLOAT32_TINY, max_jpeg_bytes
+from edgesplit.wire import (CODECS, COMPRESSIONS, FLOATS, Expectation, Limits, decode_frame, encode_frame,
+                            frame_checksum)
 from edgesplit.errors import FrameError
 
 console = Console(width=170)

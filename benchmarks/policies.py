@@ -15,6 +15,14 @@ answer wins. A trace is "mixed" when no single option is the oracle's choice for
                                   [--device-ms 350,100,1000] [--out benchmarks/results/policies.json]
 
 Prints one table per variant and writes every number as JSON.
+
+With ``--min-agreement A --fidelity FILE`` (``FILE`` from benchmarks/fidelity.py or edgesplit fidelity) it
+instead prices an accuracy budget, on the model the fidelity was measured on (the pretrained
+EfficientNet-Lite0): dsc allowed only exact options (fp32 splits, raw offload) against dsc also allowed
+every lossy option measured to agree with the exact answer on at least A of the images (any codec of
+``--codecs``, JPEG offload), same traces, same device (``--device-ms``, first value), 2 requests per second. A
+trace is *link-bound* when, at its mean rate, the exact remote option that is fastest there spends longer
+uploading than computing (head, tail and RTT): there the budget should pay.
 """
 
 from __future__ import annotations
@@ -31,16 +39,16 @@ from rich.table import Table
 
 from edgesplit import analyze, load_model
 from edgesplit.device import DeviceConfig, summarize
-from edgesplit.latency import LinkState, build_options
+from edgesplit.latency import LinkState, ServerState, build_options, find_option, latency
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.estimators import make_estimator
 from edgesplit.measure import measure
-from edgesplit.profile import load_profile, with_device_time, with_slowdown
+from edgesplit.profile import load_profile, read_agreement, with_agreement, with_device_time, with_slowdown
 from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.traces import read_trace
 
 POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "best-static+hedge", "local", "offload",
-            "offload:jpeg90"]  # +hedge: with DeviceConfig.hedge
+            "offload:jpeg:90"]  # +hedge: with DeviceConfig.hedge
 console = Console(width=200)
 
 
@@ -79,7 +87,7 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
     baselines = ["local"] if private else ["local", "offload"]
     table = Table(title=title)
     for column in ("trace", "Mbit/s", "dsc ms", "hedged", "oracle", "best-static", "bst hedged", *baselines,
-                   *([] if private else ["jpeg90"]), "dsc/oracle", "dsc/best-st", "dsc/min(base)",
+                   *([] if private else ["jpeg:90"]), "dsc/oracle", "dsc/best-st", "dsc/min(base)",
                    "p95 dsc/bst", "hedged/bst", "p95 hedged/bst", "oracle/bst", "MAPE %", "oracle's choice"):
         table.add_column(column, justify="left" if column in ("trace", "oracle's choice") else "right")
     for row in rows:
@@ -91,7 +99,7 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
                       f"{row['oracle']['mean_ms']:.0f}", f"{row['best-static']['mean_ms']:.0f}",
                       f"{row['best-static+hedge']['mean_ms']:.0f}",
                       *(f"{row[b]['mean_ms']:.0f}" for b in baselines),
-                      *([] if private else [f"{row['offload:jpeg90']['mean_ms']:.0f}"]),
+                      *([] if private else [f"{row['offload:jpeg:90']['mean_ms']:.0f}"]),
                       f"{row['dsc']['mean_ms'] / row['oracle']['mean_ms']:.3f}",
                       f"{row['dsc']['mean_ms'] / row['best-static']['mean_ms']:.3f}",
                       f"{row['dsc']['mean_ms'] / base:.3f}",
@@ -153,6 +161,87 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
     return {"title": title, "overall": overall, "traces": rows}
 
 
+LOSSY_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int4c", "int8:zstd", "int8c:zstd", "int4c:zstd")
+
+
+def link_bound(options, mean_bps: float, rtt_s: float) -> bool:
+    """At ``mean_bps``, the exact remote option fastest there uploads for longer than it computes."""
+    link = LinkState(mean_bps, rtt_s, 20e6)
+    remote = [o for o in options if o.exact and o.kind != "local"]
+    best = min(remote, key=lambda o: latency(o, link, ServerState()))
+    return best.bytes * 8 / mean_bps > best.head_s + best.encode_s + best.tail_at(1) + best.decode_s + rtt_s
+
+
+def accuracy_budget(args: argparse.Namespace) -> None:
+    """dsc exact-only against dsc under the accuracy budget, trace by trace (see the module docstring)."""
+    fidelity = json.loads(args.fidelity.read_text())
+    agreements = read_agreement(args.fidelity)
+    started = time.perf_counter()
+    if args.profile and args.profile.exists():
+        measured = load_profile(args.profile)
+    else:
+        loaded = load_model(fidelity["model"])
+        analysis = analyze(loaded.module, loaded.native_input_shape, fidelity["model"])
+        measured = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1, 2, 4, 8),
+                           repeats=10, normalization=loaded.normalization)
+        if args.profile:
+            args.profile.parent.mkdir(parents=True, exist_ok=True)
+            measured.save(args.profile)
+    device_ms = float(args.device_ms.split(",")[0])
+    device = with_agreement(with_device_time(measured, device_ms / 1000), agreements)
+    options = build_options(device, measured, codecs=tuple(args.codecs.split(",")))
+    exact = allowed_options(options, private=False, lossy=False)
+    budget = allowed_options(options, private=False, lossy=True, min_agreement=args.min_agreement)
+    console.print(f"{fidelity['model']}: whole model {measured.model_s[1].median_s * 1e3:.1f} ms here, device "
+                  f"{device_ms:g} ms; {len(exact)} exact options, {len(budget)} within agreement "
+                  f">= {args.min_agreement:g}: {', '.join(o.name for o in budget if not o.exact)}")
+    config = DeviceConfig(rtt_s=0.04, downlink_bps=20e6)
+    rows = []
+    for path in traces(args.traces):
+        trace = read_trace(path)
+        row = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6,
+               "link_bound": link_bound(options, trace.mean_bps(), config.rtt_s)}
+        for name, allowed in (("exact", exact), ("budget", budget)):
+            records = simulate(make_policy("dsc", options, LinkState(trace.mean_bps())), make_estimator(args.estimator),
+                               allowed, trace, Workload(fps=2.0), SimConfig(config, sequential=True))
+            row[name] = summarize(records)
+            row[name]["agreement"] = statistics.fmean(  # a request finished on the device is exact
+                1.0 if r.executed == "local" else find_option(options, r.option).agreement for r in records)
+        row["ratio"] = row["budget"]["mean_ms"] / row["exact"]["mean_ms"]
+        rows.append(row)
+    table = Table(title=f"dsc exact-only vs dsc with --min-agreement {args.min_agreement:g} ({fidelity['model']}, "
+                        f"device {device_ms:g} ms, server as measured here)")
+    for column in ("trace", "Mbit/s", "link-bound", "exact ms", "budget ms", "budget/exact", "expected agreement",
+                   "budget's top choice"):
+        table.add_column(column, justify="left" if column in ("trace", "budget's top choice") else "right")
+    for row in rows:
+        top = next(iter(row["budget"]["cuts"]))
+        table.add_row(row["trace"], f"{row['mean_mbps']:.2f}", "yes" if row["link_bound"] else "",
+                      f"{row['exact']['mean_ms']:.0f}", f"{row['budget']['mean_ms']:.0f}", f"{row['ratio']:.3f}",
+                      f"{row['budget']['agreement']:.4f}", top)
+    console.print(table)
+    bound = [r for r in rows if r["link_bound"]]
+    overall = {
+        "link_bound_traces": len(bound), "traces": len(rows),
+        "link_bound_mean_ratio": statistics.fmean(r["ratio"] for r in bound) if bound else None,
+        "link_bound_pooled_ratio": (sum(r["budget"]["mean_ms"] for r in bound) / sum(r["exact"]["mean_ms"] for r in bound)
+                                    if bound else None),
+        "link_bound_traces_at_most_0.9": sum(r["ratio"] <= 0.9 for r in bound),
+        "other_traces_worst_ratio": max((r["ratio"] for r in rows if not r["link_bound"]), default=None),
+    }
+    verdict = "PASS" if bound and overall["link_bound_pooled_ratio"] <= 0.9 else "FAIL"
+    console.print(f"{verdict}: on the {len(bound)} link-bound traces dsc under the budget takes "
+                  f"{overall['link_bound_pooled_ratio']:.3f} x its exact-only mean (pooled; per trace mean "
+                  f"{overall['link_bound_mean_ratio']:.3f}, {overall['link_bound_traces_at_most_0.9']} of {len(bound)} "
+                  f"at <= 0.9); elsewhere at worst {overall['other_traces_worst_ratio']:.3f} "
+                  f"({time.perf_counter() - started:.0f} s)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"min_agreement": args.min_agreement, "model": fidelity["model"],
+                                    "device_ms": device_ms, "options": [o.to_dict() for o in options],
+                                    "overall": overall, "traces": rows}, indent=1) + "\n")
+    console.print(f"wrote {args.out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--traces", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "traces")
@@ -161,7 +250,17 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="reuse this measured profile (written on first use)")
     parser.add_argument("--device-ms", default="350,100,1000",
                         help="the device's whole-model times to run, comma-separated (default 350,100,1000)")
+    parser.add_argument("--min-agreement", type=float, help="price this accuracy budget instead (with --fidelity)")
+    parser.add_argument("--fidelity", type=Path, help="fidelity.json of benchmarks/fidelity.py")
+    parser.add_argument("--codecs", default=",".join(LOSSY_CODECS), help="split codecs for --min-agreement")
     args = parser.parse_args()
+    if (args.min_agreement is None) != (args.fidelity is None):
+        parser.error("--min-agreement and --fidelity go together")
+    if args.min_agreement is not None:
+        if args.out.name == "policies.json":
+            args.out = args.out.with_name("accuracy_budget.json")
+        accuracy_budget(args)
+        return
     started = time.perf_counter()
     if args.profile and args.profile.exists():
         measured = load_profile(args.profile)

@@ -43,7 +43,7 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from edgesplit import analyze, load_model, split  # noqa: E402
-from edgesplit.codec import FRAME_TYPE, encode_frame  # noqa: E402
+from edgesplit.wire import FRAME_TYPE, encode_frame  # noqa: E402
 from edgesplit.demo import loopback_server  # noqa: E402
 from edgesplit.runtime.tail_engine import model_id  # noqa: E402
 

@@ -31,8 +31,12 @@ def test_run_writes_the_documented_json(live, monkeypatch, capsys, tmp_path):
                                                     "latency_ms", "bytes_sent", "top1", "edge"]] * 4
     assert {r["edge"] for r in data["requests"]} == {None}  # one edge: records do not name it
     assert [r["executed"] for r in data["requests"]] == ["offload"] * 4
-    assert list(data["summary"]) == ["count", "fallbacks", "mean_ms", "p50_ms", "p95_ms", "probe_bytes_per_s"]
+    assert list(data["summary"]) == ["count", "fallbacks", "mean_ms", "p50_ms", "p95_ms", "probe_bytes_per_s",
+                                     "mean_energy_mj"]
     assert data["summary"]["count"] == 4 and data["summary"]["fallbacks"] == 0
+    # each offload's upload and answer (and the probe on connecting) reached the radio's meter: more than the
+    # 3 W processor alone, which offload leaves idle
+    assert data["summary"]["mean_energy_mj"] > 0
     assert "holds the same model" in stdout
     # hedged: the device's own run races the server; each request has one answer, from either side
     code, _, err = run(monkeypatch, capsys, "run", "efficientnet_b0", "--input-size", "64", "--server", live.url,

@@ -50,9 +50,13 @@ def test_simulate_writes_the_documented_json_csv_and_plots(profiles, monkeypatch
     assert list(data["policies"]) == ["dsc", "oracle", "best-static", "local", "offload"]
     for summary in data["policies"].values():
         assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "fallbacks",
-                                 "probe_bytes_per_s", "cuts"]
+                                 "probe_bytes_per_s", "mean_energy_mj", "mean_radio_mj", "cuts"]
         assert sum(summary["cuts"].values()) == 100  # 20 s at 5 fps
     assert data["policies"]["local"]["cuts"] == {"local": 100}
+    local = data["policies"]["local"]  # the processor at 3 W for the whole model; the radio only probes
+    whole_s = json.loads((profiles / "device.json").read_text())["model_s"]["1"]["median_s"]
+    assert local["mean_energy_mj"] - local["mean_radio_mj"] == pytest.approx(3.0 * whole_s * 1e3)
+    assert data["policies"]["offload"]["mean_radio_mj"] > 0 and local["mean_radio_mj"] > 0
     assert data["policies"]["offload"]["mean_bytes"] == 192
     assert data["policies"]["oracle"]["mean_ms"] <= data["policies"]["local"]["mean_ms"]
     assert isinstance(data["estimator_mape"], float)
@@ -73,7 +77,7 @@ def test_grid_runs_the_no_rtt_sweep_and_the_realistic_one(profiles, monkeypatch,
     for v in variants:
         assert sum(v["share"].values()) == pytest.approx(1.0)
         assert sum(v["best_counts"].values()) == 127 * 62
-    assert "offload:jpeg90" not in variants[0]["options"] and "offload:jpeg90" in variants[1]["options"]
+    assert "offload:jpeg:90" not in variants[0]["options"] and "offload:jpeg:90" in variants[1]["options"]
     assert (tmp_path / "grid.png").stat().st_size > 50_000
 
 
@@ -185,3 +189,40 @@ def test_private_with_offload_says_so(profiles, monkeypatch, capsys, tmp_path):
     assert code == 2 and err.splitlines() == [
         "edgesplit: error: policy 'offload' sends the input to the server, but these options keep it on the device "
         "(--private): drop it from the policies"]
+
+
+def test_an_accuracy_budget_lets_policies_pick_only_lossy_options_measured_to_meet_it(monkeypatch, capsys, tmp_path):
+    from test_latency import device_profile, server_profile
+
+    from dataclasses import replace
+
+    device_profile().save(tmp_path / "device.json")  # made up: local 0.3 s; c1's head 0.1 s, 10000 elements
+    server = server_profile()  # batches of 8 as long as of 4 (the simulator needs its largest batch priced)
+    replace(server, batch_sizes=(1, 4, 8), model_s={**server.model_s, 8: server.model_s[4]},
+            cuts={n: replace(c, head_s={**c.head_s, 8: c.head_s[4]}, tail_s={**c.tail_s, 8: c.tail_s[4]})
+                  for n, c in server.cuts.items()}).save(tmp_path / "server.json")
+    fidelity = tmp_path / "fidelity.json"
+
+    def oracle_chooses(agreement: float | None, *extra: str) -> set[str]:
+        fidelity.write_text(json.dumps({"model": "tiny", "results": [
+            {"cut": "c1", "codec": "int8", "agreement": agreement}, {"cut": "c2", "codec": "int8", "agreement": 0.9}]}))
+        code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(tmp_path / "device.json"),
+                           "--server-profile", str(tmp_path / "server.json"), "--trace", _trace(tmp_path, "0 1\n20 1\n"),
+                           "--policies", "oracle", "--codecs", "fp32,int8", "--private", "--fps", "1",
+                           "--csv", str(tmp_path / "req.csv"), *extra)
+        assert code == 0, err
+        return {row["option"] for row in csv.DictReader((tmp_path / "req.csv").read_text().splitlines())}
+
+    # at 1 Mbit/s c1's tensor in int8 (10 kB) answers in about 0.25 s, before local (0.3 s); in fp32 it cannot
+    assert oracle_chooses(0.995, "--min-agreement", "0.99", "--fidelity", str(fidelity)) == {"split:c1:int8"}
+    assert oracle_chooses(0.98, "--min-agreement", "0.99", "--fidelity", str(fidelity)) == {"local"}
+    assert oracle_chooses(0.98, "--min-agreement", "0.95", "--fidelity", str(fidelity)) == {"split:c1:int8"}
+    assert oracle_chooses(0.98) == {"local"}  # exact only, as without a budget
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(tmp_path / "device.json"),
+                       "--server-profile", str(tmp_path / "server.json"), "--trace", _trace(tmp_path, "0 1\n20 1\n"),
+                       "--codecs", "fp32,int8", "--min-agreement", "0.99")
+    assert code == 2 and "--min-agreement needs measured agreements, and none of the 3 lossy options has one" in err  # jpeg:90, c1 and c2 in int8
+    code, _, err = run(monkeypatch, capsys, "simulate", "--device-profile", str(tmp_path / "device.json"),
+                       "--server-profile", str(tmp_path / "server.json"), "--trace", _trace(tmp_path, "0 1\n20 1\n"),
+                       "--min-agreement", "1.5")
+    assert code == 2 and "1.5 is not in the range 0<=x<=1" in err

@@ -74,16 +74,16 @@ def live(setup):
         yield server
 
 
-@pytest.mark.parametrize("policy", ["static:features_4_0_block_3_1", "offload", "offload:jpeg90", "local"])
+@pytest.mark.parametrize("policy", ["static:features_4_0_block_3_1", "offload", "offload:jpeg:90", "local"])
 def test_every_request_gets_the_local_models_answer(setup, live, policy):
     client = _client(setup, live.url, policy, deadline_s=30.0)  # the first split builds its head and tail
     assert "holds the same model" in client.connect()
     images = setup[3]
     records = [client.infer(image) for image in images]
-    kind = {"local": "local", "offload": "offload", "offload:jpeg90": "offload"}.get(policy, "split")
+    kind = {"local": "local", "offload": "offload", "offload:jpeg:90": "offload"}.get(policy, "split")
     assert [r.executed for r in records] == [kind] * len(images), [r.fallback_reason for r in records]
     assert all(r.fallback_reason is None for r in records)
-    if policy != "offload:jpeg90":  # JPEG changes the input; everything else is exact
+    if policy != "offload:jpeg:90":  # JPEG changes the input; everything else is exact
         assert [r.top1 for r in records] == [_local_top1(setup, image) for image in images]
     sizes = {"local": 0, "offload": 32 + 16 + 3 * 64 * 64}
     if policy in sizes:
@@ -256,7 +256,7 @@ def test_hedged_requests_take_the_first_answer_and_stop_the_other(setup, live):
 
 def _hostile(model_id: bytes, logits: np.ndarray, timing: str, load: str) -> FastAPI:
     """A server that answers every inference with these logits and headers."""
-    from edgesplit.codec import OUTPUT_CUT, encode_frame
+    from edgesplit.wire import OUTPUT_CUT, encode_frame
 
     app = FastAPI()
 

@@ -18,7 +18,7 @@ import torch
 from rich.markup import render
 
 from edgesplit import analyze
-from edgesplit.codec import OUTPUT_CUT, VERSION, decode_frame, encode_frame
+from edgesplit.wire import OUTPUT_CUT, VERSION, decode_frame, encode_frame
 from edgesplit.device import DeviceConfig
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState, build_options

@@ -306,7 +306,8 @@ def test_simulate_fleet_prints_a_table_per_fleet_size_and_writes_json_and_plots(
     for count, entry in data["devices"].items():
         assert list(entry) == ["policies", "server"] and list(entry["policies"]) == ["dsc", "offload", "local"]
         for summary in entry["policies"].values():
-            assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "answered", "count", "fallbacks", "cuts", "load_errors"]
+            assert list(summary) == ["mean_ms", "p50_ms", "p95_ms", "answered", "count", "fallbacks", "cuts", "load_errors",
+                                     "mean_energy_mj"]
             assert summary["count"] == sum(summary["cuts"].values()) == 50 * int(count)  # 10 s at 5 fps each
         assert list(entry["server"]["offload"]) == ["utilisation", "mean_batch", "queue_p95_ms"]
         assert entry["policies"]["local"]["answered"] == 0

@@ -33,7 +33,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from edgesplit.codec import FLOATS, FLOAT32_MAX, FLOAT32_TINY, Expectation, Frame, decode_frame, encode_frame, frame_checksum
+from edgesplit.codecs import FLOAT32_MAX, FLOAT32_TINY
+from edgesplit.wire import FLOATS, Expectation, Frame, decode_frame, encode_frame, frame_checksum
 from edgesplit.errors import FrameError
 
 MODEL = bytes.fromhex("0123456789abcdef")
@@ -58,7 +59,8 @@ def _seed_frames() -> list[bytes]:
     pooled = rng.standard_normal((3, *EXPECT.shapes[POOLED_CUT])).astype(np.float32)
     tensors = [(feature, FEATURE_CUT, "raw"), (feature.astype(np.float16), FEATURE_CUT, "raw"),
                (feature, FEATURE_CUT, "int8"), (pooled, POOLED_CUT, "raw"), (image, INPUT_CUT, "raw"),
-               (image, INPUT_CUT, "jpeg")]
+               (image, INPUT_CUT, "jpeg"), (feature, FEATURE_CUT, "int8c"), (feature, FEATURE_CUT, "int4c"),
+               (pooled[:1, :7], POOLED_CUT, "int4c"), (pooled, POOLED_CUT, "bf16")]
     return [encode_frame(array, model_id=MODEL, cut=cut, codec=codec, compression=compression)
             for array, cut, codec in tensors for compression in ("none", "zstd", "lz4")]
 

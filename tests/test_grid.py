@@ -35,7 +35,7 @@ def _profile(role: str) -> Profile:
         (0.011, {n: 0.011 - s for n, s in TAIL_S.items()}, TAIL_S)
     cuts = {n: CutProfile(n, i, e, _timings(head[n]), _timings(tail[n]), {}) for n, (i, e) in CUTS.items()}
     codecs = {"raw": {"bytes": 750_000, "encode_s": 0.0, "decode_s": 0.0},
-              "jpeg90": {"bytes": 75_000, "encode_s": 0.0, "decode_s": 0.0}}
+              "jpeg:90": {"bytes": 75_000, "encode_s": 0.0, "decode_s": 0.0}}
     return Profile("hand-made", role, INPUT_SHAPE, (1, 64), "per-node", 1.0, {}, _timings(whole), cuts, codecs, 4000)
 
 
@@ -66,13 +66,13 @@ def test_seed_prices_local_and_the_record_low_splits_only():
 def test_all_adds_raw_offload_every_cut_and_then_rtt_and_jpeg():
     plain, rtt = grid_variants(_profile("device"), _profile("server"), "all", rtt_ms=40)
     assert plain.names == ["local", "offload:raw", "split:a:fp32", "split:b:fp32", "split:c:fp32"]
-    assert rtt.names == ["local", "offload:raw", "offload:jpeg90", "split:a:fp32", "split:b:fp32", "split:c:fp32"]
+    assert rtt.names == ["local", "offload:raw", "offload:jpeg:90", "split:a:fp32", "split:b:fp32", "split:c:fp32"]
     # c (0.301 + 0.1/r) against raw offload (0.011 + 0.75/r): c up to 2 MB/s, offload from 3 MB/s
     assert plain.best_counts() == {"offload:raw": 125 * 62, "split:c:fp32": 2 * 62}
     assert plain.best_static() == "offload:raw"
     # 40 ms once per batch of B: JPEG (0.011 + 0.075/r per input) wins every cell
-    assert rtt.best_counts() == {"offload:jpeg90": 127 * 62}
-    assert rtt.seconds[rtt.names.index("offload:jpeg90"), 0, 0] == pytest.approx(0.04 + 0.011 + 0.075)
+    assert rtt.best_counts() == {"offload:jpeg:90": 127 * 62}
+    assert rtt.seconds[rtt.names.index("offload:jpeg:90"), 0, 0] == pytest.approx(0.04 + 0.011 + 0.075)
 
 
 def test_bad_option_sets_and_settings_are_refused():
@@ -85,8 +85,8 @@ def test_bad_option_sets_and_settings_are_refused():
         grid_variants(device, server, "all", rtt_ms=float("nan"))
     with pytest.raises(ProfileError, match="do not both have the cut 'z'"):
         sweep(device, server, name="x", title="x", cuts=["z"])
-    with pytest.raises(ProfileError, match="no input codec 'jpeg75'"):
-        sweep(device, server, name="x", title="x", offload=("jpeg75",))
+    with pytest.raises(ProfileError, match="no input codec 'jpeg:75'"):
+        sweep(device, server, name="x", title="x", offload=("jpeg:75",))
     short = replace(server, batch_sizes=(1, 8))
     with pytest.raises(ProfileError, match="goes up to batch size 8 but 62 is needed"):
         grid_variants(device, short, "seed")

@@ -36,7 +36,7 @@ def device_profile(**changes) -> Profile:
                               "int8": {"encode_s": 0.001, "decode_s": 0.0006}}),
         },
         input_codecs={"raw": {"bytes": 300, "encode_s": 0.0, "decode_s": 0.0},
-                      "jpeg90": {"bytes": 120.4, "encode_s": 0.003, "decode_s": 0.002}},
+                      "jpeg:90": {"bytes": 120.4, "encode_s": 0.003, "decode_s": 0.002}},
         output_bytes=4000, flops_per_s={1: 2e9},
     )
     fields.update(changes)
@@ -58,7 +58,7 @@ def server_profile(**changes) -> Profile:
                               "int8": {"encode_s": 0.0001, "decode_s": 0.00006}}),
         },
         input_codecs={"raw": {"bytes": 300, "encode_s": 0.0, "decode_s": 0.0005},
-                      "jpeg90": {"bytes": 120.4, "encode_s": 0.0003, "decode_s": 0.0007}},
+                      "jpeg:90": {"bytes": 120.4, "encode_s": 0.0003, "decode_s": 0.0007}},
         output_bytes=4000, flops_per_s={1: 2e10, 4: 4e10},
     )
     fields.update(changes)
@@ -78,19 +78,19 @@ def by_name(options: list[Option]) -> dict[str, Option]:
 def test_default_options_are_local_offload_and_each_common_cut_in_fp32():
     options = build_options(device_profile(), server_profile())
     # the cut at the input (index 0) is offload:raw, not a split
-    assert [o.name for o in options] == ["local", "offload:raw", "offload:jpeg90", "split:c1:fp32", "split:c2:fp32"]
+    assert [o.name for o in options] == ["local", "offload:raw", "offload:jpeg:90", "split:c1:fp32", "split:c2:fp32"]
     assert [o.kind for o in options] == ["local", "offload", "offload", "split", "split"]
     assert [o.cut for o in options] == [None, None, None, "c1", "c2"]
 
 
 def test_local_is_the_whole_model_on_the_device():
     local = build_options(device_profile(), server_profile())[0]
-    assert local == Option("local", "local", None, "-", 0.3, 0.0, 0, 0.0, {}, 0, True)
+    assert local == Option("local", "local", None, "-", 0.3, 0.0, 0, 0.0, {}, 0, True, agreement=1.0)
 
 
 def test_offload_options_price_the_input_codecs():
     options = by_name(build_options(device_profile(), server_profile()))
-    raw, jpeg = options["offload:raw"], options["offload:jpeg90"]
+    raw, jpeg = options["offload:raw"], options["offload:jpeg:90"]
     # raw: 300 uint8 bytes, nothing to encode, normalised on the server; the server runs the whole model
     assert (raw.head_s, raw.encode_s, raw.bytes, raw.decode_s) == (0.0, 0.0, 300, 0.0005)
     assert raw.tail_s == {1: 0.03, 4: 0.06}
@@ -108,7 +108,7 @@ def test_split_bytes_are_elements_times_the_codec_width():
         "split:c1:fp32": 40_000, "split:c1:fp16": 20_000, "split:c1:int8": 10_000,
         "split:c2:fp32": 10_000, "split:c2:fp16": 5_000, "split:c2:int8": 2_500}
     assert {name: o.exact for name, o in options.items()} == {
-        "local": True, "offload:raw": True, "offload:jpeg90": False,
+        "local": True, "offload:raw": True, "offload:jpeg:90": False,
         "split:c1:fp32": True, "split:c1:fp16": False, "split:c1:int8": False,
         "split:c2:fp32": True, "split:c2:fp16": False, "split:c2:int8": False}
 
@@ -126,7 +126,7 @@ def test_split_times_come_from_the_right_profile():
 
 def test_codecs_filter_the_split_options():
     names = [o.name for o in build_options(device_profile(), server_profile(), codecs=("int8",))]
-    assert names == ["local", "offload:raw", "offload:jpeg90", "split:c1:int8", "split:c2:int8"]
+    assert names == ["local", "offload:raw", "offload:jpeg:90", "split:c1:int8", "split:c2:int8"]
 
 
 def test_cuts_choose_which_cuts_and_jpeg_false_drops_jpeg():
@@ -138,7 +138,7 @@ def test_only_cuts_in_both_profiles_are_split_options():
     server = server_profile()
     server = server_profile(cuts={"c2": server.cuts["c2"]})
     assert [o.name for o in build_options(device_profile(), server)] == [
-        "local", "offload:raw", "offload:jpeg90", "split:c2:fp32"]
+        "local", "offload:raw", "offload:jpeg:90", "split:c2:fp32"]
 
 
 def test_a_requested_cut_missing_from_a_profile_is_an_error():
@@ -170,8 +170,17 @@ def test_profiles_of_different_input_shapes_do_not_mix():
 
 
 def test_an_unknown_codec_is_an_error_naming_the_known_ones():
-    with pytest.raises(EdgesplitError,
-                       match=r"unknown codec 'bf16'; did you mean 'fp16'\? \(known: fp16, fp32, int8\)"):
+    with pytest.raises(EdgesplitError, match=r"unknown codec 'bf61'; did you mean 'bf16'\? "
+                                             r"\(known: bf16, fp16, fp32, int4c, int8, int8c\)"):
+        build_options(device_profile(), server_profile(), codecs=("fp32", "bf61"))
+    with pytest.raises(EdgesplitError, match=r"codec 'int8:gzip': the argument names a lossless compression: "
+                                             r"zstd or lz4, not 'gzip'"):
+        build_options(device_profile(), server_profile(), codecs=("int8:gzip",))
+
+
+def test_a_codec_the_profile_did_not_measure_is_an_error_saying_to_profile_again():
+    with pytest.raises(ProfileError, match=r"the device profile of tiny did not measure codec 'bf16' at c1 "
+                                           r"\(it has fp16, int8\); profile again"):
         build_options(device_profile(), server_profile(), codecs=("fp32", "bf16"))
 
 
@@ -208,7 +217,7 @@ def test_latency_of_offload_term_by_term(options):
     # head 0 + encode 0 + 300 B (0.0003) + rtt 0.05 + wait 0.02 + whole model 0.03 + normalise 0.0005 + 0.001
     assert latency(options["offload:raw"], LINK, BUSY) == pytest.approx(0.1018, abs=1e-12)
     # JPEG: encode 0.003 + 120 B (0.00012) + rtt + wait + 0.03 + decode 0.0007 + 0.001
-    assert latency(options["offload:jpeg90"], LINK, BUSY) == pytest.approx(0.10482, abs=1e-12)
+    assert latency(options["offload:jpeg:90"], LINK, BUSY) == pytest.approx(0.10482, abs=1e-12)
 
 
 def test_the_wait_is_the_reported_one_aged_to_the_requests_arrival(options):
@@ -265,7 +274,7 @@ def test_tail_at_of_local_is_zero(options):
 def test_option_to_dict(options):
     assert options["split:c1:fp16"].to_dict() == {
         "name": "split:c1:fp16", "kind": "split", "cut": "c1", "codec": "fp16", "bytes": 20_000,
-        "head_s": 0.1, "tail_s_batch1": 0.02}
+        "head_s": 0.1, "tail_s_batch1": 0.02, "agreement": None}
 
 
 def test_find_option(options):
@@ -276,7 +285,7 @@ def test_find_option(options):
     message = str(error.value)
     assert message.startswith("unknown option 'split:c3:fp32'; did you mean ")
     assert "'split:c2:fp32'" in message
-    assert "(known: local, offload:jpeg90, offload:raw, split:c1:fp16," in message
+    assert "(known: local, offload:jpeg:90, offload:raw, split:c1:fp16," in message
     assert message.endswith("split:c2:int8)")
 
 
@@ -387,7 +396,7 @@ def test_with_slowdown_scales_every_time_and_no_size():
     assert c1.codec_s == {"fp16": {"encode_s": 0.004, "decode_s": 0.002},
                           "int8": {"encode_s": 0.008, "decode_s": 0.006}}
     assert slow.input_codecs == {"raw": {"bytes": 300, "encode_s": 0.0, "decode_s": 0.0},
-                                 "jpeg90": {"bytes": 120.4, "encode_s": 0.006, "decode_s": 0.004}}
+                                 "jpeg:90": {"bytes": 120.4, "encode_s": 0.006, "decode_s": 0.004}}
     assert slow.flops_per_s == {1: 1e9}  # half the FLOP/s
     # sizes, names and everything else stay
     assert [(c.name, c.index, c.elements) for c in slow.cuts.values()] == [
@@ -398,7 +407,7 @@ def test_with_slowdown_scales_every_time_and_no_size():
     # and the options built from it: times doubled, bytes unchanged
     options = by_name(build_options(slow, server_profile()))
     assert options["local"].head_s == pytest.approx(0.6) and options["split:c1:fp32"].head_s == pytest.approx(0.2)
-    assert options["split:c1:fp32"].bytes == 40_000 and options["offload:jpeg90"].encode_s == pytest.approx(0.006)
+    assert options["split:c1:fp32"].bytes == 40_000 and options["offload:jpeg:90"].encode_s == pytest.approx(0.006)
 
 
 def test_with_slowdown_composes():

@@ -38,7 +38,7 @@ RTT = 0.0625
 
 LOCAL = Option("local", "local", None, "-", 0.5, 0.0, 0, 0.0, {}, 0, True)
 RAW = Option("offload:raw", "offload", None, "raw", 0.0, 0.0, 250_000, 0.0, {1: 0.0625, 4: 0.125}, 0, True)
-JPEG = Option("offload:jpeg90", "offload", None, "jpeg90", 0.0, 0.01, 50_000, 0.005, {1: 0.0625, 4: 0.125}, 0,
+JPEG = Option("offload:jpeg:90", "offload", None, "jpeg:90", 0.0, 0.01, 50_000, 0.005, {1: 0.0625, 4: 0.125}, 0,
               False)
 FP32 = Option("split:c:fp32", "split", "c", "fp32", 0.125, 0.0, 125_000, 0.0, {1: 0.0625, 4: 0.125}, 0, True)
 FP16 = Option("split:c:fp16", "split", "c", "fp16", 0.125, 0.001, 62_500, 0.001, {1: 0.0625, 4: 0.125}, 0, False)
@@ -285,10 +285,10 @@ def test_best_static_from_make_policy_uses_the_mean_link():
 @pytest.mark.parametrize("spec, name, option", [
     ("local", "local", LOCAL),
     ("offload", "offload", RAW),
-    ("offload:jpeg90", "offload:jpeg90", JPEG),
+    ("offload:jpeg:90", "offload:jpeg:90", JPEG),
     ("static:c", "static:c", FP32),
     ("static:split:c:fp16", "static:split:c:fp16", FP16),
-    ("static:offload:jpeg90", "static:offload:jpeg90", JPEG),
+    ("static:offload:jpeg:90", "static:offload:jpeg:90", JPEG),
     ("static:local", "static:local", LOCAL),
 ])
 def test_fixed_policies_resolve_their_option(spec, name, option):
@@ -318,8 +318,8 @@ def test_a_fixed_policy_whose_option_is_missing_fails_at_build_naming_the_known_
     assert str(error.value) == ("unknown option 'split:d:fp32'; did you mean 'split:c:fp32'? "
                                 "(known: local, offload:raw, split:c:fp32)")
     with pytest.raises(EdgesplitError) as error:
-        make_policy("offload:jpeg90", EXACT, LinkState(MBPS))
-    assert str(error.value) == ("unknown option 'offload:jpeg90'; did you mean 'offload:raw'? "
+        make_policy("offload:jpeg:90", EXACT, LinkState(MBPS))
+    assert str(error.value) == ("unknown option 'offload:jpeg:90'; did you mean 'offload:raw'? "
                                 "(known: local, offload:raw, split:c:fp32)")
 
 
@@ -329,8 +329,8 @@ PRIVATE_ERROR = ("policy {!r} sends the input to the server, but these options k
 
 @pytest.mark.parametrize("spec, named", [
     ("offload", "offload"),
-    ("offload:jpeg90", "offload:jpeg90"),
-    ("static:offload:jpeg90", "static:offload:jpeg90"),  # the spec to drop, as written
+    ("offload:jpeg:90", "offload:jpeg:90"),
+    ("static:offload:jpeg:90", "static:offload:jpeg:90"),  # the spec to drop, as written
 ])
 def test_offload_over_private_options_says_to_drop_it(spec, named):
     with pytest.raises(EdgesplitError) as error:
@@ -354,7 +354,7 @@ def test_policy_names():
     assert make_policy("oracle", ALL, LinkState(MBPS)).name == "oracle"
     assert check_policy("dsc") == (POLICIES.get("dsc"), "")
     assert check_policy("static:split:c:fp16") == (POLICIES.get("static"), "split:c:fp16")
-    assert check_policy("offload:jpeg90") == (POLICIES.get("offload"), "jpeg90")
+    assert check_policy("offload:jpeg:90") == (POLICIES.get("offload"), "jpeg:90")
 
 
 def build_or_check(how: str, spec: str) -> object:
@@ -371,10 +371,18 @@ def test_an_unknown_policy_suggests_a_close_name(how):
 
 
 @pytest.mark.parametrize("how", ["check", "make"])
-@pytest.mark.parametrize("spec", ["dsc:3", "oracle:x", "local:fast", "best-static:c"])
+@pytest.mark.parametrize("spec", ["local:fast", "best-static:c"])
 def test_a_policy_without_an_argument_refuses_one(spec, how):
     name = spec.partition(":")[0]
     with pytest.raises(EdgesplitError, match=rf"policy '{name}' takes no argument \(got '{spec}'\)"):
+        build_or_check(how, spec)
+
+
+@pytest.mark.parametrize("how", ["check", "make"])
+@pytest.mark.parametrize("spec", ["dsc:3", "oracle:x"])
+def test_dsc_and_oracle_take_only_an_objective(spec, how):  # tests/test_energy.py: the objectives themselves
+    with pytest.raises(EdgesplitError, match=rf"policy '{spec}': objective '.*' is not a term; use latency, energy "
+                                             r"or A\*latency\+B\*energy"):
         build_or_check(how, spec)
 
 
@@ -390,7 +398,7 @@ def test_static_needs_an_option(spec):
 
 @pytest.mark.parametrize("private, lossy, names", [
     (False, False, ["local", "offload:raw", "split:c:fp32"]),
-    (False, True, ["local", "offload:raw", "offload:jpeg90", "split:c:fp32", "split:c:fp16"]),
+    (False, True, ["local", "offload:raw", "offload:jpeg:90", "split:c:fp32", "split:c:fp16"]),
     (True, False, ["local", "split:c:fp32"]),
     (True, True, ["local", "split:c:fp32", "split:c:fp16"]),
 ])

@@ -7,6 +7,7 @@ import pytest
 from edgesplit import analyze
 from edgesplit.errors import EdgesplitError, ProfileError
 from edgesplit.measure import measure
+from edgesplit.codecs import PROFILED_CODECS
 from edgesplit.profile import FORMAT, load_profile, with_batch_plan
 from toy_models import Toy
 
@@ -33,8 +34,15 @@ def test_per_node_profile_covers_every_cut_and_batch_size(toy, tmp_path):
     assert profile.cuts["conv1"].elements == 64
     assert profile.output_bytes == 5 * 4  # the logits, fp32
     assert profile.input_codecs["raw"]["bytes"] == 192
-    assert set(profile.input_codecs) == {"raw", "jpeg75", "jpeg90"} and profile.input_codecs["jpeg90"]["bytes"] > 0
-    assert set(profile.cuts["pool"].codec_s) == {"fp16", "int8"}
+    assert set(profile.input_codecs) == {"raw", "jpeg:75", "jpeg:90"} and profile.input_codecs["jpeg:90"]["bytes"] > 0
+    pool = profile.cuts["pool"]
+    assert set(pool.codec_s) == set(PROFILED_CODECS) and pool.shape == (4, 1, 1)
+    # bytes measured on the photos' own tensors: uncompressed codecs send exactly their payload
+    # pooled features (4, 1, 1) are one channel to per-channel codecs: 8 bytes of parameters in all
+    assert pool.codec_s["int8"]["bytes"] == 4 and pool.codec_s["int8c"]["bytes"] == 4 + 8
+    assert pool.codec_s["int4c"]["bytes"] == 2 + 8 and pool.codec_s["bf16"]["bytes"] == 8
+    assert all(v["encode_s"] > 0 and v["decode_s"] > 0 for v in pool.codec_s.values())
+    assert "codec_s" in profile.cuts["conv2"].to_dict() and profile.cuts["x"].codec_s == {}
     path = tmp_path / "p.json"
     profile.save(path)
     assert load_profile(path) == profile

@@ -20,7 +20,7 @@ import torch
 from ray import serve
 
 from edgesplit import analyze, split
-from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.wire import OUTPUT_CUT, decode_frame, encode_frame
 from edgesplit.errors import EdgesplitError
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from edgesplit import analyze, split
-from edgesplit.codec import OUTPUT_CUT, decode_frame, encode_frame, frame_checksum
+from edgesplit.wire import OUTPUT_CUT, decode_frame, encode_frame, frame_checksum
 from edgesplit.models import load_model
 from edgesplit.runtime.tail_engine import BatchPlan, TailEngine, best_batch_from, model_id
 from edgesplit.runtime.server import ServerConfig, create_app

@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 
 from edgesplit import analyze
-from edgesplit.codec import FRAME_TYPE, encode_frame
+from edgesplit.wire import FRAME_TYPE, encode_frame
 from edgesplit.models import load_model
 from edgesplit.runtime import server as server_module
 from edgesplit.runtime.http_edge import EdgeProtocol, uvicorn_options

@@ -425,6 +425,8 @@ def test_summarize_exact_statistics():
         "miss_rate": 0.4,  # 0.4 s and 1.0 s
         "mean_bytes": 1200.0,
         "count": 5,
+        "mean_energy_mj": 0.0,  # these records hold no energy: tests/test_energy.py
+        "mean_radio_mj": 0.0,
         "fallbacks": 0,
         "probe_bytes_per_s": 0.0,
         "stale_estimate_s": 0.0,
@@ -472,7 +474,8 @@ def test_request_to_dict():
         "probe_bytes": 0, "executed": "offload", "fallback_reason": None, "bytes_sent": 40, "batch_size": 0,
         "top1": None, "predicted_ms": 100.0, "latency_ms": 300.0, "upload_ms": None, "queue_ms": None,
         "compute_ms": None, "estimated_mbps": 1.0, "true_mbps": 1.0, "measured_mbps": None,
-        "reported_queue_ms": None, "predicted_queue_ms": None, "edge": None}
+        "reported_queue_ms": None, "predicted_queue_ms": None, "edge": None, "compute_mj": 0.0, "radio_mj": 0.0,
+        "energy_mj": 0.0}
 
 
 def test_the_estimator_is_reset_for_each_run():

@@ -21,6 +21,8 @@ from edgesplit.errors import EdgesplitError
 
 console = Console(width=None if sys.stdout.isatty() else 160)
 T = TypeVar("T")
+CODECS_HELP = ("split codecs, comma-separated: fp32, fp16, bf16, int8, int8c, int4c, each optionally :zstd or :lz4 "
+               "(edgesplit codecs says what each keeps)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -38,6 +40,32 @@ def model_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="state_dict file (loaded with weights_only=True)"),
         click.option("--input-size", type=int, help="square input resolution, e.g. 224"),
         click.option("--input-shape", help="C,H,W without batch, e.g. 3,224,224 (default: the model's native)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def accuracy_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--min-agreement and --fidelity: lossy options allowed where measured to agree often enough."""
+    for option in reversed([
+        click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+                     help="let dynamic policies pick lossy options (codecs, JPEG) measured to give the exact "
+                          "answer's top-1 class at least this often, e.g. 0.99"),
+        click.option("--fidelity", type=click.Path(dir_okay=False, exists=True),
+                     help="fidelity.json of edgesplit fidelity: the measured agreements (else the device "
+                          "profile's, from edgesplit profile --fidelity)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def energy_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--radio and --compute-w: the device's power model (docs/energy.md); dsc:energy minimises it."""
+    for option in reversed([
+        click.option("--radio", type=click.Choice(["lte", "wifi"]), default="lte", show_default=True,
+                     help="the device's radio, for its energy (measured power models, docs/energy.md)"),
+        click.option("--compute-w", type=click.FloatRange(min=0), default=3.0, show_default=True,
+                     help="what the device's processor draws while it runs the model (W)"),
     ]):
         command = option(command)
     return command
@@ -129,16 +157,21 @@ def _output(name: str) -> Iterator[Path]:
               show_default=True, help="--role server: time whole tails as edgesplit serve --engine runs them "
                                       "(torch on the cpu: per node, as --method says)")
 @click.option("--device", "device_name", default="cpu", show_default=True, help="--role server: cpu, cuda or cuda:N")
+@click.option("--fidelity", type=click.Path(dir_okay=False, exists=True),
+              help="fidelity.json of edgesplit fidelity: the profile carries each option's measured agreement")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
 def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
             batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
             device_ms: float | None, threads: int | None, idle_ms: float, engine_name: str, device_name: str,
-            out_path: str) -> None:
+            fidelity: str | None, out_path: str) -> None:
     """Measure head and tail time of every chosen cut of MODEL on this machine."""
     import torch
     from rich.progress import Progress
 
     from edgesplit.measure import iter_batch_sizes, measure
+    from edgesplit.profile import read_agreement, with_agreement
+
+    agreement = read_agreement(fidelity) if fidelity else {}  # a broken file fails before any measuring
 
     if device_ms is not None and slowdown != 1.0:
         raise EdgesplitError("give either --slowdown or --device-ms, not both")
@@ -168,7 +201,7 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
             task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
             result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
                              slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
-                             idle_s=idle_ms / 1000)
+                             idle_s=idle_ms / 1000, normalization=loaded.normalization)
     if device_ms is not None:
         from edgesplit.profile import with_device_time
 
@@ -188,6 +221,9 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
     console.print(table)
     codecs = ", ".join(f"{k} {v['bytes'] / 1024:.1f} KiB" for k, v in result.input_codecs.items())
     console.print(f"input for offload: {codecs}")
+    if agreement:
+        result = with_agreement(result, agreement)
+        console.print(f"carries the measured agreement of {len(agreement)} options from {fidelity}")
     with _output(out_path) as path:
         result.save(path)
 
@@ -209,7 +245,7 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 @click.option("--server-profile", required=True, type=click.Path(dir_okay=False), help="from edgesplit profile --role server")
 @click.option("--trace", "trace_path", required=True, type=click.Path(dir_okay=False),
               help="uplink trace: mahimahi, 2-column time_s Mbit/s, or CSV time_s,mbps")
-@click.option("--policies", default="dsc,oracle,best-static,local,offload,offload:jpeg90", show_default=True)
+@click.option("--policies", default="dsc,oracle,best-static,local,offload,offload:jpeg:90", show_default=True)
 @click.option("--estimator", default="harmonic", show_default=True, help="last | ewma[:A] | harmonic[:N] | robust[:N]")
 @click.option("--fps", type=float, default=2.0, show_default=True, help="request rate")
 @click.option("--arrivals", type=click.Choice(["periodic", "poisson"]), default="periodic", show_default=True)
@@ -225,8 +261,10 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
                    "at most 10 million requests")
 @click.option("--load-trace", type=click.Path(dir_okay=False), help="other clients on the server over time")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device: no offload")
-@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, fp16, int8)")
-@click.option("--codecs", default="fp32", show_default=True, help="codecs for the crossing tensor: fp32,fp16,int8")
+@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, lossy codecs)")
+@click.option("--codecs", default="fp32", show_default=True, help=CODECS_HELP)
+@accuracy_options
+@energy_options
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summary as JSON")
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="write every request as CSV")
@@ -234,26 +272,29 @@ def _choose_cuts(analysis, spec: str):  # type: ignore[no-untyped-def]
 def simulate(device_profile: str, server_profile: str, trace_path: str, policies: str, estimator: str,
              fps: float, arrivals: str, rtt_ms: float, deadline_ms: float | None, hedge: bool, start_s: float,
              duration_s: float | None, load_trace: str | None, private: bool, lossy: bool, codecs: str,
-             seed: int, json_path: str | None, csv_path: str | None, plot_prefix: str | None) -> None:
+             min_agreement: float | None, fidelity: str | None, radio: str, compute_w: float, seed: int,
+             json_path: str | None, csv_path: str | None, plot_prefix: str | None) -> None:
     """Replay an uplink trace through each policy and compare their latency."""
     from edgesplit.sim.run import Scenario, run_policies
 
     scenario = Scenario.from_files(
         device_profile, server_profile, trace_path, load_trace=load_trace, codecs=tuple(codecs.split(",")),
         private=private, lossy=lossy, estimator=estimator, fps=fps, arrivals=arrivals, rtt_ms=rtt_ms,
-        deadline_ms=deadline_ms, hedge=hedge, start_s=start_s, duration_s=duration_s, seed=seed)
+        deadline_ms=deadline_ms, hedge=hedge, start_s=start_s, duration_s=duration_s, seed=seed,
+        min_agreement=min_agreement, fidelity=fidelity, radio=radio, compute_w=compute_w)
     result = run_policies(scenario, [p.strip() for p in policies.split(",") if p.strip()])
     table = Table(title=f"{scenario.trace.name} · mean {scenario.trace.mean_bps() / 1e6:.2f} Mbit/s · "
                         f"{scenario.trace.duration_s:.0f} s · {fps:g} fps · RTT {rtt_ms:g} ms · estimator "
                         f"{estimator} (MAPE {result.estimator_mape:.1f} %)" if result.estimator_mape is not None
                   else f"{scenario.trace.name}")
-    for column in ("policy", "mean ms", "p50 ms", "p95 ms", "p99 ms", "miss", "mean KiB", "most chosen"):
+    for column in ("policy", "mean ms", "p50 ms", "p95 ms", "p99 ms", "miss", "mean KiB", f"mJ ({radio})",
+                   "most chosen"):
         table.add_column(column, justify="left" if column in ("policy", "most chosen") else "right")
     for name, summary in result.summaries.items():
         top = ", ".join(f"{k} ×{v}" for k, v in list(summary["cuts"].items())[:2])
         table.add_row(name, f"{summary['mean_ms']:.1f}", f"{summary['p50_ms']:.1f}", f"{summary['p95_ms']:.1f}",
                       f"{summary['p99_ms']:.1f}", f"{summary['miss_rate']:.1%}", f"{summary['mean_bytes'] / 1024:.1f}",
-                      top)
+                      f"{summary['mean_energy_mj']:.0f}", top)
     console.print(table)
     if json_path:
         with _output(json_path) as path:
@@ -296,13 +337,16 @@ def simulate(device_profile: str, server_profile: str, trace_path: str, policies
 @click.option("--seed", type=int, default=0, show_default=True, help="for Poisson arrivals and the balancer's draws")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the summaries as JSON")
 @click.option("--plot", "plot_prefix", help="write PREFIX-latency.png and PREFIX-options.png")
-@click.option("--codecs", default="fp32", show_default=True, help="codecs for the crossing tensor: fp32,fp16,int8")
-@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, fp16, int8)")
+@click.option("--codecs", default="fp32", show_default=True, help=CODECS_HELP)
+@click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, lossy codecs)")
 @click.option("--jpeg/--no-jpeg", default=True, show_default=True, help="offer JPEG offload (edgesplit fleet does not)")
+@accuracy_options
+@energy_options
 def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, device_counts: str, policies: str,
                    servers: int, routing: str, estimator: str, fps: float, arrivals: str, rtt_ms: float,
                    deadline_ms: float | None, hedge: bool, duration_s: float | None, seed: int,
-                   json_path: str | None, plot_prefix: str | None, codecs: str, lossy: bool, jpeg: bool) -> None:
+                   json_path: str | None, plot_prefix: str | None, codecs: str, lossy: bool, jpeg: bool,
+                   min_agreement: float | None, fidelity: str | None, radio: str, compute_w: float) -> None:
     """Simulate fleets of devices sharing the edge's batching replicas, per policy and fleet size."""
     from edgesplit.latency import LinkState, find_option
     from edgesplit.policies import make_policy
@@ -320,7 +364,8 @@ def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, de
     config = FleetSimConfig(servers=servers, routing=routing, seed=seed)
     scenario = Scenario.from_files(device_profile, server_profile, trace_path, estimator=estimator, fps=fps,
                                    arrivals=arrivals, rtt_ms=rtt_ms, deadline_ms=deadline_ms, hedge=hedge,
-                                   seed=seed, codecs=tuple(codecs.split(",")), lossy=lossy, jpeg=jpeg)
+                                   seed=seed, codecs=tuple(codecs.split(",")), lossy=lossy, jpeg=jpeg,
+                                   min_agreement=min_agreement, fidelity=fidelity, radio=radio, compute_w=compute_w)
     if duration_s is not None and not (math.isfinite(duration_s) and duration_s > 0):
         raise EdgesplitError(f"--duration must be a finite number > 0, got {duration_s:g}")
     # the devices' offsets spread over the whole trace, as a live fleet's do; --duration bounds the arrivals
@@ -516,7 +561,8 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
         sizes = tuple(b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size)
         if engine.name == "torch" and engine.device.type == "cpu":
             measured = _as_served(lambda: measure(analysis, analysis.natural_bottlenecks(), role="server",
-                                                  batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000))
+                                                  batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000,
+                                                  normalization=loaded.normalization))
             if engine.batch_plan is not None and engine.batch_plan.batch_from != INPUT_CUT:
                 measured = with_batch_plan(measured, engine.cuts[engine.batch_plan.batch_from].name)
         else:  # timed through the engine as it serves, batch plan included
@@ -608,13 +654,16 @@ def _as_served(measurement: Callable[[], T]) -> T:
 @click.option("--server-profile", type=click.Path(dir_okay=False),
               help="default: the server's own (GET /v1/profile), else this machine's")
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
-@click.option("--lossy", is_flag=True, help="let dynamic policies pick JPEG, fp16 and int8")
-@click.option("--codecs", default="fp32", show_default=True)
+@click.option("--lossy", is_flag=True, help="let dynamic policies pick JPEG and lossy codecs")
+@click.option("--codecs", default="fp32", show_default=True, help=CODECS_HELP)
+@accuracy_options
+@energy_options
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="per-request decisions and a summary (JSON)")
 def run(model: str, weights: str | None, input_size: int | None, input_shape: str | None, server_url: str,
         engine_name: str, policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
         deadline_ms: float | None, hedge: bool, device_profile: str | None, server_profile: str | None,
-        private: bool, lossy: bool, codecs: str, out_path: str | None) -> None:
+        private: bool, lossy: bool, codecs: str, min_agreement: float | None, fidelity: str | None, radio: str,
+        compute_w: float, out_path: str | None) -> None:
     """Serve requests on this device with MODEL's head, splitting at the cut the policy picks."""
     from edgesplit.runtime.device import run_device
 
@@ -622,7 +671,8 @@ def run(model: str, weights: str | None, input_size: int | None, input_shape: st
                policy_spec=policy_spec,
                estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms, hedge=hedge,
                device_profile=device_profile, server_profile=server_profile, private=private, lossy=lossy,
-               codecs=tuple(codecs.split(",")), out_path=out_path, console=console)
+               codecs=tuple(codecs.split(",")), out_path=out_path, console=console, min_agreement=min_agreement,
+               fidelity=fidelity, radio=radio, compute_w=compute_w)
 
 
 @cli.command()
@@ -671,15 +721,18 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
                    "(default: twice the device's whole-model time, at least 500 ms)")
 @click.option("--device-ms", type=click.FloatRange(min=0, min_open=True), default=350.0, show_default=True,
               help="emulate a device that runs the whole model in this time (this machine, slowed to match)")
-@click.option("--codecs", default="fp32,fp16,int8", show_default=True, help="how a split's tensor may cross")
+@click.option("--codecs", default="fp32,fp16,int8", show_default=True, help=CODECS_HELP)
 @click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
+@accuracy_options
+@energy_options
 @click.option("--private", is_flag=True, help="the raw input never leaves the device")
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, take_turns: bool,
-         policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None, device_ms: float, codecs: str, exact: bool, private: bool,
-         netns: bool, hedge: bool, out_dir: str) -> None:
+         policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None,
+         device_ms: float, codecs: str, exact: bool, min_agreement: float | None, fidelity: str | None,
+         radio: str, compute_w: float, private: bool, netns: bool, hedge: bool, out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
     trace, segment by segment, every policy under the same conditions, and compare them."""
     try:
@@ -688,12 +741,14 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, s
         from edgesplit.demo import DEFAULT_POLICIES, DEFAULT_TRACE, DemoConfig, run_demo
     except ImportError as exc:
         raise EdgesplitError(f"the demo needs its extra: pip install 'edgesplit[demo]' ({exc.name} is missing)")
+    if exact and min_agreement is not None:
+        raise EdgesplitError("give either --exact or --min-agreement, not both")
     chosen = tuple(p for p in policies.split(",") if p) if policies is not None else \
         tuple(p for p in DEFAULT_POLICIES if not (private and p == "offload"))
     config = DemoConfig(model, Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s, segments, start_s,
                         not take_turns, chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
-                        Path(out_dir), hedge)
+                        Path(out_dir), hedge, min_agreement, Path(fidelity) if fidelity else None, radio, compute_w)
     run_demo(config, console)
 
 
@@ -715,10 +770,13 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, s
               help="emulate devices that run the whole model in this time (this machine, slowed to match)")
 @click.option("--rtt-ms", type=float, default=40.0, show_default=True)
 @click.option("--estimator", default="harmonic", show_default=True)
+@accuracy_options
+@energy_options
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
 def fleet(model: str, weights: str | None, input_size: int | None, input_shape: str | None, device_counts: str,
           server_url: str | None, policies: str | None, trace_path: str | None, duration_s: float, fps: float,
-          repeats: int, device_ms: float, rtt_ms: float, estimator: str, out_dir: str) -> None:
+          repeats: int, device_ms: float, rtt_ms: float, estimator: str, min_agreement: float | None,
+          fidelity: str | None, radio: str, compute_w: float, out_dir: str) -> None:
     """Run many emulated devices at once against one edge server, the policies taking turns, and compare
     their latency as the number of devices grows."""
     try:
@@ -732,6 +790,8 @@ def fleet(model: str, weights: str | None, input_size: int | None, input_shape: 
                          policies=tuple(p for p in policies.split(",") if p) if policies is not None else DEFAULT_POLICIES,
                          trace=Path(trace_path) if trace_path else DEFAULT_TRACE, duration_s=duration_s, fps=fps,
                          repeats=repeats, device_local_s=device_ms / 1000, rtt_s=rtt_ms / 1000, estimator=estimator,
+                         min_agreement=min_agreement, fidelity=Path(fidelity) if fidelity else None, radio=radio,
+                         compute_w=compute_w,
                          out_dir=Path(out_dir))
     run_fleet(config, console)
 
@@ -746,6 +806,20 @@ def models(pattern: str | None, timm_models: bool) -> None:
     for name in model_names(timm_models):
         if pattern is None or pattern in name:
             click.echo(name)
+
+
+@cli.command()
+def codecs() -> None:
+    """List the split codecs (how a cut's tensor may cross) and what each keeps of it."""
+    from edgesplit.codecs import describe
+
+    table = Table(title="split codecs (NAME, or NAME:zstd / NAME:lz4 to compress the payload losslessly); input: "
+                        "raw, jpeg:Q")
+    for column in ("codec", "exact", "what it keeps"):
+        table.add_column(column)
+    for row in describe():
+        table.add_row(row["name"], "yes" if row["exact"] else "no", row["exactness"])
+    console.print(table)
 
 
 def _print_analysis(result, weights: str, show_all: bool, elapsed: float) -> None:  # type: ignore[no-untyped-def]
@@ -785,3 +859,49 @@ def main() -> None:
     except EdgesplitError as exc:
         click.echo(f"edgesplit: error: {exc}", err=True)
         sys.exit(2)
+
+
+@cli.command()
+@model_options
+@click.option("--images", "images_dir", type=click.Path(file_okay=False),
+              help="a folder of photos (default: the natural photos that ship with scikit-image and matplotlib)")
+@click.option("--augment", type=click.IntRange(0), default=0, show_default=True,
+              help="add N random-resized crops of the photos (seeded)")
+@click.option("--seed", type=int, default=0, show_default=True, help="for --augment's crops")
+@click.option("--cuts", "cut_spec", default="record-low", show_default=True,
+              help="record-low | natural | pareto | NAME,NAME,...")
+@click.option("--codecs", "codec_spec", default="fp32,fp16,bf16,int8,int8c,int4c,int8:zstd,int8c:zstd",
+              show_default=True, help="split codecs: NAME or NAME:zstd / NAME:lz4, comma-separated")
+@click.option("--jpeg-qualities", "quality_spec", default="50,75,90,95", show_default=True,
+              help="JPEG input offload at these qualities ('' for none)")
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,
+              help="images per run of a tail or of the whole model")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="folder to write fidelity.json and fidelity.png in")
+def fidelity(model: str, weights: str | None, input_size: int | None, input_shape: str | None,
+             images_dir: str | None, augment: int, seed: int, cut_spec: str, codec_spec: str, quality_spec: str,
+             batch_size: int, out_dir: str) -> None:
+    """How faithfully every cut × codec answers, and JPEG input offload: payload bytes, top-1 agreement with
+    the fp32 model (95 % Wilson interval), KL divergence, max |logit difference|, encode and decode times."""
+    from edgesplit.fidelity import (FidelityReport, evaluation_images, measure, natural_photos, parse_codecs,
+                                    parse_qualities, plot, read_folder, table)
+    from edgesplit.runtime.device_engines import TorchEngine
+
+    codecs, qualities = parse_codecs(codec_spec), parse_qualities(quality_spec)
+    photos = read_folder(images_dir) if images_dir is not None else natural_photos()
+    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    cuts = _choose_cuts(analysis, cut_spec)
+    if several := [c for c in cuts if not c.single_tensor]:
+        raise EdgesplitError(f"cut {several[0].name} carries {len(several[0].crossing)} values: fidelity measures "
+                             "single-tensor cuts (list them with edgesplit analyze MODEL)")
+    images = evaluation_images(photos, analysis.input_shape, augment=augment, seed=seed)
+    with console.status(f"{len(cuts)} cuts × {len(codecs)} codecs and {len(qualities) + 1} offloads on "
+                        f"{len(images)} images"):
+        rows = measure(TorchEngine(analysis, loaded.normalization), images, cuts=[c.name for c in cuts],
+                       codecs=codecs, jpeg_qualities=qualities, batch_size=batch_size)
+    report = FidelityReport(model, tuple(photos), augment, tuple(rows), seed)
+    console.print(table(report))
+    with _output(str(Path(out_dir) / "fidelity.json")) as path:
+        path.write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    with _output(str(Path(out_dir) / "fidelity.png")) as path:
+        plot(report, path)

@@ -42,12 +42,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.energy import PHONE_COMPUTE_W
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options, find_option
 from edgesplit.policies import allowed_options, check_policy, make_policy
-from edgesplit.profile import Profile, with_slowdown
+from edgesplit.profile import Profile, read_agreement, with_agreement, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, TransportError
 from edgesplit.traces import RateTrace, read_trace
@@ -82,11 +83,16 @@ class DemoConfig:
     netns: bool = False
     out_dir: Path = Path("out/demo")
     hedge: bool = False  # the device runs the rest itself while it waits; the first answer wins
+    min_agreement: float | None = None  # lossy options only where measured to agree this often (not --lossy)
+    fidelity: Path | None = None  # the measured agreements (fidelity.json of edgesplit fidelity)
+    radio: str = "lte"  # the devices' radio and processor power, for their energy (docs/energy.md)
+    compute_w: float = PHONE_COMPUTE_W
 
     @property
     def device(self) -> DeviceConfig:
         """What every emulated device of the demo assumes and does (and the simulator's device, to compare)."""
-        return DeviceConfig(rtt_s=self.rtt_s, deadline_s=self.deadline_s, hedge=self.hedge)
+        return DeviceConfig(rtt_s=self.rtt_s, deadline_s=self.deadline_s, hedge=self.hedge, radio=self.radio,
+                            compute_w=self.compute_w)
 
 
 class EmulatedLink(Protocol):
@@ -238,13 +244,16 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
-        measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console)
+        measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console,
+                                             loaded.normalization)
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
             raise EdgesplitError(f"the edge server at {url} serves no profile")
+        if config.fidelity:
+            device = with_agreement(device, read_agreement(config.fidelity))
         options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
-        allowed = allowed_options(options, config.private, config.lossy)
+        allowed = allowed_options(options, config.private, config.lossy, config.min_agreement)
         engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
         reference = [int(engine.engine.local(engine.normalize(p)).argmax()) for p in photos]
         setup_s = time.perf_counter() - started
@@ -259,14 +268,15 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
 
 
-def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, console: Console) -> tuple[Profile, Profile]:
+def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, console: Console,
+                      normalization: Any) -> tuple[Profile, Profile]:
     """This machine's profile at batch 1, each timed run after ``idle_s`` idle (requests come about that far
     apart, and a CPU that idled is slower for its next inference), and the emulated device's: this machine
     slowed so that the whole model takes ``device_local_s``."""
     from edgesplit.measure import measure
 
     measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
-                       idle_s=idle_s)
+                       idle_s=idle_s, normalization=normalization)
     slowdown = device_local_s / measured.model_s[1].median_s
     if slowdown < 1:
         raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
@@ -500,14 +510,14 @@ def _print_summary(overall: dict[str, Any], per_segment: list[dict[str, Any]], c
     table = Table(title=f"{config.model} over {Path(config.trace).name}: {config.segments} × {config.duration_s:g} s, "
                         f"{config.fps:g} requests/s, device: whole model in {config.device_local_s * 1e3:.0f} ms")
     for column in ("policy", "mean ms", "± sd over segments", "segment means", "p95 ms", "KiB sent", "probed KiB/s",
-                   "fallbacks", "top-1 = local", "options chosen"):
+                   f"mJ ({config.radio})", "fallbacks", "top-1 = local", "options chosen"):
         table.add_column(column, justify="left" if column in ("policy", "options chosen") else "right")
     for spec, s in overall.items():
         means = [segment[spec]["mean_ms"] for segment in per_segment]
         chosen = ", ".join(f"{k} {v}" for k, v in list(s["cuts"].items())[:3])
         table.add_row(spec, f"{s['mean_ms']:.0f}", f"{statistics.stdev(means):.0f}" if len(means) > 1 else "-",
                       f"{min(means):.0f}–{max(means):.0f}", f"{s['p95_ms']:.0f}", f"{s['mean_bytes'] / 1024:.1f}",
-                      f"{s['probe_bytes_per_s'] / 1024:.1f}", str(s["fallbacks"]),
+                      f"{s['probe_bytes_per_s'] / 1024:.1f}", f"{s['mean_energy_mj']:.0f}", str(s["fallbacks"]),
                       f"{s['same_top1_as_local']}/{s['count']}", chosen)
     console.print(table)
     if "dsc" in overall:

@@ -18,6 +18,15 @@ The device probes (``probe_bytes`` to ``POST /v1/probe``, at most one per ``prob
 and the request it is serving does not teach it anything: beside a local run, or after a remote request
 whose upload gave no sample (a frame too small to time, an upload cut short, a refusal). The estimate's uncertainty grows with its age: the policy sees the recent samples, how old the
 newest is, and how fast the link's log-rate has been moving (:meth:`DeviceCore.state`).
+
+Energy (:mod:`edgesplit.energy`): each record holds the device's joules for its request — ``compute_j``
+(the head and encoding, the whole model for local, and the rest after a fallback or beside a hedge, at
+``DeviceConfig.compute_w``) and ``radio_j`` (its bursts on ``DeviceConfig.radio``, each charged the radio's
+tail since the burst before). A driver reports every burst it sends or receives on the core's clock
+(:meth:`DeviceCore.transferred`: frames, answers, probes), and the record charges those reported since the
+previous record: the simulators their exact bursts; the live client each exchange from its start, the
+upload as long as its bytes take at the estimated rate (at most until the answer), and the answer. The policy sees the device's power model, how long its radio has been idle and when it
+next probes (``State.energy``, ``radio_idle_s``, ``probe_due_s``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal
 
+from edgesplit.energy import PHONE_COMPUTE_W, RADIOS, DeviceEnergy, RadioMeter
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import RECENT_SAMPLES, Estimator
 from edgesplit.latency import LinkState, Option, ServerState, queue_met, rest_on_device
@@ -96,6 +106,12 @@ class DeviceConfig:
     prior_bps: float = PRIOR_BPS
     probe_interval_s: float = PROBE_INTERVAL_S
     probe_bytes: int = PROBE_BYTES
+    radio: str = "lte"  # its radio's power model: a name in edgesplit.energy.RADIOS
+    compute_w: float = PHONE_COMPUTE_W  # what its processor draws while it runs the model
+
+    @property
+    def energy(self) -> DeviceEnergy:
+        return DeviceEnergy(self.compute_w, RADIOS.get(self.radio))
 
     def deadline_for(self, local_s: float) -> float:
         """The deadline of a device that runs the whole model in ``local_s``."""
@@ -113,6 +129,8 @@ class DeviceConfig:
         if self.probe_bytes - SEGMENT_BYTES < MIN_TIMED_BYTES:
             raise EdgesplitError(f"a probe of {self.probe_bytes} B is too small to time: at least "
                                  f"{SEGMENT_BYTES + MIN_TIMED_BYTES} B")
+        RADIOS.get(self.radio)  # an unknown radio: the error lists the known ones
+        DeviceEnergy(self.compute_w)  # a compute power that is not a finite number of watts >= 0
 
 
 @dataclass(frozen=True)
@@ -157,10 +175,18 @@ class RequestRecord:
     reported_queue_s: float | None = None  # remote options: the wait the newest load report said, as it said it
     predicted_queue_s: float | None = None  # ... and the wait the policy expected at the request's arrival
     edge: str | None = None  # which edge server it was sent to, where the device has several
+    compute_j: float = 0.0  # the device's processor, for this request
+    radio_j: float = 0.0  # the device's radio: its bursts for this request and its probes beside it
+
+    @property
+    def energy_j(self) -> float:
+        return self.compute_j + self.radio_j
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, in ms and Mbit/s."""
+        """JSON-ready, in ms, Mbit/s and mJ."""
         data = asdict(self)
+        data["compute_mj"], data["radio_mj"] = data.pop("compute_j") * 1e3, data.pop("radio_j") * 1e3
+        data["energy_mj"] = self.energy_j * 1e3
         for key in ("predicted_s", "latency_s", "upload_s", "queue_s", "compute_s", "reported_queue_s",
                     "predicted_queue_s"):
             value = data.pop(key)
@@ -176,7 +202,8 @@ class DeviceCore:
 
     def __init__(self, policy: Policy, estimator: Estimator, options: list[Option],
                  config: DeviceConfig = DeviceConfig()) -> None:
-        """``options`` are the ones the policy may pick (they include ``local``)."""
+        """``options`` are the ones the policy may pick (they include ``local``); the driver reports its radio's
+        bursts through :meth:`transferred`."""
         local = [o for o in options if o.kind == "local"]
         if not local:
             raise EdgesplitError("the options must include local: a device can always run the whole model")
@@ -193,6 +220,9 @@ class DeviceCore:
         self._probed_at = -math.inf
         self._uploads: dict[int, tuple[float, int, float]] = {}  # in flight: started at, bytes, learnt at
         self._next_upload = 0
+        self.energy = config.energy
+        self.radio = RadioMeter(self.energy.radio)
+        self._radio_j = 0.0  # the bursts reported since the last record
 
     @property
     def deadline_s(self) -> float:
@@ -234,7 +264,8 @@ class DeviceCore:
         return State(LinkState(estimate, self.rtt_s, self.config.downlink_bps, self.backlog_bytes(now)), self.reported(now),
                      actual, current, self.config.hedge, self.estimator.recent(), tuple(self._ceilings),
                      sample_age_s=max(0.0, now - newest) if self._samples else math.inf,
-                     volatility=self.volatility(), deadline_s=self.deadline_s)
+                     volatility=self.volatility(), deadline_s=self.deadline_s, radio_idle_s=self.radio.idle_s(now),
+                     probe_due_s=self.probe_due_s(now), probe_bytes=self.config.probe_bytes, energy=self.energy)
 
     def reported(self, now: float) -> ServerState:
         """The server's load as its newest report says, aged to ``now`` (it was made half an RTT before it
@@ -254,8 +285,12 @@ class DeviceCore:
         """Whether the newest sample (or probe) is older than the probe interval at ``now``, the time the
         request was taken up: the device then probes beside a local run, or after a remote request whose
         upload gave no sample (too small to time, cut short, refused); at most one probe per interval."""
+        return self.probe_due_s(now) == 0
+
+    def probe_due_s(self, now: float) -> float:
+        """How long after ``now`` the newest sample (or probe) turns stale (0: it is; inf: never)."""
         newest = max(self._samples[-1][0] if self._samples else -math.inf, self._probed_at)
-        return now - newest > self.config.probe_interval_s
+        return 0.0 if now - newest > self.config.probe_interval_s else newest + self.config.probe_interval_s - now
 
     def probe_sent(self, now: float) -> None:
         self._probed_at = now
@@ -280,6 +315,11 @@ class DeviceCore:
                     self._step_s += VOLATILITY_ALPHA * (step - self._step_s)
             self._samples.append((item.at_s, item.bps))
 
+    def transferred(self, start_s: float, seconds: float, n_bytes: float, uplink: bool = True) -> None:
+        """A burst on the radio (a frame, the part of one sent before it was given up, an answer, a probe or
+        its answer), from ``start_s`` on the core's clock; charged to the next record."""
+        self._radio_j += self.radio.burst(start_s, seconds, n_bytes, uplink)
+
     def cut_short(self, at_s: float, n_bytes: int, waited_s: float) -> RateBound | None:
         """What an upload given up before it all arrived teaches: at most its bytes over the time waited."""
         return RateBound(at_s, n_bytes * 8 / waited_s) if waited_s > MIN_BOUND_S else None
@@ -288,13 +328,18 @@ class DeviceCore:
                probe_bytes: int = 0, edge: str | None = None) -> RequestRecord:
         """Keep (and return) the record of one request."""
         o = decision.option
+        device_s = o.head_s + o.encode_s
+        if o.kind != "local" and (outcome.executed == "local" or self.config.hedge):
+            device_s += self.remaining_s(o)  # after a fallback; beside a hedge, which cannot be stopped midway
+        radio_j, self._radio_j = self._radio_j, 0.0
         record = RequestRecord(
             len(self.records), arrival_s, o.name, o.kind, o.cut, o.codec, decision.predicted_s,
             state.estimated.uplink_bps, state.actual.uplink_bps if state.actual else None, latency_s, probe_bytes,
             outcome.executed, outcome.fallback_reason, outcome.bytes_sent, outcome.measured_bps, outcome.upload_s,
             outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1,
             None if o.kind == "local" else state.reported.queue_wait_s,
-            None if o.kind == "local" else queue_met(o, state.estimated, state.reported), edge)
+            None if o.kind == "local" else queue_met(o, state.estimated, state.reported), edge,
+            self.energy.compute_j(device_s), radio_j)
         self.records.append(record)
         if outcome.queue_s is not None:
             met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s
@@ -303,8 +348,9 @@ class DeviceCore:
 
 
 def summarize(records: list[RequestRecord], deadline_s: float | None = None) -> dict[str, Any]:
-    """Mean and percentiles of latency (ms), deadline misses, fallbacks, bytes sent and probed, the longest
-    stale estimate, and how often each option was chosen."""
+    """Mean and percentiles of latency (ms), deadline misses, fallbacks, bytes sent and probed, the device's
+    mean energy per request and the radio's part of it (mJ), the longest stale estimate, and how often each
+    option was chosen."""
     if not records:
         raise EdgesplitError("no request arrived: the run is shorter than one period of --fps")
     latencies = sorted(r.latency_s * 1000 for r in records)
@@ -317,6 +363,8 @@ def summarize(records: list[RequestRecord], deadline_s: float | None = None) -> 
         "p95_ms": quantile(latencies, 0.95), "p99_ms": quantile(latencies, 0.99),
         "miss_rate": (sum(r.latency_s > deadline_s for r in records) / len(records)) if deadline_s else 0.0,
         "mean_bytes": statistics.fmean(r.bytes_sent for r in records), "count": len(records),
+        "mean_energy_mj": statistics.fmean(r.energy_j for r in records) * 1e3,
+        "mean_radio_mj": statistics.fmean(r.radio_j for r in records) * 1e3,
         "fallbacks": sum(r.fallback_reason is not None for r in records),
         "probe_bytes_per_s": sum(r.probe_bytes for r in records) / span if span > 0 else 0.0,
         "stale_estimate_s": stale_estimate_s(records),

@@ -41,11 +41,12 @@ from rich.table import Table
 from edgesplit.demo import (DEFAULT_TRACE, AppLink, emulated_profiles, idle_s_at, loopback_server,
                             replaying_device, run_together)
 from edgesplit.device import DeviceConfig, RequestRecord, load_errors, summarize
+from edgesplit.energy import PHONE_COMPUTE_W
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.policies import allowed_options, check_policy, make_policy
-from edgesplit.profile import quantile
+from edgesplit.profile import quantile, read_agreement, with_agreement
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.transport import HttpTransport, Response, TransportError
 from edgesplit.traces import RateTrace, read_trace
@@ -80,6 +81,10 @@ class FleetConfig:
     device_local_s: float = 0.35
     rtt_s: float = 0.04
     estimator: str = "harmonic"
+    min_agreement: float | None = None  # None: any of CODECS (lossy included); else only those measured to agree
+    fidelity: Path | None = None  # the measured agreements (fidelity.json of edgesplit fidelity)
+    radio: str = "lte"  # the devices' radio and processor power, for their energy (docs/energy.md)
+    compute_w: float = PHONE_COMPUTE_W
     out_dir: Path = Path("out/fleet")
 
     def __post_init__(self) -> None:
@@ -218,7 +223,8 @@ def _device(config: FleetConfig, url: str, console: Console
     analysis = analyze(loaded.module, shape, name=config.model)
     _check_same_model(url, model_id(analysis.graph.model.eval()), tuple(analysis.input_shape))
     console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
-    measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console)
+    measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console,
+                                         loaded.normalization)
     try:
         with HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
@@ -230,8 +236,10 @@ def _device(config: FleetConfig, url: str, console: Console
     config.out_dir.mkdir(parents=True, exist_ok=True)  # the profiles the fleet ran on, for simulate-fleet
     device.save(config.out_dir / "device-profile.json")
     (server or measured).save(config.out_dir / "server-profile.json")
+    if config.fidelity:
+        device = with_agreement(device, read_agreement(config.fidelity))
     options = build_options(device, server or measured, codecs=CODECS, jpeg=False)
-    allowed = allowed_options(options, private=False, lossy=True)
+    allowed = allowed_options(options, private=False, lossy=True, min_agreement=config.min_agreement)
     engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
     return engine, photos, options, allowed
 
@@ -330,7 +338,8 @@ class _Fleet:
         config = self.config
         policy = make_policy(spec, self.options, LinkState(window.mean_bps(), config.rtt_s))
         with DeviceClient(self.url, self.engine, self.allowed, policy, make_estimator(config.estimator),
-                          ClientConfig(DeviceConfig(rtt_s=config.rtt_s)), connect=lambda: link.connect(self.url),
+                          ClientConfig(DeviceConfig(rtt_s=config.rtt_s, radio=config.radio, compute_w=config.compute_w)),
+                          connect=lambda: link.connect(self.url),
                           truth=link.truth) as client:
             link.restart(window)  # the probe on connecting sees the link as it is at the start
             client.connect()

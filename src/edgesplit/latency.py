@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-from edgesplit.codec import SPLIT_CODECS
-from edgesplit.errors import EdgesplitError
-from edgesplit.errors import ProfileError
-from edgesplit.profile import Profile, interpolate_batch
+from edgesplit.codecs import SplitCodec, input_codec, split_codec
+from edgesplit.errors import EdgesplitError, ProfileError
+from edgesplit.profile import CutProfile, Profile, interpolate_batch
 
 Kind = Literal["local", "offload", "split"]
 
@@ -60,7 +59,7 @@ class ServerState:
 class Option:
     """One way to serve a request, with every cost that does not depend on the link or the load."""
 
-    name: str  # "local", "offload:jpeg90", "split:add_1:fp32"
+    name: str  # "local", "offload:jpeg:90", "split:add_1:fp32", "split:add_1:int8:zstd"
     kind: Kind
     cut: str | None
     codec: str
@@ -71,13 +70,14 @@ class Option:
     tail_s: dict[int, float]  # server compute per batch size (empty for local)
     result_bytes: int
     exact: bool  # the answer equals the whole model's on the uncompressed input
+    agreement: float | None = None  # top-1 agreement with the exact answer: 1 if exact, measured, or unknown
 
     def tail_at(self, batch_size: int) -> float:
         return interpolate_batch(self.tail_s, batch_size) if self.tail_s else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "cut": self.cut, "codec": self.codec, "bytes": self.bytes,
-                "head_s": self.head_s, "tail_s_batch1": self.tail_at(1)}
+                "head_s": self.head_s, "tail_s_batch1": self.tail_at(1), "agreement": self.agreement}
 
 
 def latency(option: Option, link: LinkState, server: ServerState) -> float:
@@ -143,39 +143,55 @@ def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = 
                   codecs: tuple[str, ...] = ("fp32",), jpeg: bool = True, private: bool = False) -> list[Option]:
     """Every option both profiles can price: local, offload (raw, JPEG) and each cut × codec.
 
-    ``private`` drops offload: the raw input never leaves the device.
+    ``private`` drops offload: the raw input never leaves the device. Each option carries its top-1
+    agreement with the exact answer: 1 when exact, else as either profile measured it (the device's first).
     """
     if (device.model, device.input_shape) != (server.model, server.input_shape):
         raise ProfileError(f"the device profile is of {device.model} {list(device.input_shape)} but the server "
                            f"profile of {server.model} {list(server.input_shape)}")
-    for codec in codecs:
-        SPLIT_CODECS.get(codec)
+    for spec in codecs:
+        split_codec(spec)
     options = [Option("local", "local", None, "-", device.tail_s(None, 1), 0.0, 0, 0.0, {}, 0, True)]
     if not private:
         for name, entry in server.input_codecs.items():
-            if name != "raw" and not jpeg:
+            codec = input_codec(name)
+            if not codec.exact and not jpeg:
                 continue
             encode = device.input_codecs.get(name, entry)["encode_s"]
             options.append(Option(
-                f"offload:{name}", "offload", None, name, 0.0, encode, int(round(entry["bytes"])),
+                f"offload:{codec.name}", "offload", None, codec.name, 0.0, encode, int(round(entry["bytes"])),
                 entry["decode_s"], {b: t.median_s for b, t in server.model_s.items()}, server.output_bytes,
-                exact=name == "raw"))
+                exact=codec.exact))
     names = cuts if cuts is not None else [n for n in device.cuts if n in server.cuts]
     for name in names:
         head, tail = device.cut(name), server.cut(name)
         if head.index == 0:
             continue  # the input itself: that is offload:raw, priced with the input codecs
-        for codec_name in codecs:
-            codec = SPLIT_CODECS.get(codec_name)
-            encode = head.codec_s.get(codec_name, {}).get("encode_s", 0.0)
-            decode = tail.codec_s.get(codec_name, {}).get("decode_s", 0.0)
+        for spec in codecs:
+            codec = split_codec(spec)
+            sent, received = _codec_costs(device, head, codec), _codec_costs(server, tail, codec)
             options.append(Option(
-                f"split:{name}:{codec_name}", "split", name, codec_name, device.head_s(name), encode,
-                head.elements * codec.bytes_per_element, decode,
+                f"split:{name}:{codec.name}", "split", name, codec.name, device.head_s(name), sent["encode_s"],
+                int(round(sent["bytes"])), received["decode_s"],
                 {b: t.median_s for b, t in tail.tail_s.items()}, server.output_bytes, codec.exact))
+    measured = {**server.agreement, **device.agreement}
+    options = [replace(o, agreement=1.0 if o.exact else measured.get(o.name)) for o in options]
     if len(options) == 1 and private:
         raise EdgesplitError("with --private and no cut in both profiles, local is the only option")
     return options
+
+
+def _codec_costs(profile: Profile, cut: CutProfile, codec: SplitCodec) -> dict[str, float]:
+    """What ``profile`` measured of ``codec`` at ``cut``: payload bytes (uncompressed where it measured no
+    bytes), encode and decode time; fp32 costs nothing to encode."""
+    entry = cut.codec_s.get(codec.name)
+    if entry is None and codec.name != "fp32":
+        raise ProfileError(f"the {profile.role} profile of {profile.model} did not measure codec {codec.name!r} "
+                           f"at {cut.name} (it has {', '.join(cut.codec_s) or 'none'}); profile again")
+    entry = entry or {}
+    shape = (1, *cut.shape) if cut.shape is not None else (1, cut.elements)
+    return {"bytes": entry.get("bytes", codec.payload_bytes(shape)), "encode_s": entry.get("encode_s", 0.0),
+            "decode_s": entry.get("decode_s", 0.0)}
 
 
 def find_option(options: list[Option], name: str) -> Option:

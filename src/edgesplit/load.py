@@ -44,13 +44,16 @@ def queue_wait(busy_s: float, waiting: Iterable[Hashable], batch_s: Callable[[Ha
     return wait
 
 
-def added_work(waiting: Iterable[Hashable], cut: Hashable, batch_s: Callable[[Hashable, int], float],
-               max_batch_size: int) -> float:
-    """Seconds a request for ``cut`` adds to the wait of whoever comes after it, given the requests already
-    waiting: a batch's cost for a new batch, the step to the next batch size for one that joins."""
-    before = list(waiting)
-    return (queue_wait(0.0, [*before, cut], batch_s, max_batch_size)
-            - queue_wait(0.0, before, batch_s, max_batch_size))
+def added_work(waiting: int, batch_s: Callable[[int], float], max_batch_size: int) -> float:
+    """Seconds a request adds to the wait of whoever comes after it, given ``waiting`` requests for the same
+    cut already waiting (``batch_s``: that cut's batch time): a batch's cost for a new batch, the step to the
+    next batch size for one that joins. Requests for other cuts run in batches of their own: they do not
+    change it (see :func:`queue_wait`)."""
+    def cost(count: int) -> float:
+        full, rest = divmod(count, max_batch_size)
+        return full * batch_s(max_batch_size) + (batch_s(rest) if rest else 0.0)
+
+    return cost(waiting + 1) - cost(waiting)
 
 
 class WorkRate:

@@ -17,6 +17,7 @@ a CPU that has idled is slower for its next inference (EfficientNet-Lite0 here: 
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import platform
 import statistics
@@ -24,13 +25,15 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import torch
 from torch import fx
 
 from edgesplit.analysis import Analysis, Cut, example_input
 from edgesplit.errors import EdgesplitError
-from edgesplit.codec import jpeg_decode, jpeg_encode
-from edgesplit.images import PHOTOS, fit, lite_normalize, photo
+from edgesplit.codecs import jpeg_decode, jpeg_encode, split_codec_costs
+from edgesplit.images import PHOTOS, fit, normalizer, photo
+from edgesplit.models import IMAGENET, Normalization
 from edgesplit.profile import CutProfile, Profile, Role, Timing, with_slowdown
 
 
@@ -57,7 +60,7 @@ class _NodeTimer(fx.Interpreter):
 def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tuple[int, ...],
             method: str = "per-node", repeats: int = 10, warmup: int = 2, slowdown: float = 1.0,
             jpeg_qualities: tuple[int, ...] = (75, 90), progress: Callable[[str], None] | None = None,
-            idle_s: float = 0.0) -> Profile:
+            idle_s: float = 0.0, normalization: Normalization = IMAGENET) -> Profile:
     """Profile ``cuts`` of the analysed model on this machine (see the module docstring)."""
     if method not in ("per-node", "flops"):
         raise EdgesplitError(f"unknown profiling method {method!r}; known: per-node, flops")
@@ -71,6 +74,8 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
     head: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
     tail: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
     total_flops = (cuts[0].head_flops + cuts[0].tail_flops) if cuts else 0
+    samples = _samples(analysis, normalization)
+    crossing = _crossing_values(graph.gm, samples, [c for c in cuts if c.index > 0])
     for batch_size in batch_sizes:
         if progress:
             progress(f"batch size {batch_size}")
@@ -101,8 +106,9 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
         model=analysis.model, role=role, input_shape=analysis.input_shape, batch_sizes=tuple(batch_sizes),
         method=method, slowdown=1.0, machine={**machine_description(), "idle_s": idle_s}, model_s=model_s,
         cuts={c.name: CutProfile(c.name, c.index, c.elements, head[c.name], tail[c.name],
-                                 _split_codec_times(c)) for c in cuts},
-        input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities),
+                                 _codec_costs(crossing.get(c.name, [])),
+                                 c.shapes[0][1:] if c.shapes else None) for c in cuts},
+        input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities, normalization),
         output_bytes=_output_bytes(graph), flops_per_s=flops_per_s)
     return with_slowdown(profile, slowdown) if slowdown != 1.0 else profile
 
@@ -140,33 +146,57 @@ def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int,
     return runs
 
 
-def _split_codec_times(cut: Cut) -> dict[str, dict[str, float]]:
-    """Time to turn the crossing tensor into fp16 / int8 (affine) and back, at batch 1."""
-    from edgesplit.codec import dequantize_int8, quantize_int8
+def _crossing_values(gm: fx.GraphModule, x: torch.Tensor, cuts: list[Cut]) -> dict[str, list[list[np.ndarray]]]:
+    """For each cut, per tensor crossing it, that tensor for each input in the batch ``x`` (batch 1 each)."""
+    wanted = {name for c in cuts for name in c.crossing}
+    captured: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
 
-    x = torch.randn(cut.shapes[0]).numpy() if cut.shapes else torch.zeros(1).numpy()
-    steps: dict[str, tuple[Callable[[], Any], Callable[[Any], Any]]] = {
-        "fp16": (lambda: x.astype("float16"), lambda h: h.astype("float32")),
-        "int8": (lambda: quantize_int8(x), lambda q: dequantize_int8(*q)),
-    }
-    out: dict[str, dict[str, float]] = {}
-    for name, (encode, decode) in steps.items():
-        encoded = encode()
-        out[name] = {"encode_s": statistics.median(_time_calls(encode, 7, 1)),
-                     "decode_s": statistics.median(_time_calls(lambda: decode(encoded), 7, 1))}
-    return out
+    class Capture(fx.Interpreter):
+        def run_node(self, n: fx.Node) -> Any:
+            result = super().run_node(n)
+            if n.name in wanted and isinstance(result, torch.Tensor):
+                captured[n.name].append(result.detach().numpy().copy())
+            return result
+
+    with torch.inference_mode():
+        for sample in x:
+            Capture(gm).run(sample[None])
+    return {c.name: [captured[name] for name in c.crossing if captured[name]] for c in cuts}
 
 
-def _input_codec_times(input_shape: tuple[int, ...], qualities: tuple[int, ...]) -> dict[str, dict[str, float]]:
+def _codec_costs(tensors: list[list[np.ndarray]]) -> dict[str, dict[str, float]]:
+    """What each split codec costs a cut: the sum over the tensors crossing it."""
+    total: dict[str, dict[str, float]] = {}
+    for values in tensors:
+        for codec, costs in split_codec_costs(values).items():
+            entry = total.setdefault(codec, dict.fromkeys(costs, 0.0))
+            for key, value in costs.items():
+                entry[key] += value
+    return total
+
+
+def _is_image(input_shape: tuple[int, ...]) -> bool:
+    return len(input_shape) == 3 and input_shape[0] == 3
+
+
+def _samples(analysis: Analysis, normalization: Normalization) -> torch.Tensor:
+    """What the crossing tensors are measured on: the photos, normalised, for an image model; else one
+    example input."""
+    if not _is_image(analysis.input_shape):
+        return example_input(analysis.graph.model, analysis.input_shape, 1)
+    images = np.stack([fit(photo(name), analysis.input_shape) for name in PHOTOS])
+    return torch.from_numpy(normalizer(normalization.mean, normalization.std)(images))
+
+
+def _input_codec_times(input_shape: tuple[int, ...], qualities: tuple[int, ...],
+                       normalization: Normalization) -> dict[str, dict[str, float]]:
     """Full offload of the input: raw uint8 (normalised on the server) and JPEG, on real photos."""
-    if len(input_shape) != 3 or input_shape[0] != 3:
-        elements = 1
-        for d in input_shape:
-            elements *= d
-        return {"raw": {"bytes": elements, "encode_s": 0.0, "decode_s": 0.0}}
+    if not _is_image(input_shape):
+        return {"raw": {"bytes": math.prod(input_shape), "encode_s": 0.0, "decode_s": 0.0}}
+    normalize = normalizer(normalization.mean, normalization.std)
     images = [fit(photo(name), input_shape) for name in PHOTOS]
     raw = {"bytes": images[0].size, "encode_s": 0.0,
-           "decode_s": statistics.median(_time_calls(lambda: lite_normalize(images[0]), 7, 1))}
+           "decode_s": statistics.median(_time_calls(lambda: normalize(images[0][None]), 7, 1))}
     codecs = {"raw": raw}
     for quality in qualities:
         sizes, encode, decode = [], [], []
@@ -175,9 +205,9 @@ def _input_codec_times(input_shape: tuple[int, ...], qualities: tuple[int, ...])
             sizes.append(len(data))
             encode += _time_calls(lambda: jpeg_encode(image, quality), 5, 1)
             shape = (1, *image.shape)
-            decode += _time_calls(lambda: lite_normalize(jpeg_decode(data, shape)), 5, 1)
-        codecs[f"jpeg{quality}"] = {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
-                                    "decode_s": statistics.median(decode)}
+            decode += _time_calls(lambda: normalize(jpeg_decode(data, shape)[None]), 5, 1)
+        codecs[f"jpeg:{quality}"] = {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
+                                     "decode_s": statistics.median(decode)}
     return codecs
 
 

@@ -5,14 +5,19 @@ simulator and the live client run the very same objects. ``options`` are the one
 (``--private`` and the exactness rule filter them before); static policies look theirs up by name.
 
     local          the whole model on the device
-    offload        the raw input to the server (offload:jpeg90 sends a JPEG instead)
+    offload        the raw input to the server (offload:jpeg:90 sends a JPEG instead)
     static:CUT     always the same option (a cut name, or a full option name such as split:add_1:fp16)
     best-static    the single option best at the trace's mean rate, as Neurosurgeon picks (fixed per run)
     dsc            the least expected latency (plus its standard error) over how the link may turn out
                    (recent samples, spread by the estimate's age) at the server's reported load, an outage
                    costing at most the deadline plus the rest on the device; hedged, the least expected
                    first answer
+    dsc:OBJECTIVE  the same, minimising OBJECTIVE instead: ``latency`` (= dsc), ``energy`` (the device's
+                   joules per request, :mod:`edgesplit.energy`) or ``A*latency+B*energy`` (A per second,
+                   B per joule; either term may be left out)
     oracle         argmin at the true current rate and load: the paper's idealisation, a lower bound
+    oracle:OBJECTIVE  the least OBJECTIVE at the true current rate and load, priced as dsc prices it (the
+                   deadline and the rest on the device)
 
 Every caller passes the same options to ``choose``: those the device may pick. A fixed policy (local,
 offload, static) resolves its option from all the options when it is built, so naming one that is not
@@ -24,11 +29,12 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from edgesplit.energy import DeviceEnergy
 from edgesplit.errors import EdgesplitError
-from edgesplit.latency import (LinkState, Option, ServerState, find_option, hedged_latency, latency, rest_on_device,
-                               scenario_latencies)
+from edgesplit.latency import (LinkState, Option, ServerState, find_option, hedged_latency, latencies_at, latency,
+                               rest_on_device, scenario_latencies)
 from edgesplit.registry import Registry
 
 
@@ -49,6 +55,10 @@ class State:
     sample_age_s: float = 0.0  # since the newest sample was learnt (inf: none yet)
     volatility: float = 0.0  # standard deviation of the log-rate's change over one second
     deadline_s: float = math.inf  # the device gives up on the server this long after taking a request up
+    radio_idle_s: float = math.inf  # since the device's radio last sent or received (0: it is busy; inf: never)
+    probe_due_s: float = math.inf  # until the device probes beside a local run (0: now; inf: it never probes)
+    probe_bytes: int = 0  # the size of its probes
+    energy: DeviceEnergy = field(default_factory=DeviceEnergy)  # the device's compute power and radio
 
 
 MAX_AGE_S = 10.0  # an estimate this old (or none at all) is as uncertain as it gets
@@ -75,6 +85,92 @@ def rate_scenarios(state: State) -> tuple[float, ...]:
 class Decision:
     option: Option
     predicted_s: float  # what the latency model expects, under the state the policy used
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a policy minimises per request: ``latency_per_s`` × seconds + ``energy_per_j`` × device joules."""
+
+    latency_per_s: float = 1.0
+    energy_per_j: float = 0.0
+
+    def cost(self, seconds: float, joules: float) -> float:
+        return self.latency_per_s * seconds + self.energy_per_j * joules
+
+    def __str__(self) -> str:
+        terms = [f"{weight:g}*{name}" if weight != 1 else name
+                 for weight, name in ((self.latency_per_s, "latency"), (self.energy_per_j, "energy")) if weight]
+        return "+".join(terms)
+
+
+LATENCY = Objective()
+OBJECTIVE_HELP = "latency, energy or A*latency+B*energy (A per second, B per joule)"
+
+
+def parse_objective(spec: str) -> Objective:
+    """``latency``, ``energy`` or a weighted sum such as ``2*latency+0.5*energy`` (terms in any order, a
+    weight 1 when left out); a clear error for anything else."""
+    weights: dict[str, float] = {}
+    for term in spec.split("+"):
+        weight, times, name = term.strip().rpartition("*")
+        name = name.strip()
+        if name not in ("latency", "energy") or name in weights or (times and not weight.strip()):
+            problem = f"{name!r} twice" if name in weights else f"{term.strip()!r} is not a term"
+            raise EdgesplitError(f"objective {spec!r}: {problem}; use {OBJECTIVE_HELP}")
+        try:
+            value = float(weight) if times else 1.0
+        except ValueError:
+            raise EdgesplitError(f"objective {spec!r}: weight {weight.strip()!r} is not a number; use "
+                                 f"{OBJECTIVE_HELP}") from None
+        if not (math.isfinite(value) and value >= 0):
+            raise EdgesplitError(f"objective {spec!r}: weight {weight.strip()!r} must be a finite number >= 0")
+        weights[name] = value
+    if not any(weights.values()):
+        raise EdgesplitError(f"objective {spec!r} weighs nothing: give latency or energy a weight > 0")
+    return Objective(weights.get("latency", 0.0), weights.get("energy", 0.0))
+
+
+def scenario_energies(option: Option, state: State, link: LinkState, server: ServerState,
+                      rates_bps: tuple[float, ...], rest_s: float, give_up_s: float) -> tuple[float, ...]:
+    """The device's joules for ``option`` with the uplink at each of ``rates_bps`` (:mod:`edgesplit.energy`):
+    its compute (the rest too when the answer would come after ``give_up_s``, or when hedged), and its
+    radio: the gap since it was last busy (``state.radio_idle_s``, or the backlog it still sends), the
+    upload (cut at ``give_up_s``), the wait for the answer and the answer. Local spends the whole model, and
+    the probe the device sends beside it when one is due (``state.probe_due_s`` 0, on an idle uplink).
+
+    The radio's tail is priced only where the option decides it: when the device transmits now whatever it
+    picks (a probe is due), or will transmit before the tail since its last burst ends (its next probe),
+    that tail is spent anyway, and the gaps cost nothing; otherwise the option pays them (its tail so far,
+    and a promotion once the radio has gone idle)."""
+    energy, radio = state.energy, state.energy.radio
+    spent_anyway = state.probe_due_s == 0 or state.radio_idle_s + state.probe_due_s <= radio.tail_s
+
+    def gap_j(seconds: float) -> float:
+        return 0.0 if spent_anyway else radio.gap_j(seconds)
+
+    if option.kind == "local":
+        probing = state.probe_due_s == 0 and not link.backlog_bytes  # the device probes only on an idle uplink
+        return tuple(energy.compute_j(option.head_s)
+                     + (radio.burst_j(state.probe_bytes, state.probe_bytes * 8 / rate) if probing else 0.0)
+                     for rate in rates_bps)
+    ready = option.head_s + option.encode_s
+    down_s = option.result_bytes * 8 / link.downlink_bps
+    joules = []
+    for rate, answer_s in zip(rates_bps, latencies_at(option, link, server, rates_bps)):
+        drained_s = link.backlog_bytes * 8 / rate
+        start = max(ready, drained_s)
+        gap = max(0.0, ready - drained_s) if link.backlog_bytes else state.radio_idle_s + ready
+        upload_s = option.bytes * 8 / rate
+        if answer_s <= give_up_s:
+            spent = (gap_j(gap) + radio.burst_j(option.bytes, upload_s) + gap_j(answer_s - down_s - start - upload_s)
+                     + radio.burst_j(option.result_bytes, down_s, uplink=False)
+                     + energy.compute_j(ready + (rest_s if state.hedged else 0.0)))
+        else:
+            sent_s = min(upload_s, max(0.0, give_up_s - start))
+            spent = ((gap_j(gap) + radio.burst_j(rate * sent_s / 8, sent_s) if sent_s > 0 else 0.0)
+                     + energy.compute_j(ready + rest_s))
+        joules.append(spent)
+    return tuple(joules)
 
 
 class Policy(ABC):
@@ -126,11 +222,19 @@ class DynamicSplit(Policy):
     it leaves a safe option only for a gain that is clear, and reports the expected latency. Hedged, a request sent to the server is never later than the device's own run, so
     what counts is the expected first answer over the estimator's recent samples: an option that may win
     is worth sending even when it loses at the estimate. Sending must be expected to save at least
-    ``HEDGE_MIN_GAIN_S`` over running locally."""
+    ``HEDGE_MIN_GAIN_S`` over running locally.
 
-    name = "dsc"
+    With another ``objective`` than latency (``dsc:energy``, ``dsc:A*latency+B*energy``), dsc minimises
+    that objective's expected cost plus one standard error over the same scenarios (:func:`least_cost`)."""
+
+    def __init__(self, objective: Objective = LATENCY) -> None:
+        self.objective = objective
+        self.name = "dsc" if objective == LATENCY else f"dsc:{objective}"
 
     def choose(self, state: State, options: list[Option]) -> Decision:
+        if self.objective != LATENCY:
+            return least_cost(self.objective, state, options, state.estimated, state.reported, rate_scenarios(state),
+                              max(1, len(state.recent_bps)))
         local = next((o for o in options if o.kind == "local"), None)
         if local is None:
             return argmin(options, state.estimated, state.reported)
@@ -162,23 +266,52 @@ class DynamicSplit(Policy):
         return priced
 
 
+def least_cost(objective: Objective, state: State, options: list[Option], link: LinkState, server: ServerState,
+               rates_bps: tuple[float, ...], samples: int) -> Decision:
+    """The option of least expected ``objective`` plus one standard error (the scenarios' spread over
+    √``samples``), the uplink at each of ``rates_bps``: each scenario costs its latency (settled as dsc
+    settles it: past the deadline, the deadline plus the rest on the device; hedged, the first answer) and
+    its joules (:func:`scenario_energies`). Reports the chosen option's expected latency."""
+    local = next((o for o in options if o.kind == "local"), None)
+    priced = []
+    for option in options:
+        rest = rest_on_device(option, local.head_s) if local else 0.0
+        own = (local.head_s if local else math.inf) + option.encode_s
+        give_up = min(own, state.deadline_s) if state.hedged else state.deadline_s
+        settle: Callable[[float], float] = (lambda t, own=own: min(t, own)) if state.hedged else \
+            (lambda t, rest=rest, give_up=give_up: t if t <= give_up else give_up + rest)
+        times = scenario_latencies(option, link, server, rates_bps, settle)
+        joules = scenario_energies(option, state, link, server, rates_bps, rest, give_up)
+        costs = [objective.cost(t, j) for t, j in zip(times, joules)]
+        expected = math.fsum(costs) / len(costs)
+        spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
+        priced.append((expected + spread / math.sqrt(samples), math.fsum(times) / len(times), option))
+    _, expected_s, option = min(priced, key=lambda p: p[0])
+    return Decision(option, expected_s)
+
+
 class Oracle(Policy):
     """argmin at the true rate and load; needs a state that knows them."""
 
-    name = "oracle"
+    def __init__(self, objective: Objective = LATENCY) -> None:
+        self.objective = objective
+        self.name = "oracle" if objective == LATENCY else f"oracle:{objective}"
 
     def choose(self, state: State, options: list[Option]) -> Decision:
         if state.actual is None:
             raise EdgesplitError("the oracle policy needs the true link rate: use it in simulation or over an "
                                  "emulated link")
-        return argmin(options, state.actual, state.current or state.reported)
+        link, server = state.actual, state.current or state.reported
+        if self.objective == LATENCY:
+            return argmin(options, link, server)
+        return least_cost(self.objective, state, options, link, server, (link.uplink_bps,), 1)
 
 
 PolicyFactory = Callable[[str, LinkState, list[Option]], Policy]
 POLICIES: Registry[PolicyFactory] = Registry("policy", EdgesplitError)
 POLICIES.register("best-static")(lambda arg, mean, options: BestStatic(mean))
-POLICIES.register("dsc")(lambda arg, mean, options: DynamicSplit())
-POLICIES.register("oracle")(lambda arg, mean, options: Oracle())
+POLICIES.register("dsc")(lambda arg, mean, options: DynamicSplit(parse_objective(arg) if arg else LATENCY))
+POLICIES.register("oracle")(lambda arg, mean, options: Oracle(parse_objective(arg) if arg else LATENCY))
 
 
 @POLICIES.register("local")
@@ -205,10 +338,16 @@ def _static(arg: str, mean: LinkState, options: list[Option]) -> Policy:
 
 def check_policy(spec: str) -> tuple[PolicyFactory, str]:
     """The factory and argument of ``spec`` (a policy name, with an argument after ':' for static and
-    offload); a clear error for an unknown name or a misplaced argument."""
+    offload, and an objective for dsc and oracle); a clear error for an unknown name, a misplaced argument
+    or a malformed objective."""
     name, _, arg = spec.partition(":")
     factory = POLICIES.get(name)
-    if arg and name not in ("static", "offload"):
+    if name in ("dsc", "oracle") and (arg or spec.endswith(":")):
+        try:
+            parse_objective(arg)
+        except EdgesplitError as exc:
+            raise EdgesplitError(f"policy {spec!r}: {exc}") from None
+    elif arg and name not in ("static", "offload"):
         raise EdgesplitError(f"policy {name!r} takes no argument (got {spec!r})")
     if name == "static" and not arg:
         raise EdgesplitError("static needs an option: static:CUT (fp32) or static:split:CUT:CODEC")
@@ -222,6 +361,17 @@ def make_policy(spec: str, options: list[Option], mean_link: LinkState) -> Polic
     return factory(arg, mean_link, options)
 
 
-def allowed_options(options: list[Option], private: bool, lossy: bool) -> list[Option]:
-    """The options dynamic policies may pick: exact ones unless ``lossy``, never offload when ``private``."""
+def allowed_options(options: list[Option], private: bool, lossy: bool,
+                    min_agreement: float | None = None) -> list[Option]:
+    """The options dynamic policies may pick: exact ones unless ``lossy``, never offload when ``private``;
+    with ``min_agreement``, lossy ones too but only those measured to agree with the exact answer at least
+    that often (``edgesplit fidelity``)."""
+    if min_agreement is not None:
+        lossy_options = [o for o in options if not o.exact and not (private and o.kind == "offload")]
+        if lossy_options and all(o.agreement is None for o in lossy_options):
+            raise EdgesplitError(f"--min-agreement needs measured agreements, and none of the {len(lossy_options)} "
+                                 "lossy options has one: pass --fidelity FILE (the fidelity.json of edgesplit "
+                                 "fidelity) or a device profile made with edgesplit profile --fidelity FILE")
+        return [o for o in options if (o.exact or (o.agreement is not None and o.agreement >= min_agreement))
+                and not (private and o.kind == "offload")]
     return [o for o in options if (lossy or o.exact) and not (private and o.kind == "offload")]

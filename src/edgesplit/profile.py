@@ -11,7 +11,7 @@ import json
 import math
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,13 +53,14 @@ class CutProfile:
     elements: int
     head_s: dict[int, Timing]
     tail_s: dict[int, Timing]
-    codec_s: dict[str, dict[str, float]]  # fp16/int8: {"encode_s", "decode_s"} for the crossing tensor (batch 1)
+    codec_s: dict[str, dict[str, float]]  # split codec: {"bytes", "encode_s", "decode_s"} (batch 1, on photos)
+    shape: tuple[int, ...] | None = None  # the crossing tensor's, without the batch dimension
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "index": self.index, "elements": self.elements,
                 "head_s": {str(b): t.to_dict() for b, t in self.head_s.items()},
                 "tail_s": {str(b): t.to_dict() for b, t in self.tail_s.items()},
-                "codec_s": self.codec_s}
+                "codec_s": self.codec_s, "shape": None if self.shape is None else list(self.shape)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ class Profile:
     input_codecs: dict[str, dict[str, float]]  # raw / jpeg<Q>: {"bytes", "encode_s", "decode_s"}
     output_bytes: int
     flops_per_s: dict[int, float] = field(default_factory=dict)
+    agreement: dict[str, float] = field(default_factory=dict)  # option name: top-1 agreement with fp32, measured
+    # by edgesplit fidelity (lossy options only)
 
     def cut(self, name: str) -> CutProfile:
         if name not in self.cuts:
@@ -100,11 +103,46 @@ class Profile:
             "machine": self.machine, "model_s": {str(b): t.to_dict() for b, t in self.model_s.items()},
             "flops_per_s": {str(b): v for b, v in self.flops_per_s.items()},
             "cuts": [c.to_dict() for c in self.cuts.values()], "input_codecs": self.input_codecs,
-            "output_bytes": self.output_bytes,
+            "output_bytes": self.output_bytes, "agreement": self.agreement,
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+
+
+def _agreements(table: Any, source: str) -> dict[str, float]:
+    agreements = {str(name): float(value) for name, value in table.items()}
+    for name, value in agreements.items():
+        if not 0.0 <= value <= 1.0:
+            raise ProfileError(f"{source}: the agreement of {name} must be in [0, 1], got {value!r}")
+    return agreements
+
+
+def read_agreement(path: str | os.PathLike[str]) -> dict[str, float]:
+    """The measured top-1 agreement of each option, from ``edgesplit fidelity``'s ``fidelity.json``: option
+    names as the latency model gives them (``split:CUT:CODEC``, ``offload:jpeg:Q``)."""
+    source = os.fspath(path)
+    try:
+        data = json.loads(Path(path).read_text())
+        table = {("offload:" if row["cut"] == "input" else f"split:{row['cut']}:") + str(row["codec"]):
+                 float(row["agreement"]) for row in data["results"]}
+    except OSError as exc:
+        raise ProfileError(f"cannot read fidelity results {source}: {exc.strerror or exc}") from exc
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProfileError(f"{source} is not a fidelity.json of edgesplit fidelity ({type(exc).__name__}: {exc})"
+                           ) from exc
+    return _agreements(table, source)
+
+
+def with_agreement(profile: Profile, agreement: dict[str, float]) -> Profile:
+    """``profile`` carrying these measured agreements too (they replace any it had for the same options)."""
+    return replace(profile, agreement={**profile.agreement, **agreement})
+
+
+def _input_codecs(table: dict[str, Any]) -> dict[str, Any]:
+    """Input codecs by spec; profiles written before codecs took arguments named JPEG ``jpeg90``."""
+    return {f"jpeg:{name[4:]}" if name[4:].isdigit() and name.startswith("jpeg") else name: entry
+            for name, entry in table.items()}
 
 
 def interpolate_batch(seconds: dict[int, float], batch_size: int) -> float:
@@ -150,7 +188,7 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
     def scale_codecs(codecs: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         return {k: {f: (v * factor if f.endswith("_s") else v) for f, v in d.items()} for k, d in codecs.items()}
 
-    cuts = {n: CutProfile(c.name, c.index, c.elements, scale(c.head_s), scale(c.tail_s), scale_codecs(c.codec_s))
+    cuts = {n: replace(c, head_s=scale(c.head_s), tail_s=scale(c.tail_s), codec_s=scale_codecs(c.codec_s))
             for n, c in profile.cuts.items()}
     return Profile(profile.model, profile.role, profile.input_shape, profile.batch_sizes, profile.method,
                    profile.slowdown * factor, profile.machine,
@@ -182,8 +220,7 @@ def with_batch_plan(profile: Profile, batch_from: str) -> Profile:
                                              for f in ("median_s", "p10_s", "p90_s")), t.repeats, "estimated")
                 for b, t in table.items()}
 
-    cuts = {n: c if c.index >= boundary.index else CutProfile(c.name, c.index, c.elements, c.head_s,
-                                                              planned(c.tail_s), c.codec_s)
+    cuts = {n: c if c.index >= boundary.index else replace(c, tail_s=planned(c.tail_s))
             for n, c in profile.cuts.items()}
     return Profile(profile.model, profile.role, profile.input_shape, profile.batch_sizes,
                    f"{profile.method}; batches run one request at a time before {batch_from}", profile.slowdown,
@@ -231,11 +268,14 @@ def profile_from_dict(data: Any, source: str) -> Profile:
                                    int(t["repeats"]), t["source"]) for b, t in table.items()}
 
         cuts = {c["name"]: CutProfile(c["name"], int(c["index"]), int(c["elements"]), timings(c["head_s"]),
-                                      timings(c["tail_s"]), c["codec_s"]) for c in data["cuts"]}
+                                      timings(c["tail_s"]), c["codec_s"],
+                                      None if c.get("shape") is None else tuple(int(d) for d in c["shape"]))
+                 for c in data["cuts"]}
         return Profile(data["model"], data["role"], tuple(data["input_shape"]), tuple(data["batch_sizes"]),
                        data["method"], float(data["slowdown"]), data["machine"], timings(data["model_s"]), cuts,
-                       data["input_codecs"], int(data["output_bytes"]),
-                       {int(b): float(v) for b, v in data.get("flops_per_s", {}).items()})
+                       _input_codecs(data["input_codecs"]), int(data["output_bytes"]),
+                       {int(b): float(v) for b, v in data.get("flops_per_s", {}).items()},
+                       _agreements(data.get("agreement", {}), source))
     except ProfileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

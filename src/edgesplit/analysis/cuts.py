@@ -16,13 +16,13 @@ from typing import Any, Literal
 import torch
 from torch import fx, nn
 
+from edgesplit.codecs import SPLIT_CODEC_NAMES, split_codec
 from edgesplit.analysis.run import NodeValue, record, record_shapes_on_meta
 from edgesplit.analysis.trace import computes_shape, trace
 from edgesplit.errors import CutNotFound
 from edgesplit.registry import unknown_name_message
 
 ShapeKind = Literal["constant", "batch", "bound"]
-BYTES_PER_ELEMENT = {"fp32": 4, "fp16": 2, "int8": 1}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,9 @@ class Cut:
 
     @property
     def bytes(self) -> dict[str, int]:
-        return {k: self.elements * n for k, n in BYTES_PER_ELEMENT.items()}
+        """Payload bytes per split codec, uncompressed, at batch 1."""
+        return {name: sum(split_codec(name).payload_bytes(shape) for shape in self.shapes)
+                for name in SPLIT_CODEC_NAMES}
 
     def to_dict(self) -> dict[str, Any]:
         return {

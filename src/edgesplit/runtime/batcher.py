@@ -134,7 +134,7 @@ class Batcher:
         if self._worker is None or self._worker.done():
             self._worker = asyncio.get_running_loop().create_task(self._work())
         item = _Item(cut, array, time.perf_counter(), asyncio.get_running_loop().create_future())
-        self._offered.add(item.arrived, added_work((i.cut for i in self._pending), cut, self.batch_s,
+        self._offered.add(item.arrived, added_work(sum(i.cut == cut for i in self._pending), lambda n: self.batch_s(cut, n),
                                                    self.max_batch_size))
         self._pending.append(item)
         self.metrics.queue_length = len(self._pending)

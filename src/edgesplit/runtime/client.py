@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesplit.codec import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame, encode_frame
+from edgesplit.codecs import input_codec, split_codec
+from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
                               RateSample, RequestRecord, summarize, timed_sample)
 from edgesplit.errors import FrameError, ProfileError
@@ -212,18 +213,32 @@ class DeviceClient:
     def _send_probe(self, timeout_s: float | None = None, token: int | None = None) -> None:
         if self._prober is None:
             self._prober = self._open()
+        sending = time.perf_counter()
         try:
             response = self._prober.request("POST", "/v1/probe", bytes(self.config.device.probe_bytes),
                                             {"content-type": "application/octet-stream"},
                                             timeout_s or self.config.timeout_s)
         except TransportError:
+            self._bursts(sending, self.config.device.probe_bytes, 0)
             return
         finally:
             if token is not None:
                 with self._lock:
                     self.core.upload_learnt(token)
+        self._bursts(sending, self.config.device.probe_bytes, len(response.body))
         if response.status == 204:
             self._learn(response)
+
+    def _bursts(self, started: float, sent: int, received: int) -> None:
+        """Tell the core what the radio did for an exchange begun at ``started`` that ends now: the upload,
+        as long as ``sent`` bytes take at the estimated rate (at most until now), and the answer's bytes."""
+        now = time.perf_counter()
+        with self._lock:
+            rate = self.estimator.predict() or self.config.device.prior_bps
+            self.core.transferred(started, min(now - started, sent * 8 / rate), sent)
+            if received:
+                down_s = received * 8 / self.config.device.downlink_bps
+                self.core.transferred(now - down_s, down_s, received, uplink=False)
 
     def _unavailable(self) -> str | None:
         """Why the server is not to be tried for this request, if it is not."""
@@ -238,14 +253,8 @@ class DeviceClient:
 
     def _frame(self, option: Option, image: np.ndarray, mid: np.ndarray | None) -> bytes:
         if option.kind == "offload":
-            codec = "jpeg" if option.codec.startswith("jpeg") else "raw"
-            quality = int(option.codec[4:]) if codec == "jpeg" else 90
-            return encode_frame(image[None], model_id=self.model_id, cut=0, codec=codec, jpeg_quality=quality)
-        cut_id = self.engine.cut_ids[option.cut]
-        if option.codec == "fp16":
-            return encode_frame(mid.astype(np.float16), model_id=self.model_id, cut=cut_id)
-        codec = "int8" if option.codec == "int8" else "raw"
-        return encode_frame(mid, model_id=self.model_id, cut=cut_id, codec=codec)
+            return input_codec(option.codec).frame(image, model_id=self.model_id)
+        return split_codec(option.codec).frame(mid, model_id=self.model_id, cut=self.engine.cut_ids[option.cut])
 
     def _race(self, option: Option, x: np.ndarray, mid: np.ndarray | None, payload: bytes, begun: float
               ) -> tuple[np.ndarray, Outcome]:
@@ -285,16 +294,20 @@ class DeviceClient:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout, abort)
         except TransportStopped as exc:
             now = time.perf_counter()
+            self._bursts(sending, sent, 0)
             if exc.upload_incomplete and (bound := self.core.cut_short(now, sent, now - sending)):
                 with self._lock:
                     self.core.learn([bound])  # the link gave less than this; a slow server teaches nothing
             reason = HEDGE_WON if isinstance(exc, TransportAborted) else DEADLINE_PASSED
             return None, Outcome("local", reason, sent)
         except BadAnswer as exc:
+            self._bursts(sending, sent, 0)
             return None, _fallback(f"bad answer from the server ({exc})", sent)
         except TransportError as exc:
+            self._bursts(sending, sent, 0)
             self._mark_down(time.perf_counter() - sending)
             return None, _fallback(f"server unreachable ({exc})", sent)
+        self._bursts(sending, sent, len(response.body))
         if response.status != 200:
             self.http.close()  # a connection that carried an answer we cannot use is not trusted with the next
             if response.status in (429, 503):

@@ -14,12 +14,13 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.device import DeviceConfig
+from edgesplit.energy import PHONE_COMPUTE_W
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, build_options
 from edgesplit.policies import allowed_options, check_policy, make_policy
-from edgesplit.profile import Profile, load_profile
+from edgesplit.profile import Profile, load_profile, read_agreement, with_agreement
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
 from edgesplit.runtime.device_engines import OnnxEngine, TorchEngine
 from edgesplit.runtime.edges import MultiEdgeClient
@@ -30,7 +31,8 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                engine_name: str, server_url: str, policy_spec: str, estimator_spec: str, images: str | None,
                fps: float | None, count: int | None, deadline_ms: float | None, hedge: bool,
                device_profile: str | None, server_profile: str | None, private: bool, lossy: bool,
-               codecs: tuple[str, ...], out_path: str | None, console: Console) -> dict:
+               codecs: tuple[str, ...], out_path: str | None, console: Console, min_agreement: float | None = None,
+               fidelity: str | None = None, radio: str = "lte", compute_w: float = PHONE_COMPUTE_W) -> dict:
     if policy_spec == "oracle":
         raise EdgesplitError("the oracle needs the true link rate, which a live device cannot know; "
                              "use it in edgesplit simulate")
@@ -45,12 +47,15 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
     else:
         engine, device = _torch_engine(model, weights, input_size, input_shape, device_profile, console)
         frames = load_images(images, engine.input_shape)
-    config = DeviceConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge)
+    if fidelity:
+        device = with_agreement(device, read_agreement(fidelity))
+    config = DeviceConfig(deadline_s=deadline_ms / 1000 if deadline_ms else None, hedge=hedge, radio=radio,
+                          compute_w=compute_w)
     clients = []
     for url in edge_urls(server_url):
         server = load_profile(server_profile) if server_profile else _server_profile(url, console) or device
         options = build_options(device, server, codecs=codecs, private=private)
-        clients.append(DeviceClient(url, engine, allowed_options(options, private, lossy),
+        clients.append(DeviceClient(url, engine, allowed_options(options, private, lossy, min_agreement),
                                     make_policy(policy_spec, options, LinkState(config.prior_bps)),
                                     estimator if not clients else make_estimator(estimator_spec), ClientConfig(config)))
     client = clients[0] if len(clients) == 1 else MultiEdgeClient(clients)
@@ -69,10 +74,11 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                           f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_bps / 1e6:7.2f} Mbit/s  top1 {r.top1}{note}")
     summary = client.summary()
     table = Table(title=f"{model} · policy {policy_spec} · {server_url}")
-    for column in ("requests", "fallbacks", "mean ms", "p95 ms", "probed B/s"):
+    for column in ("requests", "fallbacks", "mean ms", "p95 ms", "probed B/s", f"mJ ({radio})"):
         table.add_column(column, justify="right")
     table.add_row(str(summary["count"]), str(summary["fallbacks"]), f"{summary['mean_ms']:.1f}",
-                  f"{summary['p95_ms']:.1f}", f"{summary['probe_bytes_per_s']:.0f}")
+                  f"{summary['p95_ms']:.1f}", f"{summary['probe_bytes_per_s']:.0f}",
+                  f"{summary['mean_energy_mj']:.0f}")
     console.print(table)
     if "edges" in summary:
         console.print("answered by " + ", ".join(f"{url}: {n}" for url, n in summary["edges"].items()), markup=False)
@@ -80,7 +86,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                                                          "latency_ms", "bytes_sent", "top1", "edge")}
                            for r in client.records],
               "summary": {k: summary[k] for k in ("count", "fallbacks", "mean_ms", "p50_ms", "p95_ms",
-                                                  "probe_bytes_per_s", "edges") if k in summary}}
+                                                  "probe_bytes_per_s", "mean_energy_mj", "edges") if k in summary}}
     if out_path:
         Path(out_path).parent.mkdir(parents=True, exist_ok=True)
         Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
@@ -114,7 +120,8 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
     analysis = analyze(loaded.module, shape, name=model)
     if device_profile is None:
         console.print("measuring this device's profile (natural bottlenecks, batch 1)…")
-        device = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5)
+        device = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
+                         normalization=loaded.normalization)
     else:
         device = load_profile(device_profile)
     return TorchEngine(analysis, loaded.normalization), device

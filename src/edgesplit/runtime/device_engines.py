@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.profile import CutProfile, Profile, Timing
@@ -140,7 +141,9 @@ class OnnxEngine:
         for name, cut_id in self.cut_ids.items():
             mid = self.head(name, x)
             cuts[name] = CutProfile(name, cut_id, self._elements[name], {1: timed(lambda: self.head(name, x))},
-                                    {1: timed(lambda: self.tail(name, mid))}, {})
+                                    {1: timed(lambda: self.tail(name, mid))},
+                                    split_codec_costs([self.head(name, self.normalize(i)) for i in images]),
+                                    tuple(mid.shape[1:]))
         raw = int(np.prod(self.input_shape))
         return Profile(self.name, "device", self.input_shape, (1,), "onnxruntime", 1.0,
                        {"engine": "onnxruntime"}, {1: timed(lambda: self.local(x))}, cuts,
@@ -149,7 +152,7 @@ class OnnxEngine:
 
 
 def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[str, dict[str, float]]:
-    from edgesplit.codec import jpeg_encode
+    from edgesplit.codecs import jpeg_encode
 
     sizes, encode = [], []
     for image in images:
@@ -158,7 +161,7 @@ def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[st
             data = jpeg_encode(image, quality)
             encode.append(time.perf_counter() - started)
         sizes.append(len(data))
-    return {f"jpeg{quality}": {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
+    return {f"jpeg:{quality}": {"bytes": statistics.mean(sizes), "encode_s": statistics.median(encode),
                                "decode_s": 0.0}}
 
 

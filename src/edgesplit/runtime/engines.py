@@ -21,7 +21,7 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from torch import nn
 from edgesplit.analysis import Analysis, Cut
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
-from edgesplit.profile import CutProfile, Profile, Timing
+from edgesplit.profile import Profile, Timing
 from edgesplit.registry import Registry
 from edgesplit.runtime.tail_engine import INPUT_CUT, Runner, TailEngine, module_device
 
@@ -291,8 +291,7 @@ def profile_engine(engine: TailEngine, cuts: list[Cut], *, batch_sizes: tuple[in
         method=f"{engine.name} engine, whole tails as served", slowdown=1.0,
         machine={**base.machine, "idle_s": idle_s, "engine": description["name"], "device": description["device"]},
         model_s=model_s,
-        cuts={c.name: CutProfile(c.name, c.index, c.elements, head(c), tail_s[c.name], base.cuts[c.name].codec_s)
-              for c in cuts},
+        cuts={c.name: replace(base.cuts[c.name], head_s=head(c), tail_s=tail_s[c.name]) for c in cuts},
         input_codecs=base.input_codecs, output_bytes=base.output_bytes,
         flops_per_s={b: total_flops * b / t.median_s for b, t in model_s.items()} if total_flops else {})
 

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from edgesplit.codec import FRAME_TYPE, OUTPUT_CUT, Frame, Limits, decode_frame, encode_frame
+from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Frame, Limits, decode_frame, encode_frame
 from edgesplit.errors import FrameError
 from edgesplit.profile import Profile
 from edgesplit.runtime.backends import Backend, BackendUnavailable, InProcessBackend

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from edgesplit.analysis import Analysis
-from edgesplit.codec import FLOATS, Expectation
+from edgesplit.wire import FLOATS, Expectation
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization

@@ -175,14 +175,15 @@ class FleetResult:
                 "queue_p95_ms": quantile(waits, 0.95) * 1e3 if waits else 0.0}
 
     def summary(self, deadline_s: float | None = None) -> dict[str, Any]:
-        """Every device's requests together (:func:`~edgesplit.device.summarize`), and how many of them the
-        edge answered."""
+        """Every device's requests together (:func:`~edgesplit.device.summarize`), how many of them the edge
+        answered, and the devices' mean energy per request (mJ)."""
         pooled = [r for device in self.records for r in device]
         summary = summarize(pooled, deadline_s)
         answered = sum(r.executed != "local" for r in pooled)
         return {"mean_ms": summary["mean_ms"], "p50_ms": summary["p50_ms"], "p95_ms": summary["p95_ms"],
                 "answered": answered, "count": summary["count"], "fallbacks": summary["fallbacks"],
-                "cuts": summary["cuts"], "load_errors": load_errors(pooled)}
+                "cuts": summary["cuts"], "load_errors": load_errors(pooled),
+                "mean_energy_mj": summary["mean_energy_mj"]}
 
 
 def simulate_fleet(devices: Sequence[FleetDevice], config: FleetSimConfig = FleetSimConfig()) -> FleetResult:
@@ -455,12 +456,16 @@ def _device(fleet: _Fleet, spec: FleetDevice, core: DeviceCore) -> _Process:
         uplink_free, known = at + took, at + took + rtt
         core.probe_sent(at)
         core.upload_started(at, device.probe_bytes, learnt_at=known)
+        core.transferred(at, took, device.probe_bytes)
+        core.transferred(known, 0.0, 0, uplink=False)  # its answer
         pending.extend([RateSample(known, sample)] if sample else [])
         pending.append(fleet.report_at(at + took + rtt / 2, known))  # a probe's answer has it too
         return device.probe_bytes
 
     if device.probe_on_connect and trace.rate_at(0.0) > 0:  # connected just before 0: the link and load as then
-        _, sample = upload(0.0, device.probe_bytes)
+        took, sample = upload(0.0, device.probe_bytes)
+        core.transferred(-took - rtt, took, device.probe_bytes)
+        core.transferred(0.0, 0.0, 0, uplink=False)
         core.learn([RateSample(0.0, sample)] if sample else [])
         core.learn([LoadUpdate(0.0, fleet.route(0.0).server.report(0.0))])
     probe_after: float | None = None  # a probe due once the last remote request was answered
@@ -510,9 +515,15 @@ def _device(fleet: _Fleet, spec: FleetDevice, core: DeviceCore) -> _Process:
                     pending.append(bound)
                 reason = HEDGE_WON if device.hedge and give_up == own else DEADLINE_PASSED
                 outcome = Outcome("local", reason, option.bytes, upload_s=min(took, max(0.0, give_up - start)))
+                if outcome.upload_s:  # what left before it was dropped
+                    core.transferred(start, outcome.upload_s,
+                                     min(option.bytes, trace.delivered_bits(start, start + outcome.upload_s) / 8))
             else:
                 if device.hedge:
                     cpu_free = own  # a model run cannot be stopped midway: the processor stays busy
+                down_s = option.result_bytes * 8 / device.downlink_bps
+                core.transferred(start, took, option.bytes)
+                core.transferred(finish - down_s, down_s, option.result_bytes, uplink=False)
                 pending.extend([RateSample(finish, sample)] if sample else [])
                 pending.append(fleet.report_at(started.job.done_s, finish, started.replica))
                 served = started.job.served()

@@ -94,12 +94,16 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
         uplink_free, known = at + took, at + took + rtt
         core.probe_sent(at)
         core.upload_started(at, device.probe_bytes, learnt_at=known)
+        core.transferred(at, took, device.probe_bytes)
+        core.transferred(known, 0.0, 0, uplink=False)  # its answer
         pending.extend([RateSample(known, sample)] if sample else [])
         pending.append(LoadUpdate(known, server.report(at + took + rtt / 2)))  # a probe's answer has it too
         return device.probe_bytes
 
     if device.probe_on_connect and trace.rate_at(0.0) > 0:  # connected just before 0: the link and load as then
-        _, sample = upload(0.0, device.probe_bytes)
+        took, sample = upload(0.0, device.probe_bytes)
+        core.transferred(-took - rtt, took, device.probe_bytes)
+        core.transferred(0.0, 0.0, 0, uplink=False)
         core.learn([RateSample(0.0, sample)] if sample else [])
         core.learn([LoadUpdate(0.0, server.report(0.0))])
     duration = workload.duration_s or trace.duration_s
@@ -144,10 +148,16 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
                     pending.append(bound)
                 reason = HEDGE_WON if device.hedge and give_up == own else DEADLINE_PASSED
                 outcome = Outcome("local", reason, option.bytes, upload_s=min(took, max(0.0, give_up - start)))
+                if outcome.upload_s:  # what left before it was dropped
+                    core.transferred(start, outcome.upload_s,
+                                     min(option.bytes, trace.delivered_bits(start, start + outcome.upload_s) / 8))
             else:
                 learnt = finish
                 if device.hedge:
                     cpu_free = own  # a model run cannot be stopped midway: the processor stays busy
+                down_s = option.result_bytes * 8 / device.downlink_bps
+                core.transferred(start, took, option.bytes)
+                core.transferred(finish - down_s, down_s, option.result_bytes, uplink=False)
                 pending.extend([RateSample(finish, sample)] if sample else [])
                 pending.append(LoadUpdate(finish, server.report(served.done_s)))
                 outcome = Outcome(option.kind, None, option.bytes, sample, took, served.queue_s, served.tail_s,

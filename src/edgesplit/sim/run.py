@@ -8,16 +8,17 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from edgesplit.device import DeviceConfig, RequestRecord, summarize
+from edgesplit.energy import PHONE_COMPUTE_W
 from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.latency import LinkState, Option, build_options, find_option
 from edgesplit.policies import allowed_options, make_policy
-from edgesplit.profile import load_profile, require_batch_sizes
+from edgesplit.profile import load_profile, read_agreement, require_batch_sizes, with_agreement
 from edgesplit.sim.loop import SimConfig, Workload, simulate
 from edgesplit.traces import LoadTrace, RateTrace, read_load_trace, read_trace
 
 SUMMARY_KEYS = ("mean_ms", "p50_ms", "p95_ms", "p99_ms", "miss_rate", "mean_bytes", "fallbacks", "probe_bytes_per_s",
-                "cuts")
+                "mean_energy_mj", "mean_radio_mj", "cuts")
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Scenario:
                    codecs: tuple[str, ...] = ("fp32",), jpeg: bool = True, private: bool = False, lossy: bool = False,
                    estimator: str = "harmonic", fps: float = 2.0, arrivals: str = "periodic",
                    rtt_ms: float = 40.0, deadline_ms: float | None = None, hedge: bool = False, start_s: float = 0.0,
-                   duration_s: float | None = None, seed: int = 0) -> Scenario:
+                   duration_s: float | None = None, seed: int = 0, min_agreement: float | None = None,
+                   fidelity: str | None = None, radio: str = "lte", compute_w: float = PHONE_COMPUTE_W) -> Scenario:
         """Raises EdgesplitError, naming the CLI option, on a value out of range or NaN, a start past the
         trace's end, or a run of more than 10 million requests."""
         for option, value, zero_ok in (("--start", start_s, True), ("--duration", duration_s, False),
@@ -53,14 +55,17 @@ class Scenario:
             raise EdgesplitError(f"{window:g} s at --fps {fps:g} would simulate {window * fps:,.0f} requests, "
                                  f"more than the limit of {limit:,}; shorten --duration or lower --fps")
         device, server = load_profile(device_profile), load_profile(server_profile)
-        config = SimConfig(DeviceConfig(rtt_s=rtt_ms / 1000, downlink_bps=20e6, hedge=hedge,
+        if fidelity:
+            device = with_agreement(device, read_agreement(fidelity))
+        config = SimConfig(DeviceConfig(rtt_s=rtt_ms / 1000, downlink_bps=20e6, hedge=hedge, radio=radio,
+                                        compute_w=compute_w,
                                         deadline_s=deadline_ms / 1000 if deadline_ms else None))
         require_batch_sizes(server, config.max_batch_size)
         options = build_options(device, server, codecs=codecs, jpeg=jpeg, private=private)
         if start_s or duration_s:
             trace = trace.segment(start_s, duration_s or trace.duration_s - start_s)
         make_estimator(estimator)  # fail early on a bad spec
-        return cls(options, allowed_options(options, private, lossy), trace,
+        return cls(options, allowed_options(options, private, lossy, min_agreement), trace,
                    Workload(fps=fps, arrivals=arrivals, seed=seed),  # type: ignore[arg-type]
                    config,
                    estimator, read_load_trace(load_trace) if load_trace else None)

@@ -48,7 +48,8 @@ class BatchingServer:
                  background_tail: TailTime, seed: int = 0) -> None:
         self.max_batch_size = max_batch_size
         self.free_at = 0.0
-        self._queue: list[_Job] = []
+        self._queue: list[_Job] = []  # by arrival
+        self._arrivals: dict[str, list[float]] = {}  # per cut, the arrival times of the jobs queued for it
         self._load = load
         self._background_fps = background_fps
         self._background_tail = background_tail
@@ -75,10 +76,10 @@ class BatchingServer:
 
     def _enqueue(self, job: _Job) -> None:
         """Queue ``job``, counting the work it brings (what it adds to the wait of the requests waiting then)."""
-        waiting = [j for j in self._queue if j.arrival_s <= job.arrival_s]
-        tails = {j.cut: j.tail for j in waiting} | {job.cut: job.tail}
-        self._offered.add(job.arrival_s, added_work((j.cut for j in waiting), job.cut, lambda cut, n: tails[cut](n),
-                                                    self.max_batch_size))
+        arrivals = self._arrivals.setdefault(job.cut, [])
+        waiting = bisect.bisect_right(arrivals, job.arrival_s)
+        self._offered.add(job.arrival_s, added_work(waiting, job.tail, self.max_batch_size))
+        bisect.insort(arrivals, job.arrival_s)
         bisect.insort(self._queue, job)
 
     def next_start_s(self) -> float:
@@ -113,11 +114,19 @@ class BatchingServer:
         start = max(self.free_at, self._queue[0].arrival_s)
         self._admit_background(start)
         cut = self._queue[0].cut
-        batch = [j for j in self._queue if j.cut == cut and j.arrival_s <= start][: self.max_batch_size]
+        taken = []  # positions in the queue: the oldest jobs for the cut that have arrived by the start
+        for i, job in enumerate(self._queue):
+            if job.arrival_s > start or len(taken) == self.max_batch_size:
+                break
+            if job.cut == cut:
+                taken.append(i)
+        batch = [self._queue[i] for i in taken]
         duration = batch[0].tail(len(batch))
         for job in batch:
             job.start_s, job.done_s, job.batch_size = start, start + duration, len(batch)
-            self._queue.remove(job)
+        for i in reversed(taken):
+            del self._queue[i]
+        del self._arrivals[cut][:len(batch)]
         self.free_at = start + duration
         return batch
 

@@ -6,7 +6,8 @@ A frame is a 32-byte header, the shape, codec parameters, then the payload (all 
     0       4     magic b"ESPL"
     4       1     version (2)
     5       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8
-    6       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image)
+    6       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image),
+                  3 int8c (affine per channel), 4 int4c (4 bits per channel, packed), 5 bf16
     7       1     compression of the payload: 0 none, 1 zstd, 2 lz4
     8       1     ndim (1..8)
     9       1     flags (0)
@@ -17,7 +18,7 @@ A frame is a 32-byte header, the shape, codec parameters, then the payload (all 
     28      4     CRC-32 of everything else: bytes 0..27, then from 32 to the end
     32      4×n   shape (uint32 each, batch first)
     ...     8     int8 codec only: scale (float32), zero point (int32)
-    ...           payload
+    ...           payload (int8c and int4c: the per-channel lows and steps, float32, before the codes)
 
 :func:`decode_frame` checks everything before it allocates: sizes against :class:`Limits`, the decoded
 length against what the shape and dtype allow, the checksum (which covers the header, so a flipped bit in
@@ -39,8 +40,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgesplit.errors import EdgesplitError, FrameError
-from edgesplit.registry import Registry
+from edgesplit.codecs import DTYPES, WIRE_CODECS, ZSTD_LEVEL, Jpeg, max_jpeg_bytes, wire_codec_by_code
+from edgesplit.errors import FrameError
 
 MAGIC = b"ESPL"
 FRAME_TYPE = "application/vnd.edgesplit.frame"  # the media type of a frame over HTTP
@@ -48,31 +49,13 @@ VERSION = 2
 OUTPUT_CUT = 0xFFFF
 MAX_NDIM = 8
 _HEADER = struct.Struct("<4sBBBBBBH8sIII")
-_AFFINE = struct.Struct("<fi")
 _CHECKSUM_AT = 28  # the CRC field: the checksum covers the bytes before and after it
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # the smallest normal float32: the least int8 scale
-JPEG_SLACK_BYTES = 64 * 1024  # markers, tables and metadata a JPEG may carry beyond its pixels
 DECOMPRESS_CHUNK_BYTES = 1 << 20
 MAX_ZSTD_WINDOW_BYTES = 1 << 24  # zstd level 3 uses at most 2 MiB; a frame asking for more is refused
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1")}
 DTYPE_CODES = {v: k for k, v in DTYPES.items()}
-CODECS = {0: "raw", 1: "int8", 2: "jpeg"}
+CODECS = {WIRE_CODECS.get(name).code: name for name in WIRE_CODECS}
 COMPRESSIONS = {0: "none", 1: "zstd", 2: "lz4"}
-
-
-@dataclass(frozen=True)
-class SplitCodec:
-    """How a crossing tensor travels: its width on the wire and whether decoding is exact."""
-
-    name: str
-    bytes_per_element: int
-    exact: bool
-
-
-SPLIT_CODECS: Registry[SplitCodec] = Registry("codec", EdgesplitError)
-for _codec in (SplitCodec("fp32", 4, True), SplitCodec("fp16", 2, False), SplitCodec("int8", 1, False)):
-    SPLIT_CODECS.register(_codec.name)(_codec)
+MAX_PARAM_BYTES = 8  # the largest header parameters of any codec (int8's scale and zero point)
 
 
 @dataclass(frozen=True)
@@ -102,12 +85,14 @@ class Expectation:
 
     def max_frame_bytes(self) -> int:
         """The longest frame this receiver can accept: a full batch of float32 (the widest dtype) at its
-        largest cut, the worst case of zstd's or lz4's expansion of incompressible data on top, or a JPEG
-        of an image cut (batches of one); a longer body is refused before any of it is kept."""
+        largest cut (or of int8c, whose per-channel parameters can outweigh a tiny tensor), the worst case
+        of zstd's or lz4's expansion of incompressible data on top, or a JPEG of an image cut (batches of
+        one); a longer body is refused before any of it is kept."""
         def longest(shape: tuple[int, ...]) -> int:
-            raw = self.max_batch_size * math.prod(shape) * 4
+            elements = self.max_batch_size * math.prod(shape)
+            raw = max(4 * elements, elements + 8 * (shape[0] if len(shape) >= 2 else 1))
             jpeg = max_jpeg_bytes(shape[1], shape[2]) if len(shape) == 3 and shape[0] == 3 else 0
-            return _HEADER.size + 4 * (len(shape) + 1) + _AFFINE.size + max(raw + raw // 128 + 1024, jpeg)
+            return _HEADER.size + 4 * (len(shape) + 1) + MAX_PARAM_BYTES + max(raw + raw // 128 + 1024, jpeg)
 
         return max(longest(tuple(shape)) for shape in self.shapes.values())
 
@@ -121,34 +106,10 @@ class Frame:
     compression: str
 
 
-def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, float, int]:
-    """Affine uint8 quantisation over the whole tensor: x ≈ (q - zero_point) * scale."""
-    low, high = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise FrameError(f"int8 frames carry finite values only: this tensor has "
-                         f"{np.count_nonzero(~np.isfinite(x))} NaN or infinite")
-    scale = max((high - low) / 255, FLOAT32_TINY)
-    zero_point = int(round(-low / scale))
-    if not int8_scale_is_valid(scale, zero_point):
-        raise FrameError(f"a tensor spanning [{low:.4g}, {high:.4g}] exceeds what int8 frames carry: use fp32")
-    q = np.clip(np.rint(x / scale) + zero_point, 0, 255).astype(np.uint8)
-    return q, scale, zero_point
-
-
-def int8_scale_is_valid(scale: float, zero_point: int) -> bool:
-    """Whether every uint8 value decodes, with ``scale`` and ``zero_point``, to a finite float32 (a float32
-    times an integer under 256 is exact in a Python float, so the test is exact). False for NaN."""
-    return FLOAT32_TINY <= scale and scale * max(zero_point, 255 - zero_point) <= FLOAT32_MAX
-
-
-def dequantize_int8(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
-    return ((q.astype(np.float32) - zero_point) * np.float32(scale)).astype(np.float32)
-
-
 def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "raw",
-                 compression: str = "none", jpeg_quality: int = 90) -> bytes:
-    """One tensor as a frame. ``codec``: raw (float32/float16/uint8 as given), int8 (float → affine
-    uint8) or jpeg (a uint8 batch of one image, shape (1, 3, H, W))."""
+                 compression: str = "none", jpeg_quality: int = Jpeg.quality) -> bytes:
+    """One tensor as a frame. ``codec``: a wire codec (:mod:`edgesplit.codecs`): raw (float32/float16/
+    uint8 as given), int8, int8c, int4c, bf16 (float → fewer bits) or jpeg (one uint8 image (1, 3, H, W))."""
     if len(model_id) != 8:
         raise FrameError(f"model id must be 8 bytes, got {len(model_id)}")
     if not 0 <= cut <= 0xFFFF:
@@ -156,27 +117,14 @@ def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "
     array = np.ascontiguousarray(array)
     if array.ndim < 1 or array.ndim > MAX_NDIM:
         raise FrameError(f"a frame carries 1 to {MAX_NDIM} dimensions, got {array.ndim}")
-    extra = b""
-    if codec == "raw":
-        dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-        if dtype not in DTYPE_CODES:
-            raise FrameError(f"raw frames carry float32, float16 or uint8, not {array.dtype}")
-        data, decoded_dtype = array.astype(dtype, copy=False).tobytes(), dtype
-    elif codec == "int8":
-        q, scale, zero_point = quantize_int8(array.astype(np.float32, copy=False))
-        data, decoded_dtype, extra = q.tobytes(), np.dtype("<f4"), _AFFINE.pack(scale, zero_point)
-    elif codec == "jpeg":
-        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != 1 or array.shape[1] != 3:
-            raise FrameError(f"jpeg frames carry one uint8 image of shape (1, 3, H, W), got {array.dtype} "
-                             f"{tuple(array.shape)}")
-        data, decoded_dtype = jpeg_encode(array[0], jpeg_quality), np.dtype("u1")
-    else:
-        raise FrameError(f"unknown codec {codec!r}; known: {', '.join(CODECS.values())}")
+    wire = WIRE_CODECS.get(codec)
+    decoded_dtype, params, data = (wire.encode(array, jpeg_quality) if isinstance(wire, Jpeg)
+                                   else wire.encode(array))
     payload = _compress(data, compression)
-    header = _HEADER.pack(MAGIC, VERSION, DTYPE_CODES[decoded_dtype], _code(CODECS, codec, "codec"),
+    header = _HEADER.pack(MAGIC, VERSION, DTYPE_CODES[decoded_dtype], wire.code,
                           _code(COMPRESSIONS, compression, "compression"), array.ndim, 0, cut, model_id,
                           len(payload), len(data), 0)
-    frame = bytearray(header + struct.pack(f"<{array.ndim}I", *array.shape) + extra + payload)
+    frame = bytearray(header + struct.pack(f"<{array.ndim}I", *array.shape) + params + payload)
     struct.pack_into("<I", frame, _CHECKSUM_AT, frame_checksum(frame))
     return bytes(frame)
 
@@ -185,12 +133,6 @@ def frame_checksum(frame: bytes | bytearray | memoryview) -> int:
     """The CRC-32 a frame must carry at byte 28: over every byte but the checksum field itself."""
     view = memoryview(frame)
     return zlib.crc32(view[_CHECKSUM_AT + 4:], zlib.crc32(view[:_CHECKSUM_AT]))
-
-
-def max_jpeg_bytes(height: int, width: int) -> int:
-    """The largest JPEG accepted for an image of this size: twice its raw pixels plus room for headers
-    (Pillow's quality-100 JPEGs of noise take 0.7 × the raw size)."""
-    return 2 * 3 * height * width + JPEG_SLACK_BYTES
 
 
 def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: Expectation | None = None) -> Frame:
@@ -207,13 +149,13 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
         raise FrameError(f"unsupported frame version {version}; this side speaks version {VERSION} only"
                          + (" (version 1 checksummed only the payload: update the sender)" if version == 1 else ""))
     dtype = _lookup(DTYPES, dtype_code, "dtype")
-    codec = _lookup(CODECS, codec_code, "codec")
+    codec = wire_codec_by_code(codec_code)
     compression = _lookup(COMPRESSIONS, compression_code, "compression")
     if not 1 <= ndim <= MAX_NDIM:
         raise FrameError(f"ndim must be 1..{MAX_NDIM}, got {ndim}")
     if flags:
         raise FrameError(f"unknown flags {flags:#04x}")
-    offset = _HEADER.size + 4 * ndim + (_AFFINE.size if codec == "int8" else 0)
+    offset = _HEADER.size + 4 * ndim + codec.header_params
     if len(data) < offset:
         raise FrameError(f"truncated frame: {len(data)} bytes, the header and shape need {offset}")
     shape = struct.unpack_from(f"<{ndim}I", data, _HEADER.size)
@@ -225,17 +167,7 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
                          413)
     if len(data) != offset + payload_length:
         raise FrameError(f"frame length mismatch: {len(data)} bytes, the header says {offset + payload_length}")
-    if codec == "raw" and decoded_length != elements * dtype.itemsize:
-        raise FrameError(f"decoded length {decoded_length} does not match shape {shape} of {dtype.name} "
-                         f"({elements * dtype.itemsize} bytes)")
-    if codec == "int8" and (decoded_length != elements or dtype != np.float32):
-        raise FrameError(f"int8 frame must decode to float32 with {elements} payload bytes, got "
-                         f"{dtype.name} and {decoded_length}")
-    if codec == "jpeg" and (dtype != np.uint8 or ndim != 4 or shape[:2] != (1, 3)):
-        raise FrameError(f"jpeg frame must be one uint8 image (1, 3, H, W), got {dtype.name} {shape}")
-    if codec == "jpeg" and decoded_length > max_jpeg_bytes(shape[2], shape[3]):
-        raise FrameError(f"jpeg of {decoded_length} bytes for a {shape[3]}×{shape[2]} image: at most "
-                         f"{max_jpeg_bytes(shape[2], shape[3])} bytes are accepted", 413)
+    codec.check(shape, dtype, decoded_length)
     if decoded_length > limits.max_decoded_bytes:
         raise FrameError(f"decoded length {decoded_length} exceeds max_decoded_bytes={limits.max_decoded_bytes}",
                          413)
@@ -244,14 +176,8 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
                          f"{decoded_length}")
     if frame_checksum(data) != checksum:
         raise FrameError("checksum mismatch: the frame was corrupted in transit")
-    if codec == "int8":
-        scale, zero_point = _AFFINE.unpack_from(data, _HEADER.size + 4 * ndim)
-        if not 0 <= zero_point <= 255:
-            raise FrameError(f"int8 zero point must be in 0..255, got {zero_point}")
-        if not int8_scale_is_valid(scale, zero_point):
-            raise FrameError(f"int8 scale {scale:.4g} with zero point {zero_point} does not decode to finite "
-                             f"float32 (the scale must be at least {FLOAT32_TINY:.4g} and at most "
-                             f"{FLOAT32_MAX / max(zero_point, 255 - zero_point):.4g})")
+    params = bytes(data[offset - codec.header_params:offset])
+    codec.check_params(params)
     payload = memoryview(data)[offset:]
     if expect is not None:
         _check_expectation(expect, model_id, cut, shape)
@@ -259,13 +185,7 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
             raise FrameError(f"dtype {dtype.name} is not accepted at cut {cut} (accepted: "
                              f"{', '.join(sorted(expect.allowed(cut)))})", 422)
     raw = _decompress(payload, compression, decoded_length)
-    if codec == "raw":
-        array = np.frombuffer(raw, dtype=dtype).reshape(shape)
-    elif codec == "int8":
-        array = dequantize_int8(np.frombuffer(raw, dtype=np.uint8).reshape(shape), scale, zero_point)
-    else:
-        array = jpeg_decode(raw, shape)[None]
-    return Frame(model_id, cut, array, codec, compression)
+    return Frame(model_id, cut, codec.decode(raw, shape, dtype, params), codec.name, compression)
 
 
 def _check_expectation(expect: Expectation, model_id: bytes, cut: int, shape: tuple[int, ...]) -> None:
@@ -302,7 +222,7 @@ def _compress(data: bytes, compression: str) -> bytes:
     if compression == "none":
         return data
     if compression == "zstd":
-        return _zstd().ZstdCompressor(level=3).compress(data)
+        return _zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(data)
     if compression == "lz4":
         return _lz4().compress(data, store_size=False)
     raise FrameError(f"unknown compression {compression!r}; known: {', '.join(COMPRESSIONS.values())}")
@@ -356,36 +276,3 @@ def _lz4():  # type: ignore[no-untyped-def]
     except ImportError:
         raise FrameError("lz4 compression needs lz4: pip install lz4") from None
     return lz4.block
-
-
-def jpeg_encode(image: np.ndarray, quality: int) -> bytes:
-    """A uint8 (3, H, W) image as JPEG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(image.transpose(1, 2, 0))).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def jpeg_decode(data: bytes | bytearray, shape: tuple[int, ...]) -> np.ndarray:
-    """Decode a complete baseline JPEG, only after its own header says it has the declared size (no pixel
-    bombs). Progressive JPEGs are refused: each scan revisits every block, so a payload of repeated scans
-    took 1.5 s to decode at 448×448 (encode_frame sends baseline). A JPEG must end with its end-of-image
-    marker: a truncated one would decode to grey where its data is missing."""
-    from PIL import Image
-
-    if not data.endswith(b"\xff\xd9"):
-        raise FrameError("jpeg payload is truncated: it does not end with the end-of-image marker")
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
-            if (image.height, image.width) != tuple(shape[2:]):
-                raise FrameError(f"jpeg is {image.width}×{image.height}, the frame declares "
-                                 f"{shape[3]}×{shape[2]}")
-            if image.info.get("progressive") or image.info.get("progression"):
-                raise FrameError("jpeg payload is progressive: only baseline JPEG is accepted")
-            rgb = image if image.mode == "RGB" else image.convert("RGB")
-            return np.asarray(rgb).transpose(2, 0, 1).copy()
-    except FrameError:
-        raise
-    except Exception as exc:  # Pillow's errors for a corrupt image
-        raise FrameError(f"jpeg payload cannot be decoded ({exc})") from exc

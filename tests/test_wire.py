@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from edgesplit.codec import (FLOAT32_MAX, OUTPUT_CUT, Expectation, Limits, decode_frame, dequantize_int8,
-                             encode_frame, frame_checksum, max_jpeg_bytes, quantize_int8)
+from edgesplit.codecs import FLOAT32_MAX, dequantize_int8, max_jpeg_bytes, quantize_int8
+from edgesplit.wire import OUTPUT_CUT, Expectation, Limits, decode_frame, encode_frame, frame_checksum
 from edgesplit.errors import FrameError
 
 MODEL = bytes.fromhex("0123456789abcdef")
@@ -92,7 +92,7 @@ def _recrc(data: bytes) -> bytes:
     (_patch(GOOD, 4, "<B", 1), r"unsupported frame version 1; this side speaks version 2 only \(version 1 "
                                r"checksummed only the payload: update the sender\)"),
     (_patch(GOOD, 5, "<B", 9), r"unknown dtype code 9"),
-    (_patch(GOOD, 6, "<B", 7), r"unknown codec code 7"),
+    (_patch(GOOD, 6, "<B", 8), r"unknown codec code 8"),
     (_patch(GOOD, 7, "<B", 5), r"unknown compression code 5"),
     (_patch(GOOD, 8, "<B", 0), r"ndim must be 1..8, got 0"),
     (_patch(GOOD, 8, "<B", 9), r"ndim must be 1..8, got 9"),

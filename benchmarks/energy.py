@@ -1,0 +1,149 @@
+"""What the energy objective saves the device: dsc (latency) against dsc:energy, local and offload.
+
+The setup of benchmarks/policies.py: EfficientNet-B0 profiled per node on this machine (``--profile``, by
+default the profile policies.py writes), the server at its measured speed, the device given by its
+whole-model time (``--device-ms``, default 350 ms, and 1000 ms), every mahimahi uplink trace replayed at 2
+requests per second, 40 ms RTT, one request at a time, exact options only (no JPEG). The device draws
+``--compute-w`` watts while it computes (default 3 W, a phone SoC) and has an LTE or a Wi-Fi radio
+(Huang et al., MobiSys 2012; docs/energy.md). ``local`` is a device that never uses its radio (it does not
+probe); every other policy probes by the device core's rules. Also run: ``dsc:energy`` on a device that
+never probes (``no-probe``) and the weighted objective ``dsc:latency+energy`` (1 per second, 1 per joule).
+
+    python benchmarks/energy.py [--profile FILE] [--traces ../shared/traces] [--device-ms 350,1000]
+                                [--radios lte,wifi] [--compute-w 3] [--out benchmarks/results/energy.json]
+
+Prints one table per radio and device: mean latency (ms) and mean device energy per request (mJ) per
+policy, and what dsc:energy saves against local; writes every number as JSON. The target checked: the
+energy objective saves at least 20 % of local's energy on the fast-uplink traces (mean >= 5 Mbit/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from edgesplit import analyze, load_model
+from edgesplit.device import DeviceConfig, summarize
+from edgesplit.energy import PHONE_COMPUTE_W, RADIOS
+from edgesplit.estimators import make_estimator
+from edgesplit.latency import LinkState, build_options
+from edgesplit.measure import measure
+from edgesplit.policies import allowed_options, make_policy
+from edgesplit.profile import Profile, load_profile, with_device_time
+from edgesplit.sim import SimConfig, Workload, simulate
+from edgesplit.traces import read_trace
+
+RUNS = {  # column -> (policy spec, how the device differs from the default one)
+    "dsc": ("dsc", {}),
+    "dsc:energy": ("dsc:energy", {}),
+    "no-probe": ("dsc:energy", {"probe_interval_s": math.inf}),
+    "weighted": ("dsc:latency+energy", {}),
+    "local": ("local", {"probe_on_connect": False, "probe_interval_s": math.inf}),
+    "offload": ("offload", {}),
+}
+FAST_MBPS = 5.0  # a trace with a mean uplink at least this fast is a fast-uplink trace
+TARGET_SAVING = 0.20
+console = Console(width=260)
+
+
+def measured_profile(path: Path | None) -> Profile:
+    """EfficientNet-B0's per-node profile, as benchmarks/policies.py measures it (read from ``path`` when it
+    exists, written there otherwise)."""
+    if path and path.exists():
+        return load_profile(path)
+    loaded = load_model("efficientnet_b0")
+    analysis = analyze(loaded.module, loaded.native_input_shape, "efficientnet_b0")
+    profile = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1, 2, 4, 8), repeats=10)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(path)
+    return profile
+
+
+def run_trace(path: Path, options: list, allowed: list, device: DeviceConfig, estimator: str) -> dict[str, Any]:
+    trace = read_trace(path)
+    mean_link = LinkState(trace.mean_bps(), device.rtt_s, device.downlink_bps)
+    row: dict[str, Any] = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6, "duration_s": trace.duration_s}
+    for column, (spec, changes) in RUNS.items():
+        records = simulate(make_policy(spec, options, mean_link), make_estimator(estimator), allowed, trace,
+                           Workload(fps=2.0), SimConfig(replace(device, **changes), sequential=True))
+        summary = summarize(records)
+        row[column] = {"policy": spec, **{k: summary[k] for k in ("mean_ms", "p95_ms", "mean_energy_mj",
+                                                                   "mean_radio_mj", "fallbacks", "cuts")}}
+    row["saving_vs_local"] = 1 - row["dsc:energy"]["mean_energy_mj"] / row["local"]["mean_energy_mj"]
+    return row
+
+
+def report(title: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    table = Table(title=title)
+    table.add_column("trace", no_wrap=True)
+    table.add_column("Mbit/s", justify="right")
+    for column in RUNS:
+        table.add_column(f"{column} ms", justify="right")
+        table.add_column(f"{column} mJ", justify="right")
+    table.add_column("saves vs local", justify="right")
+    table.add_column("dsc:energy's main choice", no_wrap=True)
+    for row in rows:
+        cuts = row["dsc:energy"]["cuts"]
+        choice, count = next(iter(cuts.items()))
+        table.add_row(row["trace"], f"{row['mean_mbps']:.2f}",
+                      *(f"{row[c][k]:.0f}" for c in RUNS for k in ("mean_ms", "mean_energy_mj")),
+                      f"{row['saving_vs_local']:+.0%}", f"{choice} {count / sum(cuts.values()):.0%}")
+    console.print(table)
+    fast = [r for r in rows if r["mean_mbps"] >= FAST_MBPS]
+    met = [r["trace"] for r in fast if r["saving_vs_local"] >= TARGET_SAVING]
+    over_dsc = sum(r["dsc:energy"]["mean_energy_mj"] for r in rows) / sum(r["dsc"]["mean_energy_mj"] for r in rows)
+    console.print(f"fast-uplink traces (>= {FAST_MBPS:g} Mbit/s): dsc:energy saves >= {TARGET_SAVING:.0%} against "
+                  f"local on {len(met)}/{len(fast)}; dsc:energy / dsc energy {over_dsc:.3f} (summed over traces)\n")
+    return {"title": title, "traces": rows,
+            "target": {"fast_traces": [r["trace"] for r in fast], "met_on": met, "min_saving": TARGET_SAVING,
+                       "met": bool(fast) and len(met) == len(fast)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = Path(__file__).resolve().parent
+    parser.add_argument("--traces", type=Path, default=here.parents[1] / "shared" / "traces")
+    parser.add_argument("--out", type=Path, default=here / "results" / "energy.json")
+    parser.add_argument("--profile", type=Path, default=here / "results" / "b0-server.json",
+                        help="the measured profile (default: the one benchmarks/policies.py --profile writes; "
+                             "measured and written there when missing)")
+    parser.add_argument("--device-ms", default="350,1000", help="the device's whole-model times, comma-separated")
+    parser.add_argument("--radios", default="lte,wifi", help=f"radios, comma-separated ({', '.join(RADIOS)})")
+    parser.add_argument("--compute-w", type=float, default=PHONE_COMPUTE_W,
+                        help=f"the device's compute power in watts (default {PHONE_COMPUTE_W:g})")
+    parser.add_argument("--estimator", default="harmonic")
+    args = parser.parse_args()
+    started = time.perf_counter()
+    measured = measured_profile(args.profile)
+    paths = sorted((args.traces / "mahimahi").glob("*.up"))
+    variants = []
+    for device_ms in (float(v) for v in args.device_ms.split(",")):
+        options = build_options(with_device_time(measured, device_ms / 1000), measured)
+        allowed = allowed_options(options, private=False, lossy=False)
+        for radio in args.radios.split(","):
+            device = DeviceConfig(rtt_s=0.04, downlink_bps=20e6, radio=radio, compute_w=args.compute_w)
+            rows = [run_trace(path, options, allowed, device, args.estimator) for path in paths]
+            title = (f"EfficientNet-B0, device: whole model in {device_ms:g} ms at {args.compute_w:g} W, "
+                     f"{radio} radio, server at measured speed")
+            variants.append({"device_ms": device_ms, "radio": radio, **report(title, rows)})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({
+        "profile": str(args.profile), "compute_w": args.compute_w,
+        "radios": {name: vars(RADIOS.get(name)) for name in args.radios.split(",")},
+        "runs": {column: {"policy": spec, "device": {k: str(v) for k, v in changes.items()}}
+                 for column, (spec, changes) in RUNS.items()},
+        "variants": variants}, indent=1) + "\n")
+    console.print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

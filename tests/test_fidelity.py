@@ -1,0 +1,197 @@
+"""Fidelity of splits and offload on a toy model: exact rows are exact, bytes are the codec's, and the CLI
+writes its JSON and plot or says in one line what is wrong."""
+
+import json
+import statistics
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from edgesplit.analysis import analyze
+from edgesplit.cli import cli, main
+from edgesplit.codecs import jpeg_encode, split_codec
+from edgesplit.fidelity import (DEFAULT_CODECS, INPUT, NATURAL_PHOTOS, FidelityReport, evaluation_images, measure,
+                                natural_photos, plot, wilson_interval)
+from edgesplit.models import load_model
+from edgesplit.runtime.device_engines import TorchEngine
+
+SHAPE = (3, 8, 8)
+CUTS = ("conv1", "pool")
+CODECS = ("fp32", "fp16", "int8", "int8:zstd", "int4c")
+QUALITIES = (50, 90)
+RESULT_KEYS = {"cut", "codec", "bytes", "fp32_bytes", "agreement", "agreement_ci", "kl", "max_logit_diff",
+               "encode_ms", "decode_ms"}
+
+
+def _photos(count=3):
+    rng = np.random.default_rng(1)
+    return {f"photo{k}": rng.integers(0, 256, (3, 30 + 4 * k, 40), dtype=np.uint8) for k in range(count)}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    loaded = load_model("toy_models:toy")
+    return TorchEngine(analyze(loaded.module, SHAPE), loaded.normalization)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return evaluation_images(_photos(), SHAPE, augment=7, seed=0)
+
+
+@pytest.fixture(scope="module")
+def report(engine, images):
+    rows = measure(engine, images, cuts=CUTS, codecs=CODECS, jpeg_qualities=QUALITIES, batch_size=4)
+    return FidelityReport("toy_models:toy", tuple(_photos()), 7, tuple(rows))
+
+
+def test_json_has_exactly_the_documented_keys(report):
+    data = json.loads(json.dumps(report.to_dict()))
+    assert set(data) == {"model", "images", "augmented", "seed", "results"}
+    assert data["images"] == ["photo0", "photo1", "photo2"] and data["augmented"] == 7
+    assert [(r["cut"], r["codec"]) for r in data["results"]] == \
+        [(cut, codec) for cut in CUTS for codec in CODECS] + [(INPUT, "raw"), (INPUT, "jpeg:50"), (INPUT, "jpeg:90")]
+    for row in data["results"]:
+        assert set(row) == RESULT_KEYS | {"exact"}
+        low, high = row["agreement_ci"]
+        assert 0 <= low <= row["agreement"] <= high <= 1
+
+
+def test_exact_rows_agree_with_the_whole_model(report):
+    for cut in CUTS:
+        row = report.row(cut, "fp32")
+        assert row.exact and row.agreement == 1.0 and len(row.agrees) == 10
+        assert row.max_logit_diff < 1e-5 and row.kl < 1e-9
+    raw = report.row(INPUT, "raw")
+    assert raw.exact and raw.agreement == 1.0 and raw.max_logit_diff == 0.0 and raw.kl == 0.0
+    assert report.row("conv1", "int8").max_logit_diff > 0  # lossy codecs do change the logits
+
+
+def test_lossless_compression_changes_bytes_not_answers(report):
+    plain, compressed = report.row("conv1", "int8"), report.row("conv1", "int8:zstd")
+    assert (plain.agrees, plain.kl, plain.max_logit_diff) == (compressed.agrees, compressed.kl,
+                                                              compressed.max_logit_diff)
+
+
+def test_bytes_are_the_payload_bytes_the_codec_sends(report, engine, images):
+    x = np.concatenate([engine.normalize(image.pixels) for image in images])
+    for cut in CUTS:
+        crossing = engine.head(cut, x)
+        for name in CODECS:
+            codec, row = split_codec(name), report.row(cut, name)
+            sent = [codec.roundtrip(crossing[i:i + 1])[1] for i in range(len(images))]
+            assert row.bytes == pytest.approx(statistics.fmean(sent)), (cut, name)
+            assert row.fp32_bytes == split_codec("fp32").payload_bytes(crossing[:1].shape)
+    assert report.row("conv1", "fp32").bytes == 4 * 4 * 4 * 4 and report.row("pool", "int8").bytes == 4
+    assert report.row("conv1", "int4c").bytes == 8 * 4 + 64 // 2  # a low and a step per channel, two codes a byte
+
+
+def test_offload_rows_send_the_image(report, images):
+    raw = report.row(INPUT, "raw")
+    assert raw.bytes == 192 and raw.fp32_bytes == 4 * 192
+    for quality in QUALITIES:
+        row = report.row(INPUT, f"jpeg:{quality}")
+        assert not row.exact and row.fp32_bytes == 4 * 192
+        assert row.bytes == pytest.approx(statistics.fmean(len(jpeg_encode(i.pixels, quality)) for i in images))
+
+
+@pytest.mark.parametrize("successes,trials,expected", [
+    (5, 10, (0.2366, 0.7634)),  # symmetric about 1/2
+    (10, 10, (0.7225, 1.0)),  # all agree: the lower end is n / (n + z²), not 1
+    (0, 10, (0.0, 0.2775)),
+    (81, 100, (0.7222, 0.8749)),
+])
+def test_wilson_interval_on_known_values(successes, trials, expected):
+    assert wilson_interval(successes, trials) == pytest.approx(expected, abs=1e-4)
+
+
+def test_crops_are_seeded_labelled_and_input_sized():
+    first, again = (evaluation_images(_photos(2), SHAPE, augment=4, seed=3) for _ in range(2))
+    assert [i.label for i in first] == ["photo0", "photo1", "photo0/crop-0", "photo1/crop-1", "photo0/crop-2",
+                                        "photo1/crop-3"]
+    assert all(a.pixels.shape == SHAPE and a.pixels.dtype == np.uint8 and np.array_equal(a.pixels, b.pixels)
+               for a, b in zip(first, again))
+    other = evaluation_images(_photos(2), SHAPE, augment=4, seed=4)
+    assert not all(np.array_equal(a.pixels, b.pixels) for a, b in zip(first[2:], other[2:]))
+
+
+def test_the_default_photos_are_distinct_colour_photos():
+    photos = natural_photos()
+    assert list(photos) == list(NATURAL_PHOTOS)
+    assert all(p.ndim == 3 and p.shape[0] == 3 and p.dtype == np.uint8 and min(p.shape[1:]) >= 300
+               for p in photos.values())
+    assert len({p.tobytes()[:100_000] for p in photos.values()}) == len(photos)
+
+
+def test_plot_is_written(report, tmp_path):
+    plot(report, tmp_path / "fidelity.png")
+    assert (tmp_path / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["edgesplit", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, pixels in _photos(2).items():
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(folder / f"{name}.png")
+    return folder
+
+
+def test_cli_writes_json_and_plot(monkeypatch, capsys, tmp_path, photo_folder):
+    out_dir = tmp_path / "out"
+    code, out, err = run(monkeypatch, capsys, "fidelity", "toy_models:toy", "--input-shape", "3,8,8", "--images",
+                         str(photo_folder), "--augment", "3", "--codecs", "fp32,int8", "--jpeg-qualities", "90",
+                         "--out", str(out_dir))
+    assert code == 0 and err == "", err
+    data = json.loads((out_dir / "fidelity.json").read_text())
+    assert data["images"] == ["photo0.png", "photo1.png"] and data["augmented"] == 3
+    assert [(r["cut"], r["codec"]) for r in data["results"]] == [
+        ("conv1", "fp32"), ("conv1", "int8"), ("pool", "fp32"), ("pool", "int8"), ("input", "raw"),
+        ("input", "jpeg:90")]  # the record-low cuts by default
+    assert all(r["agreement"] == 1.0 for r in data["results"] if r["codec"] in ("fp32", "raw"))
+    assert (out_dir / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "agreement" in out and "jpeg:90" in out
+
+
+def test_cli_default_codecs_are_the_library_defaults():
+    options = {p.name: p for p in cli.commands["fidelity"].params}
+    assert options["codec_spec"].default == ",".join(DEFAULT_CODECS)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--codecs", "fp32,int9"], "edgesplit: error: unknown codec 'int9'"),
+    (["--codecs", "int8:gzip"], "edgesplit: error: codec 'int8:gzip': the argument names a lossless compression"),
+    (["--jpeg-qualities", "90,101"], "edgesplit: error: input codec 'jpeg:101': write jpeg:Q with a quality Q"),
+    (["--cuts", "conv9"], "edgesplit: error: unknown cut 'conv9'"),
+    (["--cuts", "conv2"], "edgesplit: error: cut conv2 carries 2 values: fidelity measures single-tensor cuts"),
+])
+def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path, photo_folder, args, message):
+    code, out, err = run(monkeypatch, capsys, "fidelity", "toy_models:toy", "--input-shape", "3,8,8", "--images",
+                         str(photo_folder), "--out", str(tmp_path / "out"), *args)
+    assert code == 2 and err.startswith(message) and err.count("\n") == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("make", ["empty", "missing"])
+def test_cli_refuses_a_folder_without_images(monkeypatch, capsys, tmp_path, make):
+    folder = tmp_path / "photos"
+    if make == "empty":
+        folder.mkdir()
+        (folder / "notes.txt").write_text("not a photo")
+    code, _, err = run(monkeypatch, capsys, "fidelity", "toy_models:toy", "--input-shape", "3,8,8", "--images",
+                       str(folder), "--out", str(tmp_path / "out"))
+    expected = f"no images (.bmp, .jpeg, .jpg, .png) in {folder}" if make == "empty" else f"--images {folder}: not a folder"
+    assert code == 2 and err.startswith(f"edgesplit: error: {expected}") and err.count("\n") == 1, err
