@@ -82,6 +82,7 @@ def main() -> None:
     photos = natural_photos()
     images = evaluation_images(photos, analysis.input_shape, augment=args.augment, seed=args.seed)
     rows = measure(TorchEngine(analysis, loaded.normalization), images, cuts=[c.name for c in cuts],
+                   head_flops={c.name: c.head_flops for c in cuts},
                    codecs=args.codecs.split(","), batch_size=args.batch_size)
     report = FidelityReport(PRETRAINED_LITE0, tuple(photos), args.augment, tuple(rows), args.seed)
     console.print(table(report))

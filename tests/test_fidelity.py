@@ -3,14 +3,14 @@ writes its JSON and plot or says in one line what is wrong."""
 
 import json
 import statistics
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from test_cli import run
 
 from edgesplit.analysis import analyze
-from edgesplit.cli import cli, main
+from edgesplit.cli import cli
 from edgesplit.codecs import jpeg_encode, split_codec
 from edgesplit.fidelity import (DEFAULT_CODECS, INPUT, NATURAL_PHOTOS, FidelityReport, evaluation_images, measure,
                                 natural_photos, plot, wilson_interval)
@@ -43,18 +43,21 @@ def images():
 
 @pytest.fixture(scope="module")
 def report(engine, images):
-    rows = measure(engine, images, cuts=CUTS, codecs=CODECS, jpeg_qualities=QUALITIES, batch_size=4)
+    rows = measure(engine, images, cuts=CUTS, codecs=CODECS, jpeg_qualities=QUALITIES, batch_size=4,
+                   head_flops={c.name: c.head_flops for c in engine.analysis.cuts})
     return FidelityReport("toy_models:toy", tuple(_photos()), 7, tuple(rows))
 
 
-def test_json_has_exactly_the_documented_keys(report):
+def test_json_has_exactly_the_documented_keys(report, engine):
     data = json.loads(json.dumps(report.to_dict()))
     assert set(data) == {"model", "images", "augmented", "seed", "results"}
     assert data["images"] == ["photo0", "photo1", "photo2"] and data["augmented"] == 7
     assert [(r["cut"], r["codec"]) for r in data["results"]] == \
         [(cut, codec) for cut in CUTS for codec in CODECS] + [(INPUT, "raw"), (INPUT, "jpeg:50"), (INPUT, "jpeg:90")]
+    flops = {c.name: c.head_flops / 1e6 for c in engine.analysis.cuts} | {INPUT: 0.0}
     for row in data["results"]:
-        assert set(row) == RESULT_KEYS | {"exact"}
+        assert set(row) == RESULT_KEYS | {"exact", "head_mflops"}
+        assert row["head_mflops"] == flops[row["cut"]]  # the device's compute beside its bytes and agreement
         low, high = row["agreement_ci"]
         assert 0 <= low <= row["agreement"] <= high <= 1
 
@@ -128,17 +131,6 @@ def test_the_default_photos_are_distinct_colour_photos():
 def test_plot_is_written(report, tmp_path):
     plot(report, tmp_path / "fidelity.png")
     assert (tmp_path / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def run(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["edgesplit", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture

@@ -870,7 +870,7 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="for --augment's crops")
 @click.option("--cuts", "cut_spec", default="record-low", show_default=True,
               help="record-low | natural | pareto | NAME,NAME,...")
-@click.option("--codecs", "codec_spec", default="fp32,fp16,bf16,int8,int8c,int4c,int8:zstd,int8c:zstd",
+@click.option("--codecs", "codec_spec", default="fp32,fp16,bf16,int8,int8c,int6c,int5c,int4c,int8:zstd,int8c:zstd",
               show_default=True, help="split codecs: NAME or NAME:zstd / NAME:lz4, comma-separated")
 @click.option("--jpeg-qualities", "quality_spec", default="50,75,90,95", show_default=True,
               help="JPEG input offload at these qualities ('' for none)")
@@ -898,7 +898,7 @@ def fidelity(model: str, weights: str | None, input_size: int | None, input_shap
     with console.status(f"{len(cuts)} cuts × {len(codecs)} codecs and {len(qualities) + 1} offloads on "
                         f"{len(images)} images"):
         rows = measure(TorchEngine(analysis, loaded.normalization), images, cuts=[c.name for c in cuts],
-                       codecs=codecs, jpeg_qualities=qualities, batch_size=batch_size)
+                       head_flops={c.name: c.head_flops for c in cuts}, codecs=codecs, jpeg_qualities=qualities, batch_size=batch_size)
     report = FidelityReport(model, tuple(photos), augment, tuple(rows), seed)
     console.print(table(report))
     with _output(str(Path(out_dir) / "fidelity.json")) as path:

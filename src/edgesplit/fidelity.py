@@ -27,7 +27,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +41,7 @@ from edgesplit.images import IMAGE_SUFFIXES, fit
 if TYPE_CHECKING:
     from edgesplit.runtime.device_engines import DeviceEngine
 
-DEFAULT_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int4c", "int8:zstd", "int8c:zstd")
+DEFAULT_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int6c", "int5c", "int4c", "int8:zstd", "int8c:zstd")
 JPEG_QUALITIES = (50, 75, 90, 95)
 INPUT = "input"  # the cut name of full-offload rows
 WILSON_Z = 1.959963984540054  # the normal quantile of a two-sided 95 % interval
@@ -185,6 +185,7 @@ class FidelityRow:
     encode_ms: float
     decode_ms: float
     exact: bool
+    head_mflops: float | None = None  # what the device computes before it sends (0 for offload; None: not given)
     agrees: tuple[bool, ...] = field(default=(), repr=False)  # per image, in order: top-1 is fp32's
 
     def to_dict(self) -> dict[str, Any]:
@@ -254,10 +255,12 @@ def parse_qualities(spec: str) -> tuple[int, ...]:
 
 def measure(engine: DeviceEngine, images: Sequence[LabelledImage], *, cuts: Sequence[str],
             codecs: Sequence[str] = DEFAULT_CODECS, jpeg_qualities: Sequence[int] = JPEG_QUALITIES,
-            batch_size: int = 32) -> list[FidelityRow]:
+            batch_size: int = 32, head_flops: Mapping[str, int] | None = None) -> list[FidelityRow]:
     """A row for every cut × codec, then raw and JPEG offload at each quality, on ``images``: each image's
     head output is computed once per cut, and the model or tail runs ``batch_size`` images at a time,
-    once per distinct decoded batch (a lossless compression decodes what its codec alone decodes)."""
+    once per distinct decoded batch (a lossless compression decodes what its codec alone decodes).
+    ``head_flops`` (per cut, from the analysis) puts the device's compute beside the bytes and the
+    agreement: the three-way comparison of split-computing benchmarks."""
     if not images:
         raise EdgesplitError("fidelity needs at least one image")
     split_codecs = [split_codec(name) for name in codecs]
@@ -278,15 +281,17 @@ def measure(engine: DeviceEngine, images: Sequence[LabelledImage], *, cuts: Sequ
                            for i in range(len(x))]
                 tail_input = np.concatenate(decoded).astype(np.float32, copy=False)
                 sent.logits.append(_answer(functools.partial(engine.tail, cut), tail_input, answered))
-        rows += [_row(cut, codec.name, codec.exact, 4 * crossing[0].size, transfers[codec.name], reference)
-                 for codec in split_codecs]
+        mflops = head_flops[cut] / 1e6 if head_flops is not None else None
+        rows += [replace(_row(cut, codec.name, codec.exact, 4 * crossing[0].size, transfers[codec.name], reference),
+                         head_mflops=mflops) for codec in split_codecs]
     for codec in input_codecs:
         sent = _Transfers()
         for batch, x, logits in zip(batches, inputs, expected):
             arrived = [sent.send(codec.frame, image.pixels, model_id=engine.model_id) for image in batch]
             model_input = np.concatenate([engine.normalize(a[0]) for a in arrived])
             sent.logits.append(_answer(engine.local, model_input, [(x, logits)]))
-        rows.append(_row(INPUT, codec.name, codec.exact, 4 * images[0].pixels.size, sent, reference))
+        rows.append(replace(_row(INPUT, codec.name, codec.exact, 4 * images[0].pixels.size, sent, reference),
+                            head_mflops=0.0 if head_flops is not None else None))
     return rows
 
 
@@ -330,12 +335,13 @@ def table(report: FidelityReport) -> Any:
     count = len(report.images) + report.augmented
     result = Table(title=f"{report.model} · {count} images ({len(report.images)} photos + {report.augmented} "
                          "crops) · agreement = same top-1 as the fp32 model")
-    for column in ("cut", "codec", "KB", "× fp32", "agreement %", "95 % CI", "KL", "max |Δlogit|",
+    for column in ("cut", "codec", "head MFLOPs", "KB", "× fp32", "agreement %", "95 % CI", "KL", "max |Δlogit|",
                    "encode ms", "decode ms"):
         result.add_column(column, justify="left" if column in ("cut", "codec") else "right")
     for row in report.rows:
         low, high = row.agreement_ci
-        result.add_row(row.cut, row.codec, f"{row.bytes / 1000:.1f}", f"{row.bytes / row.fp32_bytes:.3f}",
+        result.add_row(row.cut, row.codec, "-" if row.head_mflops is None else f"{row.head_mflops:.0f}",
+                       f"{row.bytes / 1000:.1f}", f"{row.bytes / row.fp32_bytes:.3f}",
                        f"{100 * row.agreement:.1f}", f"{100 * low:.1f}–{100 * high:.1f}", f"{row.kl:.2g}",
                        f"{row.max_logit_diff:.2g}", f"{row.encode_ms:.2f}", f"{row.decode_ms:.2f}")
     return result
