@@ -77,3 +77,11 @@ def test_a_budget_without_any_measured_agreement_says_where_to_get_one():
         allowed_options(options, private=False, lossy=False, min_agreement=0.99)
     exact_only = build_options(device_profile(), server_profile(), codecs=("fp32",), jpeg=False)
     assert names(allowed_options(exact_only, private=False, lossy=False, min_agreement=0.99)) == names(exact_only)
+
+
+def test_a_compression_the_profile_did_not_measure_is_priced_as_its_codec_without_it():
+    options = {o.name: o for o in build_options(device_profile(), server_profile(), codecs=("int8", "int8:lz4",
+                                                                                             "fp32:lz4"))}
+    plain, packed = options["split:c1:int8"], options["split:c1:int8:lz4"]
+    assert (packed.bytes, packed.encode_s, packed.decode_s) == (plain.bytes, plain.encode_s, plain.decode_s)
+    assert (options["split:c1:fp32:lz4"].bytes, options["split:c1:fp32:lz4"].encode_s) == (40_000, 0.0)

@@ -412,8 +412,9 @@ _BASES = {  # name: (wire codec, raw dtype, exact, exactness)
     "int4c": ("int4c", "float32", False, "16 levels per channel over a clip chosen for least squared error"),
 }
 SPLIT_CODEC_NAMES = tuple(_BASES)
-PROFILED_CODECS = tuple(f"{name}{arg}" for name in SPLIT_CODEC_NAMES for arg in ("", ":zstd", ":lz4")
+PROFILED_CODECS = tuple(f"{name}{arg}" for name in SPLIT_CODEC_NAMES for arg in ("", ":zstd")
                         if f"{name}{arg}" != "fp32")  # what a profile prices (fp32 costs nothing to encode)
+COSTED_SAMPLES = 3  # tensors a profile sends through each codec
 
 
 @functools.lru_cache(maxsize=None)
@@ -470,29 +471,30 @@ def payload_length(frame: bytes) -> int:
 
 def split_codec_costs(values: list[np.ndarray], specs: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     """Per split codec (default :data:`PROFILED_CODECS`): the payload bytes it sends for a cut's tensors
-    ``values`` (batch 1 each; the mean) and the time to make the frame and to decode it (medians over
-    5 calls on the first, after one untimed)."""
+    ``values`` (batch 1 each; the mean over the first ``COSTED_SAMPLES``: what a compression saves depends
+    on the data) and the time to make the frame and to decode it (medians over those frames, after one
+    untimed; at least three)."""
     import statistics
     import time
 
     from edgesplit.wire import decode_frame
 
-    def median_time(call: Any) -> float:
-        times = []
-        for i in range(6):
-            started = time.perf_counter()
-            call()
-            if i:
-                times.append(time.perf_counter() - started)
-        return statistics.median(times)
-
+    samples = values[:COSTED_SAMPLES]
+    samples = samples + samples[:1] * max(0, 3 - len(samples))
     out: dict[str, dict[str, float]] = {}
     for spec in specs or (PROFILED_CODECS if values else ()):
         codec = split_codec(spec)
-        frames = [codec.frame(v, model_id=bytes(8), cut=0) for v in values]
+        codec.frame(samples[0], model_id=bytes(8), cut=0)  # untimed: the first call of a codec is slower
+        frames, encode, decode = [], [], []
+        for value in samples:
+            started = time.perf_counter()
+            frames.append(codec.frame(value, model_id=bytes(8), cut=0))
+            encoded = time.perf_counter()
+            decode_frame(frames[-1])
+            decode.append(time.perf_counter() - encoded)
+            encode.append(encoded - started)
         out[spec] = {"bytes": statistics.fmean(payload_length(f) for f in frames),
-                     "encode_s": median_time(lambda: codec.frame(values[0], model_id=bytes(8), cut=0)),
-                     "decode_s": median_time(lambda: decode_frame(frames[0]))}
+                     "encode_s": statistics.median(encode), "decode_s": statistics.median(decode)}
     return out
 
 

@@ -183,8 +183,11 @@ def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = 
 
 def _codec_costs(profile: Profile, cut: CutProfile, codec: SplitCodec) -> dict[str, float]:
     """What ``profile`` measured of ``codec`` at ``cut``: payload bytes (uncompressed where it measured no
-    bytes), encode and decode time; fp32 costs nothing to encode."""
+    bytes), encode and decode time; fp32 costs nothing to encode. A compression the profile did not measure
+    (profiles measure zstd, not lz4: lz4 saved nothing on int8 tensors) is priced as the codec without it."""
     entry = cut.codec_s.get(codec.name)
+    if entry is None and codec.compression != "none":
+        entry = cut.codec_s.get(codec.base, {} if codec.base == "fp32" else None)
     if entry is None and codec.name != "fp32":
         raise ProfileError(f"the {profile.role} profile of {profile.model} did not measure codec {codec.name!r} "
                            f"at {cut.name} (it has {', '.join(cut.codec_s) or 'none'}); profile again")
