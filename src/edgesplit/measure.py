@@ -31,7 +31,7 @@ from torch import fx
 
 from edgesplit.analysis import Analysis, Cut, example_input
 from edgesplit.errors import EdgesplitError
-from edgesplit.codecs import jpeg_decode, jpeg_encode, split_codec_costs
+from edgesplit.codecs import COSTED_SAMPLES, jpeg_decode, jpeg_encode, split_codec_costs
 from edgesplit.images import PHOTOS, fit, normalizer, photo
 from edgesplit.models import IMAGENET, Normalization
 from edgesplit.profile import CutProfile, Profile, Role, Timing, with_slowdown
@@ -74,7 +74,8 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
     head: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
     tail: dict[str, dict[int, Timing]] = {c.name: {} for c in cuts}
     total_flops = (cuts[0].head_flops + cuts[0].tail_flops) if cuts else 0
-    samples = _samples(analysis, normalization)
+    photos = [fit(photo(name), analysis.input_shape) for name in PHOTOS] if _is_image(analysis.input_shape) else []
+    samples = _samples(analysis, normalization, photos[:COSTED_SAMPLES])
     crossing = _crossing_values(graph.gm, samples, [c for c in cuts if c.index > 0])
     for batch_size in batch_sizes:
         if progress:
@@ -108,7 +109,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
         cuts={c.name: CutProfile(c.name, c.index, c.elements, head[c.name], tail[c.name],
                                  _codec_costs(crossing.get(c.name, [])),
                                  c.shapes[0][1:] if c.shapes else None) for c in cuts},
-        input_codecs=_input_codec_times(analysis.input_shape, jpeg_qualities, normalization),
+        input_codecs=_input_codec_times(analysis.input_shape, photos, jpeg_qualities, normalization),
         output_bytes=_output_bytes(graph), flops_per_s=flops_per_s)
     return with_slowdown(profile, slowdown) if slowdown != 1.0 else profile
 
@@ -179,22 +180,21 @@ def _is_image(input_shape: tuple[int, ...]) -> bool:
     return len(input_shape) == 3 and input_shape[0] == 3
 
 
-def _samples(analysis: Analysis, normalization: Normalization) -> torch.Tensor:
-    """What the crossing tensors are measured on: the photos, normalised, for an image model; else one
-    example input."""
-    if not _is_image(analysis.input_shape):
+def _samples(analysis: Analysis, normalization: Normalization, photos: list[np.ndarray]) -> torch.Tensor:
+    """What the crossing tensors are measured on: ``photos`` (the ones the codecs are costed on), normalised,
+    for an image model; else one example input."""
+    if not photos:
         return example_input(analysis.graph.model, analysis.input_shape, 1)
-    images = np.stack([fit(photo(name), analysis.input_shape) for name in PHOTOS])
-    return torch.from_numpy(normalizer(normalization.mean, normalization.std)(images))
+    return torch.from_numpy(normalizer(normalization.mean, normalization.std)(np.stack(photos)))
 
 
-def _input_codec_times(input_shape: tuple[int, ...], qualities: tuple[int, ...],
+def _input_codec_times(input_shape: tuple[int, ...], images: list[np.ndarray], qualities: tuple[int, ...],
                        normalization: Normalization) -> dict[str, dict[str, float]]:
-    """Full offload of the input: raw uint8 (normalised on the server) and JPEG, on real photos."""
-    if not _is_image(input_shape):
+    """Full offload of the input: raw uint8 (normalised on the server) and JPEG, on ``images`` (real photos;
+    none for a model whose input is not an image)."""
+    if not images:
         return {"raw": {"bytes": math.prod(input_shape), "encode_s": 0.0, "decode_s": 0.0}}
     normalize = normalizer(normalization.mean, normalization.std)
-    images = [fit(photo(name), input_shape) for name in PHOTOS]
     raw = {"bytes": images[0].size, "encode_s": 0.0,
            "decode_s": statistics.median(_time_calls(lambda: normalize(images[0][None]), 7, 1))}
     codecs = {"raw": raw}
