@@ -5,8 +5,9 @@ import torch
 from torch import nn
 
 from edgesplit.analysis import analyze
-from edgesplit.errors import CutNotFound, TraceError
-from toy_models import DataDependent, ShapeBranch, Tokens, Toy
+from edgesplit.errors import CutNotFound, EdgesplitError, TraceError
+from edgesplit.splitter import check_exact
+from toy_models import DataDependent, ShapeBranch, Tokens, Toy, Upsample
 
 TOY_SHAPE = (3, 8, 8)
 
@@ -82,6 +83,25 @@ def test_batch_size_is_rederived_not_carried(toy):
     assert toy.graph.shape_kinds == {"size": "batch"}
 
 
+def test_a_shape_read_from_the_input_is_rederived_not_carried():
+    analysis = check_exact(analyze(Upsample().eval(), TOY_SHAPE), cuts=None)
+    conv = analysis.cut("conv")
+    assert conv.crossing == ("conv",) and conv.natural_bottleneck and conv.exact_max_abs_diff == 0.0
+    assert analysis.graph.shape_kinds == {"getattr_1": "derived", "getitem": "constant"}
+
+
+def test_cuts_where_several_tensors_cross_count_when_allowed():
+    torch.manual_seed(0)
+    two = check_exact(analyze(Toy().eval(), TOY_SHAPE, "toy", max_tensors=2))
+    conv2 = two.cut("conv2")
+    assert (conv2.elements, conv2.natural_bottleneck, conv2.exact_max_abs_diff) == (128, True, 0.0)
+    assert two.counts() == {"cuts": 7, "single_tensor_cuts": 6, "natural_bottlenecks": 6, "record_low": 2,
+                            "pareto": 5}
+    assert two.to_dict()["max_tensors"] == 2
+    with pytest.raises(EdgesplitError, match="max_tensors must be >= 1, got 0"):
+        analyze(Toy().eval(), TOY_SHAPE, max_tensors=0)
+
+
 def test_parameter_only_values_are_recomputed_by_the_tail():
     analysis = analyze(Tokens().eval(), TOY_SHAPE)
     assert all("token" not in c.crossing for c in analysis.cuts)
@@ -91,7 +111,7 @@ def test_parameter_only_values_are_recomputed_by_the_tail():
 
 def test_json_has_exactly_the_documented_keys(toy):
     data = toy.to_dict()
-    assert list(data) == ["model", "input_shape", "input_elements", "cuts", "counts"]
+    assert list(data) == ["model", "input_shape", "input_elements", "max_tensors", "cuts", "counts"]
     assert data["input_shape"] == [3, 8, 8] and data["input_elements"] == 192
     assert list(data["cuts"][1]) == [
         "name", "index", "shapes", "elements", "ratio", "bytes", "head_flops", "tail_flops", "head_params",

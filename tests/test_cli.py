@@ -32,6 +32,17 @@ def test_analyze_writes_json_and_plot(monkeypatch, capsys, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
 
 
+def test_analyze_with_cuts_where_two_tensors_cross(monkeypatch, capsys):
+    code, out, err = run(monkeypatch, capsys, "analyze", "toy_models:toy", "--input-shape", "3,8,8", "--check",
+                         "--max-tensors", "2")
+    assert code == 0 and err == ""
+    assert "7 cuts, 6 single tensor cuts, 6 natural bottlenecks, 2 record low, 5 pareto; exact split " \
+           "checked at 6 cuts, max |diff| 0" in out
+    assert "4×4×4 + 4×4×4" in out
+    code, _, err = run(monkeypatch, capsys, "analyze", "toy_models:toy", "--max-tensors", "0")
+    assert code == 2 and "Invalid value for '--max-tensors': 0 is not in the range x>=1" in err
+
+
 def test_analyze_block_level_view_reproduces_the_paper(monkeypatch, capsys, tmp_path):
     json_path = tmp_path / "b0.json"
     code, out, _ = run(monkeypatch, capsys, "analyze", "efficientnet_b0", "--match", "MBConv|FusedMBConv",

@@ -50,11 +50,33 @@ def test_onnx_head_then_tail_matches_torch_at_another_batch_size(exported):
         assert np.abs(tail.run(None, {"crossing": mid})[0] - expected).max() <= 1e-4
 
 
-def test_multi_value_cuts_cannot_be_exported(exported, tmp_path):
+def test_the_input_cut_cannot_be_exported(exported, tmp_path):
     _, analysis, _, _ = exported
-    multi = next(c for c in analysis.cuts if not c.single_tensor)
-    with pytest.raises(EdgesplitError, match="is not a single-tensor cut"):
-        export_cuts(analysis, [multi], tmp_path, IMAGENET)
+    with pytest.raises(EdgesplitError, match="cut 'x' is not exportable: only cuts after the input where nothing but tensors cross"):
+        export_cuts(analysis, [analysis.cuts[0]], tmp_path, IMAGENET)
+
+
+def test_a_segmentation_model_exports_with_cuts_where_two_tensors_cross(tmp_path):
+    """LRASPP's head reads a low-level feature map too: past it, two tensors cross. The masks come out
+    under their name in the model's output dict."""
+    loaded = load_model("lraspp_mobilenet_v3_large")
+    analysis = analyze(loaded.module, SHAPE, "lraspp", max_tensors=2)
+    two = next(c for c in analysis.natural_bottlenecks() if len(c.crossing) == 2)
+    one = analysis.natural_bottlenecks()[-1]
+    manifest = export_cuts(analysis, [two, one], tmp_path, loaded.normalization)
+    assert manifest["outputs"] == ["out"]
+    entry = manifest["cuts"][0]
+    assert entry["crossing"] == ["crossing_0", "crossing_1"] and "shape" not in entry
+    assert entry["shapes"] == [list(s[1:]) for s in two.shapes]
+    assert manifest["cuts"][1]["crossing"] == ["crossing"] and manifest["cuts"][1]["shape"] == list(one.shapes[0][1:])
+    x = torch.randn(2, *SHAPE, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = loaded.module(x)["out"].numpy()
+    head = ort.InferenceSession(str(tmp_path / entry["head"]), providers=["CPUExecutionProvider"])
+    tail = ort.InferenceSession(str(tmp_path / entry["tail"]), providers=["CPUExecutionProvider"])
+    mids = head.run(None, {"input": x.numpy()})
+    masks = tail.run(["out"], dict(zip(entry["crossing"], mids)))[0]
+    assert masks.shape == (2, 21, 64, 64) and np.abs(masks - expected).max() <= 1e-4
 
 
 def test_export_command(monkeypatch, capsys, tmp_path):

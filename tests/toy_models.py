@@ -51,6 +51,18 @@ class ShapeBranch(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+class Upsample(nn.Module):
+    """Resizes its output to the input's size, as segmentation heads do: ``x.shape`` is read at the end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, stride=2, padding=1)  # 3x8x8 -> 2x4x4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 class DataDependent(nn.Module):
     """Control flow on tensor values: neither torch.fx nor torch.export can trace it."""
 

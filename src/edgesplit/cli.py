@@ -75,7 +75,14 @@ hedge_option = click.option("--hedge", is_flag=True, help="while waiting for the
                                                           "on the device too; the first answer wins")
 
 
-def _analysis(model: str, weights: str | None, input_size: int | None, input_shape: str | None):  # type: ignore[no-untyped-def]
+max_tensors_option = click.option(
+    "--max-tensors", type=click.IntRange(1), default=1, show_default=True,
+    help="natural bottlenecks may carry up to this many tensors (skip connections), their elements summed; "
+         "1 is the paper's rule")
+
+
+def _analysis(model: str, weights: str | None, input_size: int | None, input_shape: str | None,  # type: ignore[no-untyped-def]
+              max_tensors: int = 1):
     try:
         from edgesplit.analysis import analyze as analyze_model
         from edgesplit.models import load_model, parse_input_shape
@@ -84,7 +91,7 @@ def _analysis(model: str, weights: str | None, input_size: int | None, input_sha
 
     loaded = load_model(model, weights)
     shape = parse_input_shape(input_shape, input_size, loaded.native_input_shape)
-    return loaded, analyze_model(loaded.module, shape, name=model)
+    return loaded, analyze_model(loaded.module, shape, name=model, max_tensors=max_tensors)
 
 
 @cli.command()
@@ -95,9 +102,10 @@ def _analysis(model: str, weights: str | None, input_size: int | None, input_sha
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write the analysis as JSON")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), help="write the c-along-depth figure (PNG)")
 @click.option("--all", "show_all", is_flag=True, help="list every cut, not only natural bottlenecks and Pareto cuts")
+@max_tensors_option
 def analyze(model: str, weights: str | None, input_size: int | None, input_shape: str | None,
             match: str | None, check: bool, json_path: str | None, plot_path: str | None,
-            show_all: bool) -> None:
+            show_all: bool, max_tensors: int) -> None:
     """Find every cut of MODEL, its natural bottlenecks, sizes and costs.
 
     MODEL: a torchvision name (efficientnet_b0), timm:NAME, package.module:factory, or
@@ -106,7 +114,7 @@ def analyze(model: str, weights: str | None, input_size: int | None, input_shape
     from edgesplit.splitter import check_exact
 
     start = time.perf_counter()
-    loaded, result = _analysis(model, weights, input_size, input_shape)
+    loaded, result = _analysis(model, weights, input_size, input_shape, max_tensors)
     if match is not None:
         result = result.select(match)
     if check:
@@ -681,12 +689,13 @@ def run(model: str, weights: str | None, input_size: int | None, input_shape: st
               help="natural | pareto | record-low | NAME,NAME,...")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="folder to write")
 @click.option("--opset", type=int, default=17, show_default=True)
+@max_tensors_option
 def export(model: str, weights: str | None, input_size: int | None, input_shape: str | None, cut_spec: str,
-           out_dir: str, opset: int) -> None:
+           out_dir: str, opset: int, max_tensors: int) -> None:
     """Write ONNX heads and tails of MODEL per cut, the whole model, and a manifest; check them with ONNX Runtime."""
     from edgesplit.export import export_cuts
 
-    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    loaded, analysis = _analysis(model, weights, input_size, input_shape, max_tensors)
     cuts = [c for c in _choose_cuts(analysis, cut_spec) if c.index > 0]
     manifest = export_cuts(analysis, cuts, out_dir, loaded.normalization, opset)
     table = Table(title=f"{model} → {out_dir} (model id {manifest['model_id']}, opset {opset})")

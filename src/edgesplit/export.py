@@ -29,7 +29,13 @@ TOLERANCE = 1e-4
 
 def export_cuts(analysis: Analysis, cuts: list[Cut], out_dir: str | os.PathLike[str], normalization: Normalization,
                 opset: int = 17) -> dict[str, Any]:
-    """Write ``model.onnx``, ``head_<id>.onnx`` / ``tail_<id>.onnx`` per cut and ``manifest.json``."""
+    """Write ``model.onnx``, ``head_<id>.onnx`` / ``tail_<id>.onnx`` per cut and ``manifest.json``.
+
+    A head returns, and its tail takes, ``crossing`` (one tensor) or ``crossing_0``, ``crossing_1``, … (a cut
+    where several tensors cross); the whole model and every tail return the model's outputs, named
+    ``logits`` for a single tensor, else by their paths in the model's output (``out`` for
+    ``{"out": masks}``, ``0``, ``1`` for a tuple).
+    """
     try:
         import onnxruntime
     except ImportError:
@@ -38,24 +44,30 @@ def export_cuts(analysis: Analysis, cuts: list[Cut], out_dir: str | os.PathLike[
     out.mkdir(parents=True, exist_ok=True)
     model = analysis.graph.model.eval()
     x = example_input(model, analysis.input_shape, batch_size=2)
+    with torch.inference_mode():
+        outputs = output_names(model(x))
     entries = []
-    whole = _export(model, x, out / "model.onnx", "input", "logits", opset)
+    whole = _export(model, (x,), out / "model.onnx", ["input"], outputs, opset)
     for cut in cuts:
-        if not cut.single_tensor or cut.index == 0:
-            raise EdgesplitError(f"cut {cut.name!r} is not a single-tensor cut after the input; export natural "
-                                 "bottlenecks or other single-tensor cuts")
+        if cut.index == 0 or len(cut.shapes) != len(cut.crossing):
+            raise EdgesplitError(f"cut {cut.name!r} is not exportable: only cuts after the input where nothing "
+                                 "but tensors cross (natural bottlenecks are)")
         head, tail = split(analysis, cut)
         with torch.inference_mode():
             mid = head(x)
+        mid = mid if isinstance(mid, tuple) else (mid,)
+        names = ["crossing"] if len(mid) == 1 else [f"crossing_{k}" for k in range(len(mid))]
+        shapes = [list(shape[1:]) for shape in cut.shapes]
         entries.append({
-            "id": cut.index, "name": cut.name, "shape": list(cut.shapes[0][1:]), "ratio": cut.ratio,
+            "id": cut.index, "name": cut.name, **({"shape": shapes[0]} if len(shapes) == 1 else {}),
+            "shapes": shapes, "crossing": names, "ratio": cut.ratio,
             "head": f"head_{cut.index}.onnx", "tail": f"tail_{cut.index}.onnx",
-            "head_max_abs_diff": _export(head, x, out / f"head_{cut.index}.onnx", "input", "crossing", opset),
-            "tail_max_abs_diff": _export(tail, mid, out / f"tail_{cut.index}.onnx", "crossing", "logits", opset)})
+            "head_max_abs_diff": _export(head, (x,), out / f"head_{cut.index}.onnx", ["input"], names, opset),
+            "tail_max_abs_diff": _export(tail, mid, out / f"tail_{cut.index}.onnx", names, outputs, opset)})
     manifest = {"format": FORMAT, "model": analysis.model, "model_id": model_id(model).hex(),
                 "input_shape": list(analysis.input_shape), "normalization": normalization.to_dict(),
                 "opset": opset, "onnxruntime": onnxruntime.__version__, "model_file": "model.onnx",
-                "model_max_abs_diff": whole, "cuts": entries}
+                "outputs": outputs, "model_max_abs_diff": whole, "cuts": entries}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     worst = max([whole, *(max(e["head_max_abs_diff"], e["tail_max_abs_diff"]) for e in entries)])
     if worst > TOLERANCE:
@@ -63,18 +75,33 @@ def export_cuts(analysis: Analysis, cuts: list[Cut], out_dir: str | os.PathLike[
     return manifest
 
 
-def _export(module: nn.Module, x: torch.Tensor, path: Path, input_name: str, output_name: str, opset: int) -> float:
-    """Export ``module`` for input ``x`` and return ONNX Runtime's max abs difference from torch."""
+def output_names(tree: Any, path: str = "") -> list[str]:
+    """The names of a model's output tensors, in the order ONNX flattens them: ``logits`` for one tensor,
+    else each tensor's path of dict keys and sequence indices joined by ``/``."""
+    if isinstance(tree, torch.Tensor):
+        return [path or "logits"]
+    if isinstance(tree, dict):
+        return [name for key, value in tree.items() for name in output_names(value, f"{path}/{key}".lstrip("/"))]
+    if isinstance(tree, (list, tuple)):
+        return [name for k, value in enumerate(tree) for name in output_names(value, f"{path}/{k}".lstrip("/"))]
+    raise EdgesplitError(f"the model's output holds a {type(tree).__name__} at {path or 'its top'}: an exported "
+                         "model returns tensors, or dicts, lists and tuples of them")
+
+
+def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
+            outputs: list[str], opset: int) -> float:
+    """Export ``module`` for inputs ``args`` and return ONNX Runtime's max abs difference from torch over
+    every output."""
     import onnxruntime
 
+    batch = {name: {0: "batch"} for name in [*input_names, *outputs]}
     with warnings.catch_warnings():  # the TorchScript exporter announces its successor; it works as is
         warnings.simplefilter("ignore")
         with torch.inference_mode(False), torch.no_grad():
-            torch.onnx.export(module, (x,), str(path), input_names=[input_name], output_names=[output_name],
-                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
-                              opset_version=opset, dynamo=False)
+            torch.onnx.export(module, args, str(path), input_names=input_names, output_names=outputs,
+                              dynamic_axes=batch, opset_version=opset, dynamo=False)
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = session.run(None, {input_name: x.numpy()})[0]
+    got = session.run(None, {name: a.numpy() for name, a in zip(input_names, args)})
     with torch.inference_mode():
-        expected = module(x).numpy()
-    return float(np.abs(got - expected).max())
+        expected = torch.utils._pytree.tree_leaves(module(*args))
+    return max(float(np.abs(g - e.numpy()).max()) for g, e in zip(got, expected, strict=True))

@@ -19,7 +19,7 @@ from torch import fx, nn
 from edgesplit.codecs import SPLIT_CODEC_NAMES, split_codec
 from edgesplit.analysis.run import NodeValue, record, record_shapes_on_meta
 from edgesplit.analysis.trace import computes_shape, trace
-from edgesplit.errors import CutNotFound
+from edgesplit.errors import CutNotFound, EdgesplitError
 from edgesplit.registry import unknown_name_message
 
 ShapeKind = Literal["constant", "batch", "derived", "bound"]
@@ -86,6 +86,7 @@ class Analysis:
     cuts: tuple[Cut, ...]
     tracer: str
     graph: CutGraph = field(repr=False, compare=False)
+    max_tensors: int = 1  # a natural bottleneck carries at most this many tensors
 
     @property
     def input_elements(self) -> int:
@@ -105,7 +106,8 @@ class Analysis:
 
     def to_dict(self) -> dict[str, Any]:
         return {"model": self.model, "input_shape": list(self.input_shape),
-                "input_elements": self.input_elements, "cuts": [c.to_dict() for c in self.cuts],
+                "input_elements": self.input_elements, "max_tensors": self.max_tensors,
+                "cuts": [c.to_dict() for c in self.cuts],
                 "counts": self.counts()}
 
     def cut(self, name: str | Cut) -> Cut:
@@ -149,8 +151,15 @@ def example_input(model: nn.Module, input_shape: tuple[int, ...], batch_size: in
     return x.expand(batch_size, *input_shape).contiguous().to(device)
 
 
-def analyze(model: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> Analysis:
-    """Trace ``model`` (eval mode) and describe every cut: crossing values, sizes, FLOPs, parameters."""
+def analyze(model: nn.Module, input_shape: tuple[int, ...], name: str | None = None,
+            max_tensors: int = 1) -> Analysis:
+    """Trace ``model`` (eval mode) and describe every cut: crossing values, sizes, FLOPs, parameters.
+
+    A cut is a natural bottleneck when at most ``max_tensors`` tensors (and nothing else) cross it and
+    their elements add up to fewer than the input's; the default, 1, is the paper's rule.
+    """
+    if max_tensors < 1:
+        raise EdgesplitError(f"a cut carries at least one tensor: max_tensors must be >= 1, got {max_tensors}")
     was_training = model.training
     model.eval()
     try:
@@ -159,8 +168,9 @@ def analyze(model: nn.Module, input_shape: tuple[int, ...], name: str | None = N
         graph = _annotate(model, gm, example)
     finally:
         model.train(was_training)
-    cuts = _enumerate(graph, input_elements=example[0].numel())
-    return Analysis(name or type(model).__name__, tuple(input_shape), tuple(_flag(cuts)), tracer, graph)
+    cuts = _enumerate(graph, input_elements=example[0].numel(), max_tensors=max_tensors)
+    return Analysis(name or type(model).__name__, tuple(input_shape), tuple(_flag(cuts)), tracer, graph,
+                    max_tensors)
 
 
 def _annotate(model: nn.Module, gm: fx.GraphModule, example: torch.Tensor) -> CutGraph:
@@ -222,7 +232,7 @@ def _shape_kind(n: fx.Node, v1: NodeValue, v2: NodeValue | None, values: dict[st
     return "derived"
 
 
-def _enumerate(graph: CutGraph, input_elements: int) -> list[Cut]:
+def _enumerate(graph: CutGraph, input_elements: int, max_tensors: int) -> list[Cut]:
     nodes = list(graph.gm.graph.nodes)
     pos = {n.name: i for i, n in enumerate(nodes)}
     flops: dict[str, int] = graph.gm.meta["edgesplit_flops"]
@@ -259,13 +269,14 @@ def _enumerate(graph: CutGraph, input_elements: int) -> list[Cut]:
         shapes = tuple(graph.values[c].shape for c in tensors)
         elements = sum(graph.values[c].numel for c in tensors)
         single = len(crossing) == 1 and len(tensors) == 1
+        carried = len(tensors) == len(crossing) and 1 <= len(tensors) <= max_tensors  # frames carry tensors only
         mods = module_outputs.get(n.name, [])
         cuts.append(Cut(
             name=n.name, index=len(cuts), crossing=tuple(crossing), shapes=shapes, elements=elements,
             ratio=elements / input_elements, head_flops=head_flops, tail_flops=total_flops - head_flops,
             head_params=sum(numel[p] for p in numel if first_use[p] <= i),
             tail_params=sum(numel[p] for p in numel if last_use[p] > i),
-            single_tensor=single, natural_bottleneck=single and elements < input_elements,
+            single_tensor=single, natural_bottleneck=carried and elements < input_elements,
             modules=tuple(m for m, _ in mods), module_classes=tuple(c for _, c in mods)))
     return cuts
 

@@ -97,7 +97,8 @@ class OnnxEngine:
         self.name = manifest["model"]
         self.model_id = bytes.fromhex(manifest["model_id"])
         self.input_shape = tuple(manifest["input_shape"])
-        self.cut_ids = {c["name"]: c["id"] for c in manifest["cuts"]}
+        cuts = [c for c in manifest["cuts"] if "shape" in c]  # one tensor crosses: a frame carries it
+        self.cut_ids = {c["name"]: c["id"] for c in cuts}
         self._normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -108,9 +109,9 @@ class OnnxEngine:
             return ort.InferenceSession(str(self.folder / name), options, providers=["CPUExecutionProvider"])
 
         self._model = session(manifest["model_file"])
-        self._heads = {c["name"]: session(c["head"]) for c in manifest["cuts"]}
-        self._tails = {c["name"]: session(c["tail"]) for c in manifest["cuts"]}
-        self._elements = {c["name"]: int(np.prod(c["shape"])) for c in manifest["cuts"]}
+        self._heads = {c["name"]: session(c["head"]) for c in cuts}
+        self._tails = {c["name"]: session(c["tail"]) for c in cuts}
+        self._elements = {c["name"]: int(np.prod(c["shape"])) for c in cuts}
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self._normalize(image[None])
