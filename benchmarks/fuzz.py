@@ -2,11 +2,12 @@
 
 Phase 1 decodes ``--frames`` mutated frames (100,000 by default), each with the server's kind of
 :class:`Expectation` and without one. Frame ``i`` depends only on ``--seed`` and ``i``: the first ones
-enumerate truncations at every header offset and every header field at its boundary values (with and
-without a fixed-up checksum), over 17 valid seed frames (raw fp32/fp16/uint8, int8 and jpeg, each with
-none/zstd/lz4, at a (1, 24, 28, 28) cut and a (1, 3, 224, 224) input); the rest are random: bit flips,
-splices, insertions, deletions, field values, and coherent lies (a header changed with its lengths and
-checksum made to agree). Every outcome must be a decoded frame or a ``FrameError`` with a 4xx status;
+enumerate truncations at every offset before the first payload and every header field (of every
+section) at its boundary values (with and without a fixed-up checksum), over 20 valid seed frames (raw
+fp32/fp16/uint8, int8 and jpeg, each with none/zstd/lz4, at a (1, 24, 28, 28) cut and a (1, 3, 224, 224)
+input; two frames of a skip connection's two tensors and a detection answer of named tensors); the rest
+are random: bit flips, splices, insertions, deletions, field values, and coherent lies (the first
+section's header changed with the lengths and checksum made to agree). Every outcome must be a decoded frame or a ``FrameError`` with a 4xx status;
 anything else is listed with its reproducer (``--replay I``). Warnings are errors, as in the test suite.
 It reports the slowest decodes (re-timed, best of 5: the machine is shared) and, on every
 ``--memory-every``-th frame, the peak of Python-visible allocations (tracemalloc: numpy, lz4 and the
@@ -61,18 +62,21 @@ from rich.progress import track
 from rich.table import Table
 
 from edgesplit.codecs import DTYPES, FLOAT32_MAX, FLOAT32_TINY, max_jpeg_bytes
-from edgesplit.wire import (CODECS, COMPRESSIONS, FLOATS, Expectation, Limits, decode_frame, encode_frame,
-                            frame_checksum)
+from edgesplit.wire import (CODECS, COMPRESSIONS, FLOATS, OUTPUT_CUT, Expectation, Frame, Limits, decode_frame,
+                            encode_frame, encode_tensors, flatten_tree, frame_checksum, frame_overhead)
 from edgesplit.errors import FrameError
 
 console = Console(width=170)
 MODEL_ID = bytes.fromhex("5eed5eed5eed5eed")
-INPUT_CUT, FEATURE_CUT, POOLED_CUT = 0, 7, 15
-EXPECT = Expectation(MODEL_ID, {INPUT_CUT: (3, 224, 224), FEATURE_CUT: (24, 28, 28), POOLED_CUT: (576,)},
+INPUT_CUT, FEATURE_CUT, SKIP_CUT, POOLED_CUT = 0, 7, 11, 15
+EXPECT = Expectation(MODEL_ID, {INPUT_CUT: (3, 224, 224), FEATURE_CUT: (24, 28, 28), SKIP_CUT: ((24, 28, 28), (576,)),
+                                POOLED_CUT: (576,), OUTPUT_CUT: None},
                      max_batch_size=8, dtypes={INPUT_CUT: FLOATS | {"uint8"}})
 MODES = {"expect": EXPECT, "none": None}
-HEADER = struct.Struct("<4sBBBBBBH8sIII")
-CHECKSUM_AT = 28
+ONE_TENSOR_CUTS = {cut: shapes[0] for cut in EXPECT.shapes if len(shapes := EXPECT.tensor_shapes(cut) or ()) == 1}
+HEADER = struct.Struct("<4sBBH8sII")  # the frame's: magic, version, tensor count, cut, model id, length, CRC
+SECTION = struct.Struct("<BBBBBBII")  # a tensor's: dtype, codec, compression, ndim, name length, flags, lengths
+CHECKSUM_AT = 20
 MiB = 1 << 20
 DTYPE_CODES = {dtype.name: code for code, dtype in DTYPES.items()}
 CODEC_CODES = {name: code for code, name in CODECS.items()}
@@ -96,27 +100,43 @@ def with_checksum(data: bytes | bytearray) -> bytes:
 
 
 def frame_from(*, dtype: str, codec: str, compression: str, cut: int, shape: tuple[int, ...], payload: bytes,
-               decoded_length: int, params: bytes = b"", model_id: bytes = MODEL_ID) -> bytes:
-    """A frame whose header says exactly this, with the payload length and checksum that agree with it."""
-    header = HEADER.pack(b"ESPL", 2, DTYPE_CODES[dtype], CODEC_CODES[codec], COMPRESSION_CODES[compression],
-                         len(shape), 0, cut, model_id, len(payload), decoded_length, 0)
-    return with_checksum(header + struct.pack(f"<{len(shape)}I", *shape) + params + payload)
+               decoded_length: int, params: bytes = b"", model_id: bytes = MODEL_ID, name: bytes = b"",
+               count: int = 1, rest: bytes = b"") -> bytes:
+    """A frame whose first section says exactly this (``rest``: the sections after it, ``count`` in all),
+    with the total length and checksum that agree with it."""
+    section = (SECTION.pack(DTYPE_CODES[dtype], CODEC_CODES[codec], COMPRESSION_CODES[compression], len(shape),
+                            len(name), 0, len(payload), decoded_length)
+               + name + struct.pack(f"<{len(shape)}I", *shape) + params + payload)
+    length = HEADER.size + len(section) + len(rest)
+    return with_checksum(HEADER.pack(b"ESPL", 3, count, cut, model_id, length, 0) + section + rest)
 
 
 def header_size(frame: bytes) -> int:
-    """Bytes before the payload: the fixed header, the shape and the int8 parameters."""
-    return 32 + 4 * frame[8] + (8 if frame[6] == 1 else 0)
+    """Bytes before the first payload: the frame header, then the first section's header, name, shape and
+    int8 parameters."""
+    _, codec, _, ndim, name_length, _, _, _ = SECTION.unpack_from(frame, HEADER.size)
+    return HEADER.size + SECTION.size + name_length + 4 * ndim + (8 if codec == 1 else 0)
 
 
 def header_fields(frame: bytes) -> list[tuple[str, int, int]]:
-    """(name, offset, width) of every field before the payload."""
-    ndim = frame[8]
-    fields = [("magic", 0, 4), ("version", 4, 1), ("dtype", 5, 1), ("codec", 6, 1), ("compression", 7, 1),
-              ("ndim", 8, 1), ("flags", 9, 1), ("cut", 10, 2), ("model id", 12, 8), ("payload length", 20, 4),
-              ("decoded length", 24, 4), ("checksum", 28, 4)]
-    fields += [(f"dim {i}", 32 + 4 * i, 4) for i in range(ndim)]
-    if frame[6] == 1:
-        fields += [("int8 scale", 32 + 4 * ndim, 4), ("int8 zero point", 36 + 4 * ndim, 4)]
+    """(name, offset, width) of every field before a payload: the frame header's, then every section's (of
+    a valid frame)."""
+    fields = [("magic", 0, 4), ("version", 4, 1), ("tensor count", 5, 1), ("cut", 6, 2), ("model id", 8, 8),
+              ("total length", 16, 4), ("checksum", 20, 4)]
+    offset = HEADER.size
+    for index in range(frame[5]):
+        _, codec, _, ndim, name_length, _, payload_length, _ = SECTION.unpack_from(frame, offset)
+        fields += [(f"#{index} {field}", offset + at, width) for field, at, width in (
+            ("dtype", 0, 1), ("codec", 1, 1), ("compression", 2, 1), ("ndim", 3, 1), ("name length", 4, 1),
+            ("flags", 5, 1), ("payload length", 6, 4), ("decoded length", 10, 4))]
+        fields += [(f"#{index} name byte {i}", offset + SECTION.size + i, 1) for i in range(name_length)]
+        shape_at = offset + SECTION.size + name_length
+        fields += [(f"#{index} dim {i}", shape_at + 4 * i, 4) for i in range(ndim)]
+        params = 8 if codec == 1 else 0
+        if params:
+            fields += [(f"#{index} int8 scale", shape_at + 4 * ndim, 4),
+                       (f"#{index} int8 zero point", shape_at + 4 * ndim + 4, 4)]
+        offset = shape_at + 4 * ndim + params + payload_length
     return fields
 
 
@@ -144,6 +164,15 @@ def seed_frames() -> dict[str, bytes]:
     seeds["raw fp32 (1,3,224,224) none"] = encode_frame(image.astype(np.float32), model_id=MODEL_ID, cut=INPUT_CUT)
     seeds["raw fp32 (8,576) zstd"] = encode_frame(rng.standard_normal((8, 576)).astype(np.float32),
                                                   model_id=MODEL_ID, cut=POOLED_CUT, compression="zstd")
+    pooled = feature.mean(axis=(2, 3)).repeat(24, axis=1)  # (1, 576)
+    for codecs, compression in ((["raw", "raw"], "none"), (["int8c", "bf16"], "zstd")):
+        seeds[f"skip {'+'.join(codecs)} {compression}"] = encode_tensors(
+            [("features", feature), ("pooled", pooled)], model_id=MODEL_ID, cut=SKIP_CUT, codec=codecs,
+            compression=compression)
+    detections = {"boxes": rng.uniform(0, 224, (100, 4)).astype(np.float32),
+                  "scores": rng.uniform(0, 1, 100).astype(np.float32), "labels": rng.integers(0, 91, 100).astype(np.float16)}
+    seeds["detection answer lz4"] = encode_tensors(flatten_tree([detections]), model_id=MODEL_ID, cut=OUTPUT_CUT,
+                                                   compression="lz4")
     return seeds
 
 
@@ -182,15 +211,20 @@ def _flip_bits(data: bytes, positions: np.ndarray) -> bytes:
 def _coherent_lie(seed: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
     """One header field changed, the payload resized to what the new header needs (when small enough),
     and the lengths and checksum made to agree: the frame gets past the framing checks."""
-    (_, _, dtype_code, codec_code, compression_code, ndim, _, cut, model_id, _, decoded_length,
-     _) = HEADER.unpack_from(seed)
-    shape = list(struct.unpack_from(f"<{ndim}I", seed, 32))
-    params, payload = seed[32 + 4 * ndim:header_size(seed)], seed[header_size(seed):]
+    _, _, count, cut, model_id, _, _ = HEADER.unpack_from(seed)
+    (dtype_code, codec_code, compression_code, ndim, name_length, _, payload_length,
+     decoded_length) = SECTION.unpack_from(seed, HEADER.size)
+    name_at = HEADER.size + SECTION.size
+    name = seed[name_at:name_at + name_length]
+    shape = list(struct.unpack_from(f"<{ndim}I", seed, name_at + name_length))
+    end = header_size(seed)
+    params, payload, rest = seed[name_at + name_length + 4 * ndim:end], seed[end:end + payload_length], \
+        seed[end + payload_length:]
     what = rng.choice(["cut", "shape", "batch", "dtype", "codec", "compression", "model id"])
     if what == "cut":
         cut = int(rng.choice([*EXPECT.shapes, 1, 0xFFFF, int(rng.integers(0, 1 << 16))]))
     elif what == "shape":
-        shape = [1, *EXPECT.shapes[int(rng.choice(list(EXPECT.shapes)))]]
+        shape = [1, *ONE_TENSOR_CUTS[int(rng.choice(list(ONE_TENSOR_CUTS)))]]
     elif what == "batch":
         shape[0] = int(rng.choice([1, EXPECT.max_batch_size, EXPECT.max_batch_size + 1, 4096, (1 << 32) - 1]))
     elif what == "dtype":
@@ -211,7 +245,8 @@ def _coherent_lie(seed: bytes, rng: np.random.Generator) -> tuple[str, bytes]:
         decoded_length = len(payload)
     lie = frame_from(dtype=DTYPES[dtype_code].name, codec=CODECS[codec_code],
                      compression=COMPRESSIONS[compression_code], cut=cut, shape=tuple(shape), payload=payload,
-                     decoded_length=decoded_length % (1 << 32), params=params, model_id=model_id)
+                     decoded_length=decoded_length % (1 << 32), params=params, model_id=model_id, name=name,
+                     count=count, rest=rest)
     return f"coherent lie: {what}", lie
 
 
@@ -345,7 +380,7 @@ def bombs(model_id: bytes, cuts: dict[int, tuple[int, ...]], max_batch_size: int
     claim_batch = (256 * MiB) // declared  # the batch whose float32 tensor at this cut is 256 MiB
     big_jpeg, big_claim, scan_bomb = one_colour_jpeg(4096, 5120), jpeg_claiming(4096, 5120), \
         progressive_scan_bomb(height, width)
-    at_limit = (max_body_bytes - 40) // 4  # elements of a (1, n) float32 frame of exactly max_body_bytes
+    at_limit = (max_body_bytes - frame_overhead(2)) // 4  # elements of a (1, n) float32 frame of max_body_bytes
 
     def raw(shape: tuple[int, ...], payload: bytes, decoded_length: int, compression: str) -> bytes:
         """float32 at the feature cut unless the shape says otherwise."""
@@ -374,11 +409,11 @@ def bombs(model_id: bytes, cuts: dict[int, tuple[int, ...]], max_batch_size: int
         ("zstd: window 16 MiB + 1/8 (just over the limit)",
          raw(feature, zstd_with_window(real, 24, 1), declared, "zstd")),
         ("zstd: window 16 MiB (the limit: decodes)", raw(feature, zstd_with_window(real, 24), declared, "zstd")),
-        ("decoded length 2^32-1, zstd", lying_about(raw(feature, zstd_256, declared, "zstd"), 24, (1 << 32) - 1)),
+        ("decoded length 2^32-1, zstd", lying_about(raw(feature, zstd_256, declared, "zstd"), 34, (1 << 32) - 1)),
         ("decoded length 2^32-1 = uint8 (3,5,17,257,65537)",
          frame_from(dtype="uint8", codec="raw", compression="zstd", cut=INPUT_CUT, shape=(3, 5, 17, 257, 65537),
                     payload=zstd_256, decoded_length=(1 << 32) - 1, model_id=model_id)),
-        ("payload length 2^32-1 (header only)", lying_about(raw(feature, b"", declared, "zstd"), 20, (1 << 32) - 1)),
+        ("payload length 2^32-1 (header only)", lying_about(raw(feature, b"", declared, "zstd"), 30, (1 << 32) - 1)),
         (f"zstd: {len(zstd_256) // 1024} KB claiming 256 MiB as batch {claim_batch}",
          raw((claim_batch, *feature[1:]), zstd_256, claim_batch * declared, "zstd")),
         (f"zstd: {len(zstd_256) // 1024} KB claiming 256 MiB as (1,64,1024,1024)",
@@ -408,13 +443,17 @@ class Outcome:
     peak_bytes: int | None = None  # tracemalloc's peak during the decode, when measured
 
 
+def described(frame: Frame) -> str:
+    return ", ".join(f"{t.name or 'tensor'}: {t.array.dtype} {t.array.shape}" for t in frame.tensors)
+
+
 def decode(data: bytes, expect: Expectation | None, measure_memory: bool) -> Outcome:
     if measure_memory:
         tracemalloc.start()
     started = time.perf_counter()
     try:
         frame = decode_frame(data, expect=expect)
-        outcome, message = "decoded", f"{frame.array.dtype} {frame.array.shape}"
+        outcome, message = "decoded", described(frame)
         del frame
     except FrameError as exc:
         bad_status = not 400 <= exc.status < 500 or not str(exc).strip()
@@ -508,7 +547,7 @@ def fuzz(corpus: Corpus, frames: int, memory_every: int) -> dict[str, object]:
 
 def measure_bombs() -> list[dict[str, object]]:
     results = []
-    for name, data in track(bombs(MODEL_ID, dict(EXPECT.shapes), EXPECT.max_batch_size, Limits().max_body_bytes),
+    for name, data in track(bombs(MODEL_ID, ONE_TENSOR_CUTS, EXPECT.max_batch_size, Limits().max_body_bytes),
                             description="decoding bombs", console=console):
         row: dict[str, object] = {"bomb": name, "body_bytes": len(data)}
         for mode, expect in MODES.items():
@@ -692,7 +731,7 @@ def replay(corpus: Corpus, index: int) -> None:
     for mode, expect in MODES.items():
         try:
             frame = decode_frame(data, expect=expect)
-            console.print(f"expect={mode}: decoded {frame.array.dtype} {frame.array.shape}")
+            console.print(f"expect={mode}: decoded {described(frame)}")
         except FrameError as exc:
             console.print(f"expect={mode}: FrameError {exc.status}: {exc}")
         except Exception:

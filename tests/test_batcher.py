@@ -33,7 +33,7 @@ def test_requests_waiting_together_for_one_cut_run_as_one_batch():
 
     runs, results = asyncio.run(scenario())
     assert runs == [(3, 5), (7, 1)]  # oldest first; the other cut waits for its turn
-    assert [float(r.logits[0, 0]) for r in results] == [3.0, 5.0, 7.0, 9.0, 11.0, 7.0]
+    assert [float(r.output[0, 0]) for r in results] == [3.0, 5.0, 7.0, 9.0, 11.0, 7.0]
     assert [r.batch_size for r in results] == [5, 5, 5, 5, 5, 1]
 
 
@@ -84,7 +84,7 @@ def test_full_queue_and_failing_model():
         with pytest.raises(RuntimeError, match="boom"):
             await failing.submit(1, np.zeros((1, 2), np.float32))
         ok = Batcher(lambda cut, b: b, Metrics(), batch_wait_timeout_s=0)
-        assert (await ok.submit(1, np.ones((1, 2), np.float32))).logits.tolist() == [[1.0, 1.0]]
+        assert (await ok.submit(1, np.ones((1, 2), np.float32))).output.tolist() == [[1.0, 1.0]]
         for b in (batcher, failing, ok):
             await b.close()
 

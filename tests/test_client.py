@@ -85,7 +85,7 @@ def test_every_request_gets_the_local_models_answer(setup, live, policy):
     assert all(r.fallback_reason is None for r in records)
     if policy != "offload:jpeg:90":  # JPEG changes the input; everything else is exact
         assert [r.top1 for r in records] == [_local_top1(setup, image) for image in images]
-    sizes = {"local": 0, "offload": 32 + 16 + 3 * 64 * 64}
+    sizes = {"local": 0, "offload": 24 + 14 + 16 + 3 * 64 * 64}
     if policy in sizes:
         assert {r.bytes_sent for r in records} == {sizes[policy]}
     summary = client.summary()
@@ -242,7 +242,7 @@ def test_hedged_requests_take_the_first_answer_and_stop_the_other(setup, live):
         record = client.infer(image)
         assert time.perf_counter() - started < 2.5
         assert (record.executed, record.fallback_reason) == ("local", "hedge: the device finished first")
-        assert record.top1 == _local_top1(setup, image) and record.bytes_sent == 32 + 16 + 3 * 64 * 64
+        assert record.top1 == _local_top1(setup, image) and record.bytes_sent == 24 + 14 + 16 + 3 * 64 * 64
         assert client.estimator.predict() is None  # the upload had arrived: a slow server says nothing of the link
         assert client.down_until == 0.0  # stopping on purpose is no sign of a dead server
         # a slow link: the upload is cut short, and teaches the estimator a bound

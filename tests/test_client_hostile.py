@@ -157,10 +157,10 @@ def frame(array: np.ndarray, model_id: bytes | None = None, cut: int = OUTPUT_CU
 def overflowing_frame(server: FakeServer, conn: socket.socket, body: bytes) -> None:
     """An output frame of shape (65536,)*4 and no payload, checksummed as docs/wire.md says: 2**64 elements,
     which wrapped to 0 in int64 and made the codec raise ValueError once."""
-    header = struct.pack("<4sBBBBBBH8sII", b"ESPL", VERSION, 1, 0, 0, 4, 0, OUTPUT_CUT, server.toy.model_id, 0, 0)
-    shape = struct.pack("<4I", *(65536,) * 4)
-    checksum = struct.pack("<I", zlib.crc32(shape, zlib.crc32(header)))
-    conn.sendall(_http(200, header + checksum + shape))
+    header = struct.pack("<4sBBH8sI", b"ESPL", VERSION, 1, OUTPUT_CUT, server.toy.model_id, 24 + 14 + 16)
+    section = struct.pack("<BBBBBBII", 1, 0, 0, 4, 0, 0, 0, 0) + struct.pack("<4I", *(65536,) * 4)
+    checksum = struct.pack("<I", zlib.crc32(section, zlib.crc32(header)))
+    conn.sendall(_http(200, header + checksum + section))
 
 
 def early_hints(server: FakeServer, conn: socket.socket, body: bytes) -> None:
@@ -219,7 +219,7 @@ CASES: dict[str, tuple[Answer, str]] = {
     "two rows of logits": (frame(np.zeros((2, 5), np.float32)), BAD + r"batch of 2.*\)"),
     "six classes": (frame(np.zeros((1, 6), np.float32)), BAD + r".*shape \(1, 6\).*\)"),
     "uint8 logits": (frame(np.zeros((1, 5), np.uint8)), BAD + r"dtype uint8.*\)"),
-    "NaN logits": (frame(np.full((1, 5), np.nan, np.float32)), BAD + r"logits that are not all finite\)"),
+    "NaN logits": (frame(np.full((1, 5), np.nan, np.float32)), BAD + r"an answer whose values are not all finite\)"),
     "a shape of 2**64 elements": (overflowing_frame, BAD + r".*\(65536, 65536, 65536, 65536\).*\)"),
     "1 GiB announced": (reply(b"HTTP/1.1 200 OK\r\nContent-Length: 1073741824\r\n\r\n"),
                         BAD + rf"an answer of 1073741824 bytes, more than {LIMIT}\)"),

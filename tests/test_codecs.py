@@ -124,7 +124,7 @@ def test_codec_costs_measure_bytes_on_the_given_tensors():
 def _refit(frame: bytes, payload: bytes) -> bytes:
     """``frame`` with another (uncompressed) payload of the same length, checksum fixed up."""
     body = bytearray(frame[:len(frame) - len(payload)] + payload)
-    struct.pack_into("<I", body, 28, frame_checksum(body))
+    struct.pack_into("<I", body, 20, frame_checksum(body))
     return bytes(body)
 
 
@@ -169,8 +169,8 @@ def test_packed_codes_round_trip_every_level(spec: str, bits: int):
 def test_a_per_channel_frame_whose_length_disagrees_with_its_shape_is_refused_before_decoding():
     frame, length = _per_channel_frame("int8c", (1, 2, 3, 3))
     body = bytearray(frame)
-    struct.pack_into("<I", body, 24, length + 1)  # the decoded length
-    struct.pack_into("<I", body, 28, frame_checksum(body))
+    struct.pack_into("<I", body, 34, length + 1)  # the decoded length
+    struct.pack_into("<I", body, 20, frame_checksum(body))
     with pytest.raises(FrameError, match=r"int8c frame of shape \(1, 2, 3, 3\) carries 34 payload bytes, the "
                                          r"header says 35"):
         decode_frame(bytes(body))

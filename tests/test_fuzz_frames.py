@@ -4,11 +4,14 @@ Four properties, each derandomised (the same examples on every run), half of the
 server-like :class:`Expectation` and half without:
 
 - round trip: any small array, dtype, codec and compression decodes to the array sent (exactly for raw,
-  within half a quantisation step for int8, within 2 for a one-colour jpeg);
-- mutations of valid frames (bit flips, truncations, insertions, deletions, splices, header fields at
-  their boundary values), with and without a fixed-up checksum, decode or raise FrameError 4xx — and a
-  mutation whose checksum was not fixed up is never decoded;
-- arbitrary bytes, and well-framed frames of arbitrary header values and payloads, likewise;
+  within half a quantisation step for int8, within 2 for a one-colour jpeg), and so does any list of
+  named tensors in one frame;
+- mutations of valid frames of one tensor and of several (bit flips, truncations, insertions, deletions,
+  splices, header fields at their boundary values), with and without a fixed-up checksum, decode or raise
+  FrameError 4xx — and a mutation whose checksum was not fixed up is never decoded; what decodes respects
+  the limits it was decoded under;
+- arbitrary bytes, and well-framed frames of one to three sections of arbitrary header values, names and
+  payloads, likewise;
 - compressed payloads that inflate beyond their declared length are refused without allocating what
   they inflate to.
 
@@ -34,16 +37,20 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image
 
 from edgesplit.codecs import FLOAT32_MAX, FLOAT32_TINY
-from edgesplit.wire import FLOATS, Expectation, Frame, decode_frame, encode_frame, frame_checksum
+from edgesplit.wire import (FLOATS, MAX_TENSORS, OUTPUT_CUT, Expectation, Frame, Limits, decode_frame, encode_frame,
+                            encode_tensors, flatten_tree, frame_checksum)
 from edgesplit.errors import FrameError
 
 MODEL = bytes.fromhex("0123456789abcdef")
-INPUT_CUT, FEATURE_CUT, POOLED_CUT = 0, 4, 9
-EXPECT = Expectation(MODEL, {INPUT_CUT: (3, 16, 16), FEATURE_CUT: (8, 4, 4), POOLED_CUT: (10,)},
+INPUT_CUT, FEATURE_CUT, SKIP_CUT, POOLED_CUT = 0, 4, 6, 9
+EXPECT = Expectation(MODEL, {INPUT_CUT: (3, 16, 16), FEATURE_CUT: (8, 4, 4), SKIP_CUT: ((8, 4, 4), (10,)),
+                             POOLED_CUT: (10,), OUTPUT_CUT: None},
                      max_batch_size=4, dtypes={INPUT_CUT: FLOATS | {"uint8"}})
 EXPECTATIONS = st.sampled_from([EXPECT, None])
 COMPRESSIONS = st.sampled_from(["none", "zstd", "lz4"])
-CHECKSUM_AT = 28
+TIGHT = Limits(max_body_bytes=4096, max_elements=300, max_decoded_bytes=1000)  # below what some seeds need
+CHECKSUM_AT = 20
+HEADER_BYTES, SECTION_BYTES = 24, 14
 
 
 def fuzz(max_examples: int) -> settings:
@@ -61,8 +68,16 @@ def _seed_frames() -> list[bytes]:
                (feature, FEATURE_CUT, "int8"), (pooled, POOLED_CUT, "raw"), (image, INPUT_CUT, "raw"),
                (image, INPUT_CUT, "jpeg"), (feature, FEATURE_CUT, "int8c"), (feature, FEATURE_CUT, "int4c"),
                (pooled[:1, :7], POOLED_CUT, "int4c"), (pooled, POOLED_CUT, "bf16")]
-    return [encode_frame(array, model_id=MODEL, cut=cut, codec=codec, compression=compression)
-            for array, cut, codec in tensors for compression in ("none", "zstd", "lz4")]
+    single = [encode_frame(array, model_id=MODEL, cut=cut, codec=codec, compression=compression)
+              for array, cut, codec in tensors for compression in ("none", "zstd", "lz4")]
+    skips = [encode_tensors([("features", feature), ("pooled/0", pooled[:2])], model_id=MODEL, cut=SKIP_CUT,
+                            codec=codecs, compression=compression)
+             for codecs in (["raw", "raw"], ["int8c", "int8"], ["int4c", "bf16"]) for compression in ("none", "zstd")]
+    detections = {"boxes": rng.standard_normal((5, 4)).astype(np.float32), "scores": pooled[0, :5],
+                  "labels": np.arange(5, dtype=np.float16)}
+    answers = [encode_tensors(flatten_tree([detections, {"mask": image.astype(np.float16)}]), model_id=MODEL, cut=OUTPUT_CUT,
+                              compression=compression) for compression in ("none", "lz4")]
+    return single + skips + answers
 
 
 SEEDS = _seed_frames()
@@ -77,14 +92,30 @@ def _with_checksum(data: bytes) -> bytes:
     return bytes(fixed)
 
 
+def _with_length(data: bytes) -> bytes:
+    """``data`` carrying the total length and checksum its bytes call for (too short: left as is)."""
+    if len(data) < HEADER_BYTES:
+        return data
+    return _with_checksum(data[:16] + struct.pack("<I", len(data)) + data[20:])
+
+
 def _header_fields(frame: bytes) -> list[tuple[int, int]]:
-    """(offset, width) of every field before the payload that ``frame`` (at least 32 bytes) holds: the fixed
-    header, each dimension, the int8 parameters."""
-    ndim = frame[8]
-    fields = [(0, 4), (4, 1), (5, 1), (6, 1), (7, 1), (8, 1), (9, 1), (10, 2), (12, 8), (20, 4), (24, 4), (28, 4)]
-    fields += [(32 + 4 * i, 4) for i in range(ndim)]
-    if frame[6] == 1:  # int8: scale, zero point
-        fields += [(32 + 4 * ndim, 4), (36 + 4 * ndim, 4)]
+    """(offset, width) of every field before a payload that ``frame`` holds: the frame header, then per
+    section (as far as its lengths lead) its header, each byte of its name, each dimension, the int8
+    parameters."""
+    fields = [(0, 4), (4, 1), (5, 1), (6, 2), (8, 8), (16, 4), (20, 4)]
+    offset = HEADER_BYTES
+    for _ in range(frame[5] if len(frame) > 5 else 0):
+        if offset + SECTION_BYTES > len(frame):
+            break
+        codec, ndim, name_length = frame[offset + 1], frame[offset + 3], frame[offset + 4]
+        fields += [(offset + i, 1) for i in range(6)] + [(offset + 6, 4), (offset + 10, 4)]
+        fields += [(offset + SECTION_BYTES + i, 1) for i in range(name_length)]
+        shape_at = offset + SECTION_BYTES + name_length
+        fields += [(shape_at + 4 * i, 4) for i in range(ndim)]
+        params = 8 if codec == 1 else 0  # int8: scale, zero point
+        fields += [(shape_at + 4 * ndim + i, 4) for i in range(0, params, 4)]
+        offset = shape_at + 4 * ndim + params + struct.unpack_from("<I", frame, offset + 6)[0]
     return [(offset, width) for offset, width in fields if offset + width <= len(frame)]
 
 
@@ -106,7 +137,7 @@ def _mutations(draw: st.DrawFn, frame: bytes) -> bytes:
     """``frame`` changed in one of the ways a link, a bug or an attacker changes it."""
     size = len(frame)
     at = draw(st.integers(0, size - 1))
-    kinds = ["flip", "truncate", "insert", "delete", "splice"] + (["field"] if size >= 32 else [])
+    kinds = ["flip", "truncate", "insert", "delete", "splice"] + (["field"] if size >= HEADER_BYTES else [])
     kind = draw(st.sampled_from(kinds))
     if kind == "flip":
         flipped = bytearray(frame)
@@ -126,21 +157,32 @@ def _mutations(draw: st.DrawFn, frame: bytes) -> bytes:
     return frame[:offset] + value.to_bytes(width, "little") + frame[offset + width:]
 
 
-def _decode_or_refuse(data: bytes, expect: Expectation | None) -> Frame | None:
-    """The frame decoded, or None when refused with a 4xx FrameError that says why; anything else raises."""
+def _decode_or_refuse(data: bytes, expect: Expectation | None, limits: Limits = Limits()) -> Frame | None:
+    """The frame decoded, or None when refused with a 4xx FrameError that says why; anything else raises.
+    What decodes keeps to ``limits`` and ``expect``."""
     try:
-        frame = decode_frame(data, expect=expect)
+        frame = decode_frame(data, expect=expect, limits=limits)
     except FrameError as exc:
         assert 400 <= exc.status < 500, (exc.status, str(exc))
         assert str(exc).strip()
         return None
-    assert frame.array.flags.writeable and frame.array.ndim >= 1
-    if frame.codec == "int8":
-        assert np.isfinite(frame.array).all()
+    assert 1 <= len(frame.tensors) <= MAX_TENSORS and len(data) <= limits.max_body_bytes
+    assert len({t.name for t in frame.tensors}) == len(frame.tensors)
+    assert sum(t.array.size for t in frame.tensors) <= limits.max_elements
+    for tensor in frame.tensors:
+        assert tensor.array.flags.writeable and tensor.array.ndim >= 1
+        if tensor.codec == "int8":
+            assert np.isfinite(tensor.array).all()
+        if tensor.codec == "raw":
+            assert tensor.array.nbytes <= limits.max_decoded_bytes
     if expect is not None:
         assert frame.model_id == expect.model_id and frame.cut in expect.shapes
-        assert frame.array.shape[1:] == expect.shapes[frame.cut] and frame.array.shape[0] <= expect.max_batch_size
-        assert frame.array.dtype.name in expect.allowed(frame.cut)
+        shapes = expect.tensor_shapes(frame.cut)
+        if shapes is not None:
+            assert [t.array.shape[1:] for t in frame.tensors] == list(shapes)
+            batches = {t.array.shape[0] for t in frame.tensors}
+            assert len(batches) == 1 and batches.pop() <= expect.max_batch_size
+        assert all(t.array.dtype.name in expect.allowed(frame.cut) for t in frame.tensors)
     return frame
 
 
@@ -148,8 +190,10 @@ def _decode_both_ways(data: bytes) -> tuple[Frame | None, Frame | None]:
     """Decoded without and with ``EXPECT``; the expectation only adds checks, so it never accepts more."""
     free, expected = _decode_or_refuse(data, None), _decode_or_refuse(data, EXPECT)
     if expected is not None:
-        assert free is not None and free.array.dtype == expected.array.dtype
-        assert free.array.shape == expected.array.shape and free.array.tobytes() == expected.array.tobytes()
+        assert free is not None and len(free.tensors) == len(expected.tensors)
+        for a, b in zip(free.tensors, expected.tensors):
+            assert (a.name, a.array.dtype, a.array.shape) == (b.name, b.array.dtype, b.array.shape)
+            assert a.array.tobytes() == b.array.tobytes()
     return free, expected
 
 
@@ -201,17 +245,34 @@ def test_one_colour_jpeg_frames_round_trip_within_two(colour: tuple[int, int, in
     assert np.abs(decoded.astype(int) - image).max() <= 2
 
 
+NAMES = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=16)
+
+
+@fuzz(150)
+@given(arrays=st.lists(hnp.arrays(st.sampled_from([np.float32, np.float16, np.uint8]),
+                                  hnp.array_shapes(min_dims=1, max_dims=3, max_side=5)), min_size=1, max_size=6),
+       names=st.lists(NAMES, min_size=6, max_size=6, unique=True), data=st.data())
+def test_named_tensors_round_trip_bit_exactly(arrays: list[np.ndarray], names: list[str], data: st.DataObject) -> None:
+    compressions = data.draw(st.lists(COMPRESSIONS, min_size=len(arrays), max_size=len(arrays)), label="compressions")
+    named = list(zip(names, arrays))
+    frame = decode_frame(encode_tensors(named, model_id=MODEL, cut=SKIP_CUT, compression=compressions))
+    assert [(t.name, t.codec, t.compression) for t in frame.tensors] == [(n, "raw", c) for n, c in zip(names, compressions)]
+    for tensor, array in zip(frame.tensors, arrays):
+        assert tensor.array.dtype == array.dtype and tensor.array.tobytes() == array.tobytes()
+
+
 # (b) mutations of valid frames
 
 @st.composite
 def _mutated_frames(draw: st.DrawFn) -> tuple[bytes, bytes, bool]:
-    """(seed frame, the frame after one to three mutations, whether its checksum was fixed up after)."""
+    """(seed frame, the frame after one to three mutations, whether its checksum (and, half the time, its
+    total length) was fixed up after)."""
     seed = draw(st.sampled_from(SEEDS))
     mutated = seed
     for _ in range(draw(st.integers(1, 3))):
         mutated = draw(_mutations(mutated)) or mutated  # a frame truncated to nothing stays empty
-    fixed_up = draw(st.booleans())
-    return seed, _with_checksum(mutated) if fixed_up else mutated, fixed_up
+    fix = draw(st.sampled_from([None, _with_checksum, _with_length]))
+    return seed, fix(mutated) if fix else mutated, fix is not None
 
 
 @fuzz(3000)
@@ -234,6 +295,22 @@ def test_every_header_field_at_every_boundary_value(seed: bytes, data: st.DataOb
     _decode_both_ways(_with_checksum(patched))
 
 
+@fuzz(1000)
+@given(case=_mutated_frames())
+def test_what_decodes_under_tight_limits_keeps_to_them(case: tuple[bytes, bytes, bool]) -> None:
+    _, mutated, _ = case
+    _decode_or_refuse(mutated, None, TIGHT)
+    _decode_or_refuse(mutated, EXPECT, TIGHT)
+
+
+def test_every_truncation_of_a_frame_of_several_tensors_is_refused() -> None:
+    """Even with its length and checksum made to agree: the sections no longer fit."""
+    for seed in SEEDS:
+        if seed[5] > 1:
+            for length in range(len(seed)):
+                assert _decode_or_refuse(_with_length(seed[:length]), None) is None
+
+
 @fuzz(300)
 @given(case=_mutated_frames())
 def test_decoding_with_the_expectation_allocates_little_beyond_the_body(case: tuple[bytes, bytes, bool]) -> None:
@@ -246,7 +323,7 @@ def test_decoding_with_the_expectation_allocates_little_beyond_the_body(case: tu
 # (c) arbitrary bytes
 
 @fuzz(800)
-@given(data=st.one_of(st.binary(max_size=600), st.binary(max_size=600).map(lambda tail: b"ESPL\x02" + tail)),
+@given(data=st.one_of(st.binary(max_size=600), st.binary(max_size=600).map(lambda tail: b"ESPL\x03" + tail)),
        fixed_up=st.booleans(), expect=EXPECTATIONS)
 def test_arbitrary_bytes_raise_frame_error(data: bytes, fixed_up: bool, expect: Expectation | None) -> None:
     assert _decode_or_refuse(_with_checksum(data) if fixed_up else data, expect) is None
@@ -261,11 +338,11 @@ def _compressed(data: bytes, compression: int) -> bytes:
 
 
 @st.composite
-def _well_framed(draw: st.DrawFn) -> bytes:
-    """A frame of known codes, a small shape and a right checksum whose content is arbitrary bytes (for
-    jpeg, sometimes a real JPEG of the declared size), mostly of the length the shape needs, compressed as
-    declared or replaced by arbitrary bytes: payloads reach the decompressors, the int8 parameters and the
-    JPEG decoder, which a mutation of a valid frame seldom gets past the checksum to do."""
+def _well_framed_section(draw: st.DrawFn) -> bytes:
+    """A section of known codes, a small shape and a name (mostly valid) whose content is arbitrary bytes
+    (for jpeg, sometimes a real JPEG of the declared size), mostly of the length the shape needs,
+    compressed as declared or replaced by arbitrary bytes: payloads reach the decompressors, the int8
+    parameters and the JPEG decoder, which a mutation of a valid frame seldom gets past the checksum to do."""
     codec = draw(st.sampled_from([0, 1, 2]))  # raw, int8, jpeg
     dtype = draw(st.sampled_from({0: [1, 2, 3], 1: [1, 1, 1, 2], 2: [3, 3, 3, 1]}[codec]))  # mostly as required
     compression = draw(st.sampled_from([0, 1, 2]))
@@ -288,10 +365,20 @@ def _well_framed(draw: st.DrawFn) -> bytes:
         params = draw(st.one_of(st.binary(min_size=8, max_size=8),
                                 st.tuples(st.floats(2.0**-20, 2.0**20, width=32), st.integers(0, 255)).map(
                                     lambda affine: struct.pack("<fi", *affine))))
-    header = struct.pack("<4sBBBBBBH8sIII", b"ESPL", 2, dtype, codec, compression, len(shape), 0,
-                         draw(st.sampled_from([INPUT_CUT, FEATURE_CUT, POOLED_CUT, 1, 0xFFFF])),
-                         draw(st.sampled_from([MODEL, MODEL, bytes(8)])), len(payload), len(content), 0)
-    return _with_checksum(header + struct.pack(f"<{len(shape)}I", *shape) + params + payload)
+    name = draw(st.one_of(NAMES.map(str.encode), st.sampled_from([b"", b"x", b"\xff", b"a\x00", b"n" * 64, b"n" * 65])))
+    header = struct.pack("<BBBBBBII", dtype, codec, compression, len(shape), len(name), 0, len(payload), len(content))
+    return header + name + struct.pack(f"<{len(shape)}I", *shape) + params + payload
+
+
+@st.composite
+def _well_framed(draw: st.DrawFn) -> bytes:
+    """One to three well-framed sections under a frame header of a right length and checksum."""
+    sections = draw(st.lists(_well_framed_section(), min_size=1, max_size=3))
+    body = b"".join(sections)
+    header = struct.pack("<4sBBH8sII", b"ESPL", 3, len(sections),
+                         draw(st.sampled_from([INPUT_CUT, FEATURE_CUT, SKIP_CUT, POOLED_CUT, 1, OUTPUT_CUT])),
+                         draw(st.sampled_from([MODEL, MODEL, bytes(8)])), HEADER_BYTES + len(body), 0)
+    return _with_checksum(header + body)
 
 
 @fuzz(1000)
@@ -314,10 +401,12 @@ def test_payloads_that_inflate_beyond_their_declaration_are_refused_in_bounded_m
         compression: str, inflation: int, batch: int, expect: Expectation | None) -> None:
     declared = batch * int(np.prod(EXPECT.shapes[FEATURE_CUT])) * 4
     payload = _inflating_payload({"zstd": 1, "lz4": 2}[compression], declared * inflation)
+    head = HEADER_BYTES + SECTION_BYTES + 4 * 4  # the headers of a frame of one unnamed 4-d tensor
     header = bytearray(encode_frame(np.zeros((batch, *EXPECT.shapes[FEATURE_CUT]), np.float32), model_id=MODEL,
-                                    cut=FEATURE_CUT)[:48])
-    header[7] = {"zstd": 1, "lz4": 2}[compression]
-    struct.pack_into("<II", header, 20, len(payload), declared)
+                                    cut=FEATURE_CUT)[:head])
+    header[HEADER_BYTES + 2] = {"zstd": 1, "lz4": 2}[compression]
+    struct.pack_into("<II", header, HEADER_BYTES + 6, len(payload), declared)
+    struct.pack_into("<I", header, 16, head + len(payload))
     bomb = _with_checksum(bytes(header) + payload)
 
     def refuse() -> None:

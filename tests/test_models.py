@@ -36,7 +36,7 @@ def test_user_factory(tmp_path):
 
 @pytest.mark.parametrize("spec,message", [
     ("efficientnet_b9", r"^unknown model 'efficientnet_b9'; did you mean 'efficientnet_b7' or 'efficientnet_b6' or "
-                        r"'efficientnet_b5'\? \(81 known\); list them with edgesplit models; other sources"),
+                        r"'efficientnet_b5'\? \(87 known\); list them with edgesplit models; other sources"),
     ("resnet_18", r"unknown model 'resnet_18'; did you mean 'resnet18'"),
     ("timm:resnet_500", r"unknown timm model 'resnet_500'; did you mean"),
     ("no_such_package.sub:make", r"cannot import 'no_such_package.sub' for model 'no_such_package.sub:make'"),

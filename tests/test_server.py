@@ -152,11 +152,12 @@ def _bad_frames(engine, analysis):
     good = encode_frame(np.zeros((1, *SHAPE), np.float32), model_id=engine.model_id, cut=0)
     natural = analysis.natural_bottlenecks()[0]
     bomb_payload = __import__("zstandard").ZstdCompressor().compress(bytes(32 * 1024 * 1024))
-    bomb = bytearray(good[:48])
-    bomb[7] = 1
-    bomb[20:28] = np.array([len(bomb_payload), len(good) - 48], dtype="<u4").tobytes()
+    bomb = bytearray(good[:54])  # the headers of a frame of one 4-d tensor
+    bomb[26] = 1  # zstd
+    bomb[30:38] = np.array([len(bomb_payload), len(good) - 54], dtype="<u4").tobytes()
     bomb = bytes(bomb) + bomb_payload
-    bomb = bomb[:28] + np.array([frame_checksum(bomb)], dtype="<u4").tobytes() + bomb[32:]
+    bomb = bomb[:16] + np.array([len(bomb)], dtype="<u4").tobytes() + bomb[20:]
+    bomb = bomb[:20] + np.array([frame_checksum(bomb)], dtype="<u4").tobytes() + bomb[24:]
     return [
         ("truncated", good[:100], 400, "frame length mismatch"),
         ("wrong magic", b"XXXX" + good[4:], 400, "not an edgesplit frame"),

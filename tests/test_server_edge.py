@@ -290,7 +290,7 @@ def test_serve_passes_its_connection_limits_to_uvicorn_and_the_app(monkeypatch, 
 
 def test_the_body_limit_is_the_longest_frame_the_model_can_take(live, engine):
     longest = engine.expectation(LIMITS.max_batch_size).max_frame_bytes()
-    assert longest == 32 + 16 + 8 + 2 * 3 * 8 * 8 + 64 * 1024  # a JPEG of the 8×8 input outgrows 8 raw samples
+    assert longest == 24 + 14 + 64 + 16 + 8 + 2 * 3 * 8 * 8 + 64 * 1024  # a JPEG of the 8×8 input outgrows 8 raw samples
     assert httpx.get(f"{live.url}/v1/model").json()["max_body_bytes"] == longest
     response = post(live.url, frame(engine)[:32] + bytes(longest - 31))
     assert response.status_code == 413 and response.json() == {

@@ -474,8 +474,8 @@ def test_request_to_dict():
         "probe_bytes": 0, "executed": "offload", "fallback_reason": None, "bytes_sent": 40, "batch_size": 0,
         "top1": None, "predicted_ms": 100.0, "latency_ms": 300.0, "upload_ms": None, "queue_ms": None,
         "compute_ms": None, "estimated_mbps": 1.0, "true_mbps": 1.0, "measured_mbps": None,
-        "reported_queue_ms": None, "predicted_queue_ms": None, "edge": None, "compute_mj": 0.0, "radio_mj": 0.0,
-        "energy_mj": 0.0}
+        "reported_queue_ms": None, "predicted_queue_ms": None, "edge": None, "answer": None, "compute_mj": 0.0,
+        "radio_mj": 0.0, "energy_mj": 0.0}
 
 
 def test_the_estimator_is_reset_for_each_run():

@@ -167,11 +167,12 @@ def _output(name: str) -> Iterator[Path]:
 @click.option("--device", "device_name", default="cpu", show_default=True, help="--role server: cpu, cuda or cuda:N")
 @click.option("--fidelity", type=click.Path(dir_okay=False, exists=True),
               help="fidelity.json of edgesplit fidelity: the profile carries each option's measured agreement")
+@max_tensors_option
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="profile JSON to write")
 def profile(model: str, weights: str | None, input_size: int | None, input_shape: str | None, role: str,
             batch_sizes: str | None, cut_spec: str, repeats: int, method: str, slowdown: float,
             device_ms: float | None, threads: int | None, idle_ms: float, engine_name: str, device_name: str,
-            fidelity: str | None, out_path: str) -> None:
+            fidelity: str | None, max_tensors: int, out_path: str) -> None:
     """Measure head and tail time of every chosen cut of MODEL on this machine."""
     import torch
     from rich.progress import Progress
@@ -192,7 +193,7 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
                              "CPU (an ONNX device profiles itself: edgesplit run --engine onnx)")
     if by_engine and method != "per-node":
         raise EdgesplitError(f"--method {method} applies to --engine torch --device cpu; other engines time whole tails")
-    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    loaded, analysis = _analysis(model, weights, input_size, input_shape, max_tensors)
     cuts = _choose_cuts(analysis, cut_spec)
     if by_engine:
         from edgesplit.profile import with_slowdown
@@ -666,12 +667,13 @@ def _as_served(measurement: Callable[[], T]) -> T:
 @click.option("--codecs", default="fp32", show_default=True, help=CODECS_HELP)
 @accuracy_options
 @energy_options
+@max_tensors_option
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), help="per-request decisions and a summary (JSON)")
 def run(model: str, weights: str | None, input_size: int | None, input_shape: str | None, server_url: str,
         engine_name: str, policy_spec: str, estimator: str, images: str | None, fps: float | None, count: int | None,
         deadline_ms: float | None, hedge: bool, device_profile: str | None, server_profile: str | None,
         private: bool, lossy: bool, codecs: str, min_agreement: float | None, fidelity: str | None, radio: str,
-        compute_w: float, out_path: str | None) -> None:
+        compute_w: float, max_tensors: int, out_path: str | None) -> None:
     """Serve requests on this device with MODEL's head, splitting at the cut the policy picks."""
     from edgesplit.runtime.device import run_device
 
@@ -680,7 +682,7 @@ def run(model: str, weights: str | None, input_size: int | None, input_shape: st
                estimator_spec=estimator, images=images, fps=fps, count=count, deadline_ms=deadline_ms, hedge=hedge,
                device_profile=device_profile, server_profile=server_profile, private=private, lossy=lossy,
                codecs=tuple(codecs.split(",")), out_path=out_path, console=console, min_agreement=min_agreement,
-               fidelity=fidelity, radio=radio, compute_w=compute_w)
+               fidelity=fidelity, radio=radio, compute_w=compute_w, max_tensors=max_tensors)
 
 
 @cli.command()

@@ -387,9 +387,14 @@ class SplitCodec:
         what the codec costs when nothing compresses."""
         return WIRE_CODECS.get(self.wire).payload_bytes(tuple(shape), np.dtype(self.dtype).itemsize)
 
-    def frame(self, array: np.ndarray, *, model_id: bytes, cut: int) -> bytes:
-        from edgesplit.wire import encode_frame
+    def frame(self, array: np.ndarray | tuple[np.ndarray, ...], *, model_id: bytes, cut: int) -> bytes:
+        """The tensor crossing ``cut`` as a frame; where several cross (a tuple, in the cut's order), one
+        frame of them named "0", "1", …, each sent with this codec."""
+        from edgesplit.wire import encode_frame, encode_tensors
 
+        if isinstance(array, tuple):
+            named = [(str(k), a.astype(self.dtype, copy=False)) for k, a in enumerate(array)]
+            return encode_tensors(named, model_id=model_id, cut=cut, codec=self.wire, compression=self.compression)
         return encode_frame(array.astype(self.dtype, copy=False), model_id=model_id, cut=cut, codec=self.wire,
                             compression=self.compression)
 
@@ -465,8 +470,10 @@ def input_codec(spec: str) -> InputCodec:
 
 
 def payload_length(frame: bytes) -> int:
-    """The payload bytes of an encoded frame, as sent (after compression)."""
-    return struct.unpack_from("<I", frame, 20)[0]
+    """The payload bytes of an encoded frame, as sent (after compression), over its tensors."""
+    from edgesplit.wire import sent_payload_bytes
+
+    return sent_payload_bytes(frame)
 
 
 def split_codec_costs(values: list[np.ndarray], specs: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:

@@ -47,6 +47,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options, find_option
+from edgesplit.outputs import answer_digest
 from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, read_agreement, with_agreement, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
@@ -199,7 +200,7 @@ class LiveResult:
     server: Profile  # the server's own profile, from GET /v1/profile
     options: list[Option]
     allowed: list[Option]
-    reference: list[int]  # the local model's top-1 per photo
+    reference: list[str]  # what the local model answers per photo (edgesplit.outputs.answer_digest)
     setup_s: float
 
     def runs(self) -> dict[str, list[RequestRecord]]:
@@ -255,7 +256,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
         allowed = allowed_options(options, config.private, config.lossy, config.min_agreement)
         engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
-        reference = [int(engine.engine.local(engine.normalize(p)).argmax()) for p in photos]
+        reference = [answer_digest(engine.engine.local(engine.normalize(p))) for p in photos]
         setup_s = time.perf_counter() - started
         console.print(f"link: {link.describe}; trace {full.name}, {config.segments} segment(s) of "
                       f"{config.duration_s:g} s · {len(allowed)} options · setup {setup_s:.0f} s")
@@ -466,7 +467,7 @@ class _Runner:
                 note = f"  fallback: {r.fallback_reason}" if r.fallback_reason else ""
                 self._say(f"{spec:<11} t={r.arrival_s:6.1f} s  true {r.true_bps / 1e6:6.2f}  est "
                           f"{r.estimated_bps / 1e6:6.2f} Mbit/s  {r.executed:<7} {where:<22} {r.codec:<5} "
-                          f"{r.latency_s * 1e3:7.0f} ms  top1 {r.top1}{note}")
+                          f"{r.latency_s * 1e3:7.0f} ms  {_said(r)}{note}")
         return client.records
 
     def _say(self, line: str) -> None:
@@ -498,11 +499,18 @@ def run_together(jobs: list[Callable[[], T]], start: threading.Barrier, names: l
     return results
 
 
-def _summary(records: list[RequestRecord], reference: list[int], deadline_s: float | None) -> dict[str, Any]:
-    """The one summary of requests, with what only a live run knows."""
+def _said(record: RequestRecord) -> str:
+    """What the answer said, in a few characters: a classifier's class, else the answer's digest."""
+    return f"top1 {record.top1}" if record.top1 is not None else f"answer {record.answer}"
+
+
+def _summary(records: list[RequestRecord], reference: list[str], deadline_s: float | None) -> dict[str, Any]:
+    """The one summary of requests, with what only a live run knows: how many answers said what the local
+    model says (the class, or the class of every pixel), and what each said."""
     return {**summarize(records, deadline_s),
-            "same_top1_as_local": sum(r.top1 == reference[r.index % len(reference)] for r in records),
-            "labels": [r.top1 for r in records]}
+            "same_answer_as_local": sum(r.answer == reference[r.index % len(reference)] for r in records),
+            "labels": [r.top1 for r in records] if all(r.top1 is not None for r in records)
+            else [r.answer for r in records]}
 
 
 def _print_summary(overall: dict[str, Any], per_segment: list[dict[str, Any]], config: DemoConfig,
@@ -510,7 +518,7 @@ def _print_summary(overall: dict[str, Any], per_segment: list[dict[str, Any]], c
     table = Table(title=f"{config.model} over {Path(config.trace).name}: {config.segments} × {config.duration_s:g} s, "
                         f"{config.fps:g} requests/s, device: whole model in {config.device_local_s * 1e3:.0f} ms")
     for column in ("policy", "mean ms", "± sd over segments", "segment means", "p95 ms", "KiB sent", "probed KiB/s",
-                   f"mJ ({config.radio})", "fallbacks", "top-1 = local", "options chosen"):
+                   f"mJ ({config.radio})", "fallbacks", "answer = local", "options chosen"):
         table.add_column(column, justify="left" if column in ("policy", "options chosen") else "right")
     for spec, s in overall.items():
         means = [segment[spec]["mean_ms"] for segment in per_segment]
@@ -518,16 +526,17 @@ def _print_summary(overall: dict[str, Any], per_segment: list[dict[str, Any]], c
         table.add_row(spec, f"{s['mean_ms']:.0f}", f"{statistics.stdev(means):.0f}" if len(means) > 1 else "-",
                       f"{min(means):.0f}–{max(means):.0f}", f"{s['p95_ms']:.0f}", f"{s['mean_bytes'] / 1024:.1f}",
                       f"{s['probe_bytes_per_s'] / 1024:.1f}", f"{s['mean_energy_mj']:.0f}", str(s["fallbacks"]),
-                      f"{s['same_top1_as_local']}/{s['count']}", chosen)
+                      f"{s['same_answer_as_local']}/{s['count']}", chosen)
     console.print(table)
     if "dsc" in overall:
         for other in (p for p in ("best-static", "local") if p in overall):
             wins = sum(segment["dsc"]["mean_ms"] <= segment[other]["mean_ms"] for segment in per_segment)
             console.print(f"dsc's mean ≤ {other}'s on {wins}/{len(per_segment)} segments "
                           f"({overall['dsc']['mean_ms']:.0f} vs {overall[other]['mean_ms']:.0f} ms overall)")
-    same = all(s["same_top1_as_local"] == s["count"] for s in overall.values())
-    console.print("every answer's top-1 equals the local model's under every policy" if same else
-                  "[bold red]some answers differ from the local model's top-1[/] (lossy codecs: rerun with "
+    same = all(s["same_answer_as_local"] == s["count"] for s in overall.values())
+    console.print("every answer says what the local model's says (its top-1 class, or the class of every pixel) "
+                  "under every policy" if same else
+                  "[bold red]some answers differ from the local model's[/] (lossy codecs: rerun with "
                   "--exact for bit-exact options only)")
 
 

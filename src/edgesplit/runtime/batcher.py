@@ -25,12 +25,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from edgesplit.load import LoadReport, WorkRate, added_work, queue_wait
+from edgesplit.outputs import Batch, Output, batch_rows, join, rows
 from edgesplit.runtime.metrics import Metrics
 
-RunBatch = Callable[[int, np.ndarray], np.ndarray]
+RunBatch = Callable[[int, Batch], Output]
 
 
 class QueueFull(Exception):
@@ -40,7 +39,7 @@ class QueueFull(Exception):
 @dataclass
 class _Item:
     cut: int
-    array: np.ndarray
+    array: Batch
     arrived: float
     future: asyncio.Future = field(repr=False)
 
@@ -72,7 +71,7 @@ class Arrival:
 
 @dataclass(frozen=True)
 class Result:
-    logits: np.ndarray
+    output: Output  # this request's rows of the model's output
     queue_s: float
     compute_s: float
     batch_size: int
@@ -128,7 +127,7 @@ class Batcher:
             self._arrivals.remove(arrival)
             self._wake.set()  # one partner fewer: the worker may stop waiting
 
-    async def submit(self, cut: int, array: np.ndarray) -> Result:
+    async def submit(self, cut: int, array: Batch) -> Result:
         if len(self._pending) >= self.max_queue:
             raise QueueFull(f"{len(self._pending)} requests are waiting (max_queue={self.max_queue})")
         if self._worker is None or self._worker.done():
@@ -165,14 +164,14 @@ class Batcher:
             for item in batch:
                 self._pending.remove(item)
             self.metrics.queue_length = len(self._pending)
-            sizes = [len(i.array) for i in batch]
+            sizes = [batch_rows(i.array) for i in batch]
             try:
-                inputs = batch[0].array if len(batch) == 1 else np.concatenate([i.array for i in batch])
+                inputs = join([i.array for i in batch])
                 self._running = (first.cut, len(batch), time.perf_counter())
                 if self._inline(batch):
-                    logits, started, compute = self._timed(first.cut, inputs)
+                    output, started, compute = self._timed(first.cut, inputs)
                 else:
-                    logits, started, compute = await loop.run_in_executor(self._executor, self._timed, first.cut,
+                    output, started, compute = await loop.run_in_executor(self._executor, self._timed, first.cut,
                                                                           inputs)
             except Exception as exc:  # a failure of the model is this batch's answer, not the server's end
                 for item in batch:
@@ -187,8 +186,8 @@ class Batcher:
             offset = 0
             for item, size in zip(batch, sizes):
                 if not item.future.done():
-                    item.future.set_result(Result(logits[offset:offset + size], started - item.arrived, compute,
-                                                  len(batch)))
+                    item.future.set_result(Result(rows(output, offset, offset + size), started - item.arrived,
+                                                  compute, len(batch)))
                 offset += size
 
     def _inline(self, batch: list[_Item]) -> bool:
@@ -198,11 +197,11 @@ class Batcher:
                 and not self._partners_arriving(time.perf_counter() + self.batch_wait_timeout_s)
                 and self._lone_compute_s.get(batch[0].cut, float("inf")) < self.inline_below_s)
 
-    def _timed(self, cut: int, inputs: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """The batch's logits, when its computation started and how long it took."""
+    def _timed(self, cut: int, inputs: Batch) -> tuple[Output, float, float]:
+        """The batch's output, when its computation started and how long it took."""
         started = time.perf_counter()
-        logits = self._run(cut, inputs)
-        return logits, started, time.perf_counter() - started
+        output = self._run(cut, inputs)
+        return output, started, time.perf_counter() - started
 
     def _partners_arriving(self, deadline: float) -> bool:
         """Whether a body being received may be complete by ``deadline`` (one silent for a whole batch

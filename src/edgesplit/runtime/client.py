@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgesplit.codecs import input_codec, split_codec
-from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame
+from edgesplit.outputs import Batch, Output, answer_digest, check_finite, top1
+from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame, flatten_tree, unflatten_tree
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
                               RateSample, RequestRecord, summarize, timed_sample)
 from edgesplit.errors import FrameError, ProfileError
@@ -85,11 +86,15 @@ class DeviceClient:
         self._hedge: threading.Thread | None = None  # a hedged local run that lost, still finishing
         self._lock = threading.Lock()  # the core, shared with the probe thread
         self.model_id = engine.model_id
-        output = engine.local(engine.normalize(np.zeros(engine.input_shape, np.uint8)))
-        self._answer = Expectation(self.model_id, {OUTPUT_CUT: output.shape[1:]}, max_batch_size=1)
+        output = flatten_tree(engine.local(engine.normalize(np.zeros(engine.input_shape, np.uint8))))
+        self._answer_names = [name for name, _ in output]  # an answer must hold these tensors, of these shapes
+        shapes = tuple(tuple(a.shape[1:]) for _, a in output)
+        self._answer = Expectation(self.model_id, {OUTPUT_CUT: shapes[0] if len(shapes) == 1 else shapes},
+                                   max_batch_size=1)
         self.down_until = 0.0
         self._backoff = config.backoff_s
         self.refusal: str | None = None  # why splitting is off for good (model mismatch)
+        self.last_output: Output | None = None
 
     @property
     def records(self) -> list[RequestRecord]:
@@ -148,14 +153,15 @@ class DeviceClient:
         probed = 0
         if option.kind == "local":
             probed = self.maybe_probe() if stale else 0
-            logits, outcome = self.engine.local(x), Outcome("local")
+            output, outcome = self.engine.local(x), Outcome("local")
         else:
-            logits, outcome, mid = self.attempt(option, image, x, begun)
-            if logits is None:
-                logits = self.finish_locally(option, x, mid)
+            output, outcome, mid = self.attempt(option, image, x, begun)
+            if output is None:
+                output = self.finish_locally(option, x, mid)
             if stale and outcome.measured_bps is None:  # this upload taught nothing
                 probed = self.maybe_probe()
-        return self.keep(arrived, decision, state, outcome, logits, probed)
+        self.last_output = output  # the answer itself, for the caller (the record says how it came)
+        return self.keep(arrived, decision, state, outcome, output, probed)
 
     def take_up(self, image: np.ndarray) -> tuple[float, np.ndarray]:
         """Take a request up once the processor is free (a hedge that lost may still be running): when
@@ -172,10 +178,10 @@ class DeviceClient:
             decision, state = self.core.decide(begun, actual=self.truth() if self.truth else None)
             return decision, state, self.core.stale(begun)
 
-    def attempt(self, option: Option, image: np.ndarray, x: np.ndarray, begun: float, mid: np.ndarray | None = None
-                ) -> tuple[np.ndarray | None, Outcome, np.ndarray | None]:
+    def attempt(self, option: Option, image: np.ndarray, x: np.ndarray, begun: float, mid: Batch | None = None
+                ) -> tuple[Output | None, Outcome, Batch | None]:
         """Ask this server to serve ``option`` (running the head first, unless ``mid`` is its output already):
-        the logits, or None when the device must finish itself; how it went; and the head's output."""
+        the model's output, or None when the device must finish itself; how it went; and the head's output."""
         if option.kind == "split" and mid is None:
             mid = self.engine.head(option.cut, x)
         reason = self._unavailable()
@@ -183,15 +189,15 @@ class DeviceClient:
             return None, Outcome("local", reason), mid
         payload = self._frame(option, image, mid)
         if self.config.device.hedge:
-            logits, outcome = self._race(option, x, mid, payload, begun)
+            output, outcome = self._race(option, x, mid, payload, begun)
         else:
-            logits, outcome = self._remote(option, payload, begun)
-        return logits, outcome, mid
+            output, outcome = self._remote(option, payload, begun)
+        return output, outcome, mid
 
-    def keep(self, arrived: float, decision: Decision, state: State, outcome: Outcome, logits: np.ndarray,
+    def keep(self, arrived: float, decision: Decision, state: State, outcome: Outcome, output: Output,
              probed: int, edge: str | None = None) -> RequestRecord:
         """Record the request with the core (and return the record)."""
-        outcome = dataclasses.replace(outcome, top1=int(np.argmax(logits[0])))
+        outcome = dataclasses.replace(outcome, top1=top1(output), answer=answer_digest(output))
         with self._lock:
             return self.core.record(arrived - self.epoch, decision, state, outcome,
                                     time.perf_counter() - arrived, probed, edge)
@@ -247,24 +253,24 @@ class DeviceClient:
         left = self.down_until - time.monotonic()
         return f"server down (retrying in {left:.1f} s)" if left > 0 else None
 
-    def finish_locally(self, option: Option, x: np.ndarray, mid: np.ndarray | None) -> np.ndarray:
+    def finish_locally(self, option: Option, x: np.ndarray, mid: Batch | None) -> Output:
         """The server did not answer: the tail (or, for offload, the whole model) runs here."""
         return self.engine.local(x) if mid is None else self.engine.tail(option.cut, mid)
 
-    def _frame(self, option: Option, image: np.ndarray, mid: np.ndarray | None) -> bytes:
+    def _frame(self, option: Option, image: np.ndarray, mid: Batch | None) -> bytes:
         if option.kind == "offload":
             return input_codec(option.codec).frame(image, model_id=self.model_id)
         return split_codec(option.codec).frame(mid, model_id=self.model_id, cut=self.engine.cut_ids[option.cut])
 
-    def _race(self, option: Option, x: np.ndarray, mid: np.ndarray | None, payload: bytes, begun: float
-              ) -> tuple[np.ndarray, Outcome]:
+    def _race(self, option: Option, x: np.ndarray, mid: Batch | None, payload: bytes, begun: float
+              ) -> tuple[Output, Outcome]:
         """Hedged: the rest of the model runs here while the server is asked; the first answer wins. When
         the device finishes first, the exchange is stopped (an upload still in progress is dropped, and
         teaches the estimator as a deadline would); when the server answers first, the local run cannot be
         stopped midway, so it finishes before the device takes its next request (as in the simulator)."""
         abort = threading.Event()
         answered = threading.Lock()  # held by whichever side claims the win
-        local: list[np.ndarray] = []
+        local: list[Output] = []
 
         def run_here() -> None:
             local.append(self.finish_locally(option, x, mid))
@@ -273,16 +279,16 @@ class DeviceClient:
 
         self._hedge = threading.Thread(target=run_here, name="edgesplit-hedge", daemon=True)
         self._hedge.start()
-        logits, outcome = self._remote(option, payload, begun, abort)
-        if answered.acquire(blocking=False) and logits is not None:  # else the device's answer it is
-            return logits, outcome
+        output, outcome = self._remote(option, payload, begun, abort)
+        if answered.acquire(blocking=False) and output is not None:  # else the device's answer it is
+            return output, outcome
         self._hedge.join()
         self._hedge = None
         return local[0], Outcome("local", outcome.fallback_reason or HEDGE_WON, len(payload))
 
     def _remote(self, option: Option, payload: bytes, begun: float, abort: threading.Event | None = None
-                ) -> tuple[np.ndarray | None, Outcome]:
-        """POST the frame; the logits (None when to fall back) and how it went.
+                ) -> tuple[Output | None, Outcome]:
+        """POST the frame; the model's output (None when to fall back) and how it went.
 
         The deadline counts from when the device took the request up (``begun``), not from its arrival:
         a device that fell behind still gives each request its chance. A request whose upload had not all
@@ -314,25 +320,28 @@ class DeviceClient:
                 self._mark_down()
             return None, _fallback(f"server answered {_status(response)}", sent)
         try:
-            logits = self._logits(response.body)
-        except Exception as exc:  # noqa: BLE001 — whatever a hostile frame makes the codec raise (see _logits)
+            output = self._output(response.body)
+        except Exception as exc:  # noqa: BLE001 — whatever a hostile frame makes the codec raise (see _output)
             self.http.close()
             return None, _fallback(f"bad answer from the server ({_describe(exc)})", sent)
         self._backoff = self.config.backoff_s
         timings, sample = self._learn(response)
         queue, compute = (timings[k][0] if k in timings else None for k in ("queue", "compute"))
         batch = timings.get("batch", (0.0, None))[1]
-        return logits, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+        return output, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
 
-    def _logits(self, body: bytes) -> np.ndarray:
-        """The logits an answer carries: an output frame of this model, of its output's shape and a float
-        dtype (checked before anything is allocated), every value finite. Raises FrameError, or whatever
-        else a frame the codec does not foresee makes it raise (a shape whose product overflowed int64
-        raised ValueError once): the device must answer all the same."""
-        logits = decode_frame(body, expect=self._answer).array
-        if not np.isfinite(logits).all():
-            raise FrameError("logits that are not all finite")
-        return logits
+    def _output(self, body: bytes) -> Output:
+        """The model's output an answer carries: an output frame of this model, with the tensors of its
+        output (names and shapes, checked before anything is allocated) in a float dtype, every value
+        finite. Raises FrameError, or whatever else a frame the codec does not foresee makes it raise (a
+        shape whose product overflowed int64 raised ValueError once): the device must answer all the same."""
+        frame = decode_frame(body, expect=self._answer)
+        names = [t.name for t in frame.tensors]
+        if names != self._answer_names:
+            raise FrameError(f"an answer with tensors {names[:8]}, not the model's output {self._answer_names[:8]}")
+        output = unflatten_tree(frame.named)
+        check_finite(output)
+        return output
 
     def _learn(self, response: Response) -> tuple[dict[str, tuple[float, str | None]], float | None]:
         """Feed the core what an answer (or a probe's) teaches: the rate its upload's receive stamps give, by

@@ -32,7 +32,8 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                fps: float | None, count: int | None, deadline_ms: float | None, hedge: bool,
                device_profile: str | None, server_profile: str | None, private: bool, lossy: bool,
                codecs: tuple[str, ...], out_path: str | None, console: Console, min_agreement: float | None = None,
-               fidelity: str | None = None, radio: str = "lte", compute_w: float = PHONE_COMPUTE_W) -> dict:
+               fidelity: str | None = None, radio: str = "lte", compute_w: float = PHONE_COMPUTE_W,
+               max_tensors: int = 1) -> dict:
     if policy_spec == "oracle":
         raise EdgesplitError("the oracle needs the true link rate, which a live device cannot know; "
                              "use it in edgesplit simulate")
@@ -45,7 +46,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         frames = load_images(images, engine.input_shape)
         device = load_profile(device_profile) if device_profile else engine.profile(frames)
     else:
-        engine, device = _torch_engine(model, weights, input_size, input_shape, device_profile, console)
+        engine, device = _torch_engine(model, weights, input_size, input_shape, device_profile, console, max_tensors)
         frames = load_images(images, engine.input_shape)
     if fidelity:
         device = with_agreement(device, read_agreement(fidelity))
@@ -106,7 +107,7 @@ def edge_urls(text: str) -> list[str]:
 
 
 def _torch_engine(model: str, weights: str | None, input_size: int | None, input_shape: str | None,
-                  device_profile: str | None, console: Console):  # type: ignore[no-untyped-def]
+                  device_profile: str | None, console: Console, max_tensors: int = 1):  # type: ignore[no-untyped-def]
     try:
         from edgesplit.analysis import analyze
         from edgesplit.measure import measure
@@ -117,7 +118,7 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
     loaded = load_model(model, weights)
     console.print(f"{model}: {loaded.weights}")
     shape = parse_input_shape(input_shape, input_size, loaded.native_input_shape)
-    analysis = analyze(loaded.module, shape, name=model)
+    analysis = analyze(loaded.module, shape, name=model, max_tensors=max_tensors)
     if device_profile is None:
         console.print("measuring this device's profile (natural bottlenecks, batch 1)…")
         device = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,

@@ -21,20 +21,25 @@ import numpy as np
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
+from edgesplit.outputs import Batch, Output, arrays, map_arrays
 from edgesplit.profile import CutProfile, Profile, Timing
+from edgesplit.wire import unflatten_tree
 
 EXPORT_FORMAT = "edgesplit-export/1"
 
 
 class DeviceEngine(Protocol):
+    """``local`` and ``tail`` return the model's output (:data:`~edgesplit.outputs.Output`: logits, or the
+    model's own structure); ``head`` returns what crosses the cut (a tuple where several tensors do)."""
+
     model_id: bytes
     input_shape: tuple[int, ...]
     cut_ids: dict[str, int]
 
     def normalize(self, image: np.ndarray) -> np.ndarray: ...
-    def local(self, x: np.ndarray) -> np.ndarray: ...
-    def head(self, cut: str, x: np.ndarray) -> np.ndarray: ...
-    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray: ...
+    def local(self, x: np.ndarray) -> Output: ...
+    def head(self, cut: str, x: np.ndarray) -> Batch: ...
+    def tail(self, cut: str, mid: Batch) -> Output: ...
 
 
 class TorchEngine:
@@ -57,17 +62,19 @@ class TorchEngine:
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self._normalize(image[None])
 
-    def local(self, x: np.ndarray) -> np.ndarray:
+    def local(self, x: np.ndarray) -> Output:
         with self._torch.inference_mode():
-            return self.model(self._torch.from_numpy(x)).numpy()
+            return map_arrays(lambda t: t.numpy(), self.model(self._torch.from_numpy(x)))
 
-    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
+    def head(self, cut: str, x: np.ndarray) -> Batch:
         with self._torch.inference_mode():
-            return self._pair(cut)[0](self._torch.from_numpy(x)).numpy()
+            mid = self._pair(cut)[0](self._torch.from_numpy(x))
+            return tuple(t.numpy() for t in mid) if isinstance(mid, tuple) else mid.numpy()
 
-    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
+    def tail(self, cut: str, mid: Batch) -> Output:
         with self._torch.inference_mode():
-            return self._pair(cut)[1](self._torch.from_numpy(mid)).numpy()
+            tensors = [self._torch.from_numpy(m) for m in (mid if isinstance(mid, tuple) else (mid,))]
+            return map_arrays(lambda t: t.numpy(), self._pair(cut)[1](*tensors))
 
     def _pair(self, cut: str) -> tuple[Any, Any]:
         if cut not in self._pairs:
@@ -116,14 +123,20 @@ class OnnxEngine:
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self._normalize(image[None])
 
-    def local(self, x: np.ndarray) -> np.ndarray:
-        return self._model.run(None, {"input": x})[0]
+    def local(self, x: np.ndarray) -> Output:
+        return self._output(self._model.run(None, {"input": x}))
 
     def head(self, cut: str, x: np.ndarray) -> np.ndarray:
         return self._heads[cut].run(None, {"input": x})[0]
 
-    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
-        return self._tails[cut].run(None, {"crossing": mid})[0]
+    def tail(self, cut: str, mid: np.ndarray) -> Output:
+        return self._output(self._tails[cut].run(None, {"crossing": mid}))
+
+    def _output(self, results: list[np.ndarray]) -> Output:
+        """The model's output from a session's results: the logits, or its structure rebuilt from the
+        outputs' names (``edgesplit.export.output_names``)."""
+        names = self.manifest.get("outputs", ["logits"])
+        return results[0] if names == ["logits"] else unflatten_tree(zip(names, results))
 
     def profile(self, images: list[np.ndarray], repeats: int = 5) -> Profile:
         """This device's head, tail and whole-model times at batch 1 under ONNX Runtime (measured now)."""
@@ -149,7 +162,7 @@ class OnnxEngine:
         return Profile(self.name, "device", self.input_shape, (1,), "onnxruntime", 1.0,
                        {"engine": "onnxruntime"}, {1: timed(lambda: self.local(x))}, cuts,
                        {"raw": {"bytes": raw, "encode_s": 0.0, "decode_s": 0.0},
-                        **_jpeg_sizes(images, 90, repeats)}, 4 * int(self.local(x).size))
+                        **_jpeg_sizes(images, 90, repeats)}, 4 * sum(a.size for a in arrays(self.local(x))))
 
 
 def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[str, dict[str, float]]:
@@ -182,28 +195,30 @@ class EmulatedDevice:
         self.model_id = engine.model_id
         self.input_shape = engine.input_shape
         self.cut_ids = engine.cut_ids
-        self._replay: dict[tuple[str, str | None, bytes], np.ndarray] | None = {} if replay else None
+        self._replay: dict[tuple[str, str | None, bytes], Any] | None = {} if replay else None
         self._lock = threading.Lock()
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self.engine.normalize(image)
 
-    def local(self, x: np.ndarray) -> np.ndarray:
+    def local(self, x: np.ndarray) -> Output:
         return self._stretched(self.profile.tail_s(None, 1), "local", None, x, lambda: self.engine.local(x))
 
-    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
+    def head(self, cut: str, x: np.ndarray) -> Batch:
         return self._stretched(self.profile.head_s(cut), "head", cut, x, lambda: self.engine.head(cut, x))
 
-    def tail(self, cut: str, mid: np.ndarray) -> np.ndarray:
+    def tail(self, cut: str, mid: Batch) -> Output:
         return self._stretched(self.profile.tail_s(cut, 1), "tail", cut, mid, lambda: self.engine.tail(cut, mid))
 
-    def _stretched(self, seconds: float, kind: str, cut: str | None, x: np.ndarray,
-                   run: Callable[[], np.ndarray]) -> np.ndarray:
+    def _stretched(self, seconds: float, kind: str, cut: str | None, x: Batch, run: Callable[[], Any]) -> Any:
         started = time.perf_counter()
         if self._replay is None:
             out = run()
         else:
-            key = (kind, cut, hashlib.blake2b(x.tobytes(), digest_size=16).digest())
+            digest = hashlib.blake2b(digest_size=16)
+            for part in (x if isinstance(x, tuple) else (x,)):
+                digest.update(np.ascontiguousarray(part).tobytes())
+            key = (kind, cut, digest.digest())
             with self._lock:
                 out = self._replay.get(key)
             if out is None:

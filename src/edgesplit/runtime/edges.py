@@ -62,30 +62,30 @@ class MultiEdgeClient:
         arrived = begun if arrived is None else arrived
         plans = [(client, *client.plan(begun)) for client in self.clients]
         sending = sorted((p for p in plans if p[1].option.kind != "local"), key=lambda p: p[1].predicted_s)
-        logits, mid, last = None, None, None
+        output, mid, last = None, None, None
         for client, decision, state, stale in sending:
             if last is not None and (decision.option.kind, decision.option.cut) != (last[1].option.kind,
                                                                                    last[1].option.cut):
                 mid = None  # another cut: its head runs anew
-            logits, outcome, mid = client.attempt(decision.option, image, x, begun, mid)
+            output, outcome, mid = client.attempt(decision.option, image, x, begun, mid)
             last = (client, decision, state, stale, outcome)
-            if logits is not None or outcome.fallback_reason in (DEADLINE_PASSED, HEDGE_WON):
+            if output is not None or outcome.fallback_reason in (DEADLINE_PASSED, HEDGE_WON):
                 break  # answered, or out of time: no other edge can help any more
         if last is None:
             return self._keep(self._local(plans, x, arrived))
         client, decision, state, stale, outcome = last
-        if logits is None:
-            logits = client.finish_locally(decision.option, x, mid)
+        if output is None:
+            output = client.finish_locally(decision.option, x, mid)
         probed = client.maybe_probe() if stale and outcome.measured_bps is None else 0
-        return self._keep(client.keep(arrived, decision, state, outcome, logits, probed, client.url))
+        return self._keep(client.keep(arrived, decision, state, outcome, output, probed, client.url))
 
     def _local(self, plans: list[tuple[DeviceClient, Decision, State, bool]], x: np.ndarray,
                arrived: float) -> RequestRecord:
         """No edge's policy prefers sending: run here, and let every edge whose estimate is stale probe."""
-        logits = self.clients[0].engine.local(x)
+        output = self.clients[0].engine.local(x)
         probed = sum(client.maybe_probe() for client, _, _, stale in plans if stale)
         client, decision, state, _ = plans[0]
-        return client.keep(arrived, decision, state, Outcome("local"), logits, probed)
+        return client.keep(arrived, decision, state, Outcome("local"), output, probed)
 
     def _keep(self, record: RequestRecord) -> RequestRecord:
         record = dataclasses.replace(record, index=len(self.records))

@@ -33,7 +33,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
 from edgesplit.profile import Profile, Timing
 from edgesplit.registry import Registry
-from edgesplit.runtime.tail_engine import INPUT_CUT, Runner, TailEngine, module_device
+from edgesplit.outputs import arrays, refill
+from edgesplit.runtime.tail_engine import INPUT_CUT, Runner, TailEngine, module_device, to_numpy
 
 TOLERANCE = 1e-4  # the largest difference from eager fp32 allowed on any output, as for edgesplit export
 ONNX_OPSET = 17
@@ -69,8 +70,10 @@ def auto_report(timings: list[EngineTiming], chosen: TailEngine, batch_size: int
     return "\n".join(lines)
 
 
-def _check(got: torch.Tensor, expected: torch.Tensor, what: str, engine: str) -> None:
-    diff = float((got.cpu() - expected.cpu()).abs().max())
+def _check(got: Any, expected: Any, what: str, engine: str) -> None:
+    """Refuse a built tail whose output (a tensor or a structure of them) is more than TOLERANCE off."""
+    pairs = list(zip(arrays(to_numpy(got)), arrays(to_numpy(expected)), strict=True))
+    diff = max(float(np.abs(a.astype(np.float64) - b).max()) for a, b in pairs)
     if not diff <= TOLERANCE:  # also refuses NaN
         raise EdgesplitError(f"the {engine} engine's {what} differs from eager torch by {diff:.3g} (allowed: "
                              f"{TOLERANCE:g}); serve with --engine torch")
@@ -79,7 +82,8 @@ def _check(got: torch.Tensor, expected: torch.Tensor, what: str, engine: str) ->
 def _input_and_record_lows(engine: TailEngine) -> list[int]:
     """What engines that pay to build a tail warm up: the input and the record-low cuts (the smallest
     tensors so far, where splitting saves the most bytes)."""
-    return [INPUT_CUT, *(c.index for c in engine.analysis.cuts if c.record_low and c.index in engine.cuts)]
+    return [INPUT_CUT, *(c.index for c in engine.analysis.cuts
+                         if c.record_low and c.single_tensor and c.index in engine.cuts)]
 
 
 @TAIL_ENGINES.register("onnx")
@@ -138,7 +142,8 @@ class OnnxTailEngine(TailEngine):
 
     def _build(self, module: nn.Module, start: int, what: str) -> Runner:
         example = self.example(start)
-        beside_weights = example.to(module_device(module))  # on a GPU if another engine moved the model there
+        beside_weights = tuple(t.to(module_device(module)) for t in example)  # on a GPU if the model moved there
+        inputs = [f"input_{k}" for k in range(len(example))]
         buffer = io.BytesIO()
         options = self._ort.SessionOptions()
         options.intra_op_num_threads = self.threads
@@ -148,19 +153,21 @@ class OnnxTailEngine(TailEngine):
             with warnings.catch_warnings():  # the TorchScript exporter announces its successor; it works as is
                 warnings.simplefilter("ignore")
                 with torch.inference_mode(False), torch.no_grad():
-                    torch.onnx.export(module, (beside_weights,), buffer, input_names=["input"],
-                                      output_names=["output"], opset_version=ONNX_OPSET, dynamo=False,
-                                      dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
-                    expected = module(beside_weights)
+                    expected = module(*beside_weights)
+                    outputs = [f"output_{k}" for k in range(len(arrays(to_numpy(expected))))]
+                    torch.onnx.export(module, beside_weights, buffer, input_names=inputs, output_names=outputs,
+                                      opset_version=ONNX_OPSET, dynamo=False,
+                                      dynamic_axes={name: {0: "batch"} for name in [*inputs, *outputs]})
             session = self._ort.InferenceSession(buffer.getvalue(), options, providers=self.providers)
         except Exception as exc:  # an op the exporter or ONNX Runtime cannot take ends here
             raise EdgesplitError(f"ONNX export of {what} failed: {type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0] if str(exc) else ''}; serve with --engine torch") from exc
 
-        def run(x: torch.Tensor) -> torch.Tensor:
-            return torch.from_numpy(session.run(None, {"input": np.ascontiguousarray(x.numpy())})[0])
+        def run(*xs: torch.Tensor) -> Any:
+            got = session.run(None, {name: np.ascontiguousarray(x.numpy()) for name, x in zip(inputs, xs)})
+            return refill(expected, [torch.from_numpy(a) for a in got])  # the model's own structure
 
-        _check(run(example), expected, what, self.name)
+        _check(run(*example), expected, what, self.name)
         return run
 
     def engine_description(self) -> dict[str, Any]:
@@ -187,16 +194,16 @@ class CompiledTailEngine(TailEngine):
 
     def _build(self, module: nn.Module, start: int, what: str) -> Runner:
         compiled = torch.compile(module, dynamic=True)
-        example = self.example(start).to(self.placement)
+        example = tuple(t.to(self.placement) for t in self.example(start))
         with torch.inference_mode():
-            for rows in (example[:1], example):
+            for rows in (tuple(t[:1] for t in example), example):
                 try:
-                    got = compiled(rows)
+                    got = compiled(*rows)
                 except Exception as exc:  # Inductor's failures (no C++ compiler, an unsupported op) end here
                     raise EdgesplitError(f"torch.compile failed on {what}: {type(exc).__name__}: "
                                          f"{str(exc).splitlines()[0] if str(exc) else ''}; serve with --engine torch "
                                          "or onnx") from exc
-                _check(got, module(rows), what, self.name)
+                _check(got, module(*rows), what, self.name)
         return compiled
 
 
@@ -266,13 +273,13 @@ def profile_engine(engine: TailEngine, cuts: list[Cut], *, batch_sizes: tuple[in
 
     missing = [c.name for c in cuts if c.index not in engine.cuts]
     if missing:
-        raise EdgesplitError(f"cuts {', '.join(missing)} cannot be sent to a server (not one tensor with a batch "
-                             "dimension); profile natural bottlenecks")
+        raise EdgesplitError(f"cuts {', '.join(missing)} cannot be sent to a server (not only tensors with a batch "
+                             "dimension cross them); profile natural bottlenecks")
     base = measure(engine.analysis, cuts, role="server", batch_sizes=(1,), method="flops", repeats=1, warmup=0)
     timings: dict[int, dict[int, Timing]] = {}
     for cut_id in (INPUT_CUT, *(c.index for c in cuts)):
-        one = engine.example(cut_id)[:1].numpy()
-        batches = {b: np.repeat(one, b, axis=0) for b in batch_sizes}
+        one = [t[:1].numpy() for t in engine.example(cut_id)]
+        batches = {b: tuple(np.repeat(t, b, axis=0) for t in one) for b in batch_sizes}
         with engine.temporary_tails():  # one tail at a time: at most one more in memory
             timings[cut_id] = {b: _timed(lambda: engine.run(cut_id, batches[b]), _repeats(repeats, b), idle_s)
                                for b in batch_sizes}

@@ -35,7 +35,6 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
@@ -46,6 +45,7 @@ from edgesplit.analysis import analyze
 from edgesplit.errors import EdgesplitError
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model
+from edgesplit.outputs import Batch
 from edgesplit.runtime.backends import BackendUnavailable, combine_reports
 from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull, Result
 from edgesplit.runtime.engines import create_tail_engine
@@ -166,10 +166,10 @@ class TailReplica:
         plan = engine.batch_plan
         self.batch_plan = None if plan is None else plan.to_dict(engine.cuts)
 
-    async def infer(self, cut: int, array: np.ndarray) -> ReplicaAnswer:
-        if not array.flags.writeable:  # Ray hands numpy arrays over read-only, zero-copy; torch wants to own them
-            array = array.copy()
-        result = await self.batcher.submit(cut, array)
+    async def infer(self, cut: int, array: Batch) -> ReplicaAnswer:
+        # Ray hands numpy arrays over read-only, zero-copy; torch wants to own them
+        tensors = tuple(a if a.flags.writeable else a.copy() for a in (array if isinstance(array, tuple) else (array,)))
+        result = await self.batcher.submit(cut, tensors if isinstance(array, tuple) else tensors[0])
         return ReplicaAnswer(result, self.state())
 
     async def hello(self) -> ReplicaState:
@@ -203,8 +203,8 @@ class RayBackend:
     def hear(self, state: ReplicaState) -> None:
         self._heard[state.replica] = _Heard(state, time.monotonic())
 
-    async def submit(self, cut: int, array: np.ndarray) -> Result:
-        """The logits from a replica; elapsed time that was not compute counts as queue (the hop included)."""
+    async def submit(self, cut: int, array: Batch) -> Result:
+        """The output from a replica; elapsed time that was not compute counts as queue (the hop included)."""
         sent = time.perf_counter()
         for attempt in range(DEAD_REPLICA_RETRIES + 1):
             try:

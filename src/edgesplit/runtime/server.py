@@ -1,6 +1,6 @@
 """The edge server: one model, any tail, dynamic batching, a binary frame in and a frame out.
 
-    POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the logits
+    POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the model's output (named tensors)
     POST /v1/probe   body: any bytes (at most 1 MiB); answer 204 with the same timing and load headers,
                      so a device that runs locally can still measure its uplink
     GET  /v1/model   model id, input shape, normalisation, and the cuts a client may send
@@ -35,7 +35,8 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
-from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Frame, Limits, decode_frame, encode_frame
+from edgesplit.wire import (FRAME_TYPE, OUTPUT_CUT, Frame, Limits, decode_frame, encode_tensors, flatten_tree,
+                            is_raw_uncompressed)
 from edgesplit.errors import FrameError
 from edgesplit.profile import Profile
 from edgesplit.runtime.backends import Backend, BackendUnavailable, InProcessBackend
@@ -109,8 +110,8 @@ def _content_length(request: Request) -> int | None:
 
 
 def _decodes_on_loop(body: bytearray) -> bool:
-    """A small raw frame, cheap enough to decode on the event loop (bytes 6 and 7: codec, compression)."""
-    return len(body) <= DECODE_ON_LOOP_MAX_BYTES and body[6:8] == b"\0\0"
+    """A small raw frame, cheap enough to decode on the event loop (its section headers say so)."""
+    return len(body) <= DECODE_ON_LOOP_MAX_BYTES and is_raw_uncompressed(body)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,14 +164,15 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
 
     @app.post("/v1/infer", response_class=Response, openapi_extra={
         "requestBody": {"required": True, "content": {FRAME_TYPE: {"schema": {"type": "string", "format": "binary"}}}},
-        "responses": {"200": {"content": {FRAME_TYPE: {}}, "description": "a frame with the logits"},
+        "responses": {"200": {"content": {FRAME_TYPE: {}}, "description": "a frame with the model's output"},
                       "400": {"description": "malformed frame"}, "408": {"description": "the body stopped arriving"},
                       "409": {"description": "another model"}, "413": {"description": "too large"},
                       "415": {"description": "not a frame's Content-Type"},
                       "422": {"description": "not a cut of this model"}, "500": {"description": "the model failed"},
                       "503": {"description": "queue full, or no replica available"}}})
     async def infer(request: Request) -> Response:
-        """Run the model from the frame's cut to the end; answer the logits as a frame."""
+        """Run the model from the frame's cut to the end; answer its output as a frame: the logits, or every
+        tensor of a structured output under its path (``out`` for ``{"out": masks}``)."""
         content_type = request.headers.get("content-type")
         if content_type is None or content_type.split(";")[0].strip().lower() != FRAME_TYPE:
             return refuse("unsupported_media_type", 415,
@@ -188,22 +190,24 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
             return refuse("client_disconnected", 400, "the client went away before its body arrived")
         except FrameError as exc:
             return refuse("bad_frame", exc.status, str(exc))
+        tensors = tuple(t.array for t in frame.tensors)  # in the order they cross the cut
         try:
-            result = await tails.submit(frame.cut, frame.array)
+            result = await tails.submit(frame.cut, tensors[0] if len(tensors) == 1 else tensors)
         except QueueFull as exc:
             return refuse("queue_full", 503, str(exc), {"Retry-After": "1"})
         except BackendUnavailable as exc:
             return refuse("backend_unavailable", 503, str(exc), {"Retry-After": "1"})
         except Exception:  # the model failed on this input: log it, answer without its text, keep serving
             error_id = secrets.token_hex(4)
-            logger.exception("model error %s (cut %d, shape %s)", error_id, frame.cut, frame.array.shape)
+            logger.exception("model error %s (cut %d, shape %s)", error_id, frame.cut,
+                             " + ".join(str(t.shape) for t in tensors))
             return refuse("model_error", 500, f"the model failed on this input; the server's log has the "
                                               f"traceback as model error {error_id}")
         metrics.requests[frame.cut] += 1
         metrics.latency.observe(time.perf_counter() - received)
         timing = (f"{body.timing()}, queue;dur={result.queue_s * 1e3:.3f}, "
                   f"compute;dur={result.compute_s * 1e3:.3f}, batch;desc=\"{result.batch_size}\"")
-        answer = encode_frame(result.logits, model_id=engine.model_id, cut=OUTPUT_CUT)
+        answer = encode_tensors(flatten_tree(result.output), model_id=engine.model_id, cut=OUTPUT_CUT)
         return Response(answer, media_type=FRAME_TYPE,
                         headers={"Server-Timing": timing, "Edgesplit-Load": load()})
 

@@ -1,4 +1,4 @@
-"""One model, able to run from any single-tensor cut to the end (no model copy per cut).
+"""One model, able to run from any cut where only tensors cross to the end (no model copy per cut).
 
 :class:`TailEngine` runs its tails in eager torch; other engines (``edgesplit.runtime.engines``: ONNX
 Runtime, ``torch.compile``) subclass it and override one hook, :meth:`TailEngine._build`, which turns a
@@ -25,25 +25,33 @@ from edgesplit.wire import FLOATS, Expectation
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization
+from edgesplit.outputs import Batch, Output, map_arrays
 from edgesplit import splitter
 
 INPUT_CUT = 0
-Runner = Callable[[torch.Tensor], torch.Tensor]  # a built tail or segment: a batch in, a batch out
+Runner = Callable[..., Any]  # a built tail or segment: the crossing tensors of a batch in, its output out
 
 
 @dataclass(frozen=True)
 class CutInfo:
-    """A cut a client may send: its id (the cut's index in the analysis), name and per-sample shape."""
+    """A cut a client may send: its id (the cut's index in the analysis), name and the per-sample shape of
+    each tensor that crosses it, in order."""
 
     id: int
     name: str
-    shape: tuple[int, ...]  # without the batch dimension
+    shapes: tuple[tuple[int, ...], ...]  # without the batch dimension
     ratio: float
     natural_bottleneck: bool
 
+    @property
+    def expected(self) -> tuple[int, ...] | tuple[tuple[int, ...], ...]:
+        """What a frame at this cut must hold (:class:`edgesplit.wire.Expectation`): one shape, or several."""
+        return self.shapes[0] if len(self.shapes) == 1 else self.shapes
+
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "shape": list(self.shape), "dtype": "float32",
-                "ratio": self.ratio, "natural_bottleneck": self.natural_bottleneck}
+        shapes = {"shape": list(self.shapes[0])} if len(self.shapes) == 1 else {}
+        return {"id": self.id, "name": self.name, **shapes, "shapes": [list(s) for s in self.shapes],
+                "dtype": "float32", "ratio": self.ratio, "natural_bottleneck": self.natural_bottleneck}
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,11 @@ def model_id(module: nn.Module) -> bytes:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.digest()[:8]
+
+
+def to_numpy(output: Any) -> Output:
+    """A model's output (a tensor, or dicts, lists and tuples of them) as numpy arrays on the CPU."""
+    return map_arrays(lambda t: t.cpu().numpy(), output)
 
 
 def module_device(module: nn.Module) -> torch.device:
@@ -127,8 +140,9 @@ class TailEngine:
         self.model_id = model_id(self.model)
         batch_dims = analysis.graph.batch_dims
         self.cuts: dict[int, CutInfo] = {
-            c.index: CutInfo(c.index, c.name, tuple(c.shapes[0][1:]), c.ratio, c.natural_bottleneck)
-            for c in analysis.cuts if c.single_tensor and batch_dims.get(c.crossing[0]) == 0}
+            c.index: CutInfo(c.index, c.name, tuple(tuple(s[1:]) for s in c.shapes), c.ratio, c.natural_bottleneck)
+            for c in analysis.cuts
+            if len(c.shapes) == len(c.crossing) and all(batch_dims.get(name) == 0 for name in c.crossing)}
         self._tails: dict[int, Runner] = {}
         self._segments: dict[tuple[int, int], Runner] = {}
         self._normalize = normalizer(normalization.mean, normalization.std)
@@ -152,18 +166,19 @@ class TailEngine:
         it in messages); eager torch runs the module itself."""
         return module
 
-    def example(self, cut_id: int) -> torch.Tensor:
-        """A fixed batch of 2 at ``cut_id`` (float32, on the CPU, not an inference tensor): random numbers
-        at the input, the model's own activation at a later cut."""
+    def example(self, cut_id: int) -> tuple[torch.Tensor, ...]:
+        """A fixed batch of 2 at ``cut_id`` (float32, on the CPU, not inference tensors): random numbers
+        at the input, the model's own activations at a later cut; one tensor per crossing value."""
         with torch.inference_mode(False), torch.no_grad():
             x = torch.randn(2, *self.analysis.input_shape, generator=torch.Generator().manual_seed(0))
             if cut_id == INPUT_CUT:
-                return x
+                return (x,)
             head = splitter.split(self.analysis, self.cuts[cut_id].name)[0]
-            return head(x.to(module_device(self.model))).cpu()
+            mid = head(x.to(module_device(self.model)))
+            return tuple(t.cpu() for t in (mid if isinstance(mid, tuple) else (mid,)))
 
     def expectation(self, max_batch_size: int) -> Expectation:
-        return Expectation(self.model_id, {i: c.shape for i, c in self.cuts.items()}, max_batch_size,
+        return Expectation(self.model_id, {i: c.expected for i, c in self.cuts.items()}, max_batch_size,
                            {INPUT_CUT: FLOATS | {"uint8"}})
 
     def tail(self, cut_id: int) -> Runner:
@@ -193,25 +208,29 @@ class TailEngine:
             self._tails = {c: t for c, t in self._tails.items() if c in tails}
             self._segments = {c: s for c, s in self._segments.items() if c in segments}
 
-    def run(self, cut_id: int, batch: np.ndarray) -> np.ndarray:
-        """Logits for a batch that crossed at ``cut_id``; uint8 input at the input cut is normalised here.
-        With a :class:`BatchPlan`, a batch that crossed before its cut runs one row at a time up to it."""
-        if cut_id == INPUT_CUT and batch.dtype == np.uint8:
-            batch = self._normalize(batch)
+    def run(self, cut_id: int, batch: Batch) -> Output:
+        """The model's output (logits, or whatever structure it returns, as numpy) for a batch that crossed
+        at ``cut_id``: one tensor, or a tuple of them at a cut where several cross; uint8 input at the input
+        cut is normalised here. With a :class:`BatchPlan`, a batch that crossed before its cut runs one row
+        at a time up to it."""
+        tensors = batch if isinstance(batch, tuple) else (batch,)
+        if cut_id == INPUT_CUT and tensors[0].dtype == np.uint8:
+            tensors = (self._normalize(tensors[0]),)
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(self.placement).float()
+            xs = tuple(torch.from_numpy(t).to(self.placement).float() for t in tensors)
             plan = self.batch_plan
-            if plan is not None and len(x) > 1 and cut_id < plan.batch_from:  # cut ids follow the graph's order
+            if plan is not None and len(xs[0]) > 1 and cut_id < plan.batch_from:  # cut ids follow the graph's order
                 to_batch_from = self.segment(cut_id, plan.batch_from)
-                x = torch.cat([to_batch_from(one) for one in x.split(1)])
+                xs = (torch.cat([to_batch_from(*one) for one in zip(*(x.split(1) for x in xs))]),)
                 cut_id = plan.batch_from
-            return self.tail(cut_id)(x).cpu().numpy()
+            return to_numpy(self.tail(cut_id)(*xs))
 
     def plan_batching(self, batch_size: int, repeats: int = 3) -> BatchPlan:
         """Measure, between the input and the record-low cuts, each segment at batch 1 and at ``batch_size``
         (interleaved, medians of ``repeats`` after an untimed run), and from then on batch from the cut
         where that costs least per request (:func:`best_batch_from`)."""
-        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts if c.record_low and c.index in self.cuts)]
+        starts = [INPUT_CUT, *(c.index for c in self.analysis.cuts
+                               if c.record_low and c.single_tensor and c.index in self.cuts)]
         stages = [(start, self.segment(start, end)) for start, end in zip(starts, starts[1:])]
         stages.append((starts[-1], self.tail(starts[-1])))
         example = torch.randn(1, *self.analysis.input_shape, generator=torch.Generator().manual_seed(0))
@@ -248,8 +267,8 @@ class TailEngine:
         request at one of them pays for it; returns how many were warmed."""
         warmed = self.warm_cut_ids()
         for cut_id in warmed:
-            shape = self.analysis.input_shape if cut_id == INPUT_CUT else self.cuts[cut_id].shape
-            self.run(cut_id, np.zeros((1, *shape), np.float32))
+            shapes = (self.analysis.input_shape,) if cut_id == INPUT_CUT else self.cuts[cut_id].shapes
+            self.run(cut_id, tuple(np.zeros((1, *shape), np.float32) for shape in shapes))
         return len(warmed)
 
     def describe(self) -> dict[str, Any]:
