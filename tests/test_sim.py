@@ -85,7 +85,7 @@ def test_a_lone_request_at_a_constant_rate_takes_what_the_model_says(option):
     else:
         assert r.upload_s == pytest.approx(option.bytes * 8 / 8e6)
         assert r.queue_s == 0.0 and r.batch_size == 1
-        assert r.compute_s == pytest.approx(option.tail_at(1) + option.decode_s)
+        assert r.compute_s == pytest.approx(option.tail_at(1))  # the tail alone, as a server's Server-Timing says
         assert r.measured_bps == pytest.approx(8 * MBPS)  # timed at the receiver: the rate itself
         assert (r.executed, r.fallback_reason, r.bytes_sent) == (option.kind, None, option.bytes)
 
@@ -354,8 +354,8 @@ def test_a_loaded_server_makes_requests_wait():
     assert all(r.queue_s == 0.0 for r in quiet)
     assert sum(r.queue_s > 0 for r in busy) > len(busy) / 2
     assert statistics.fmean(r.latency_s for r in busy) > statistics.fmean(r.latency_s for r in quiet) + 0.005
-    for r in busy:  # the latency is the sum of its parts
-        assert r.latency_s == pytest.approx(r.upload_s + 0.04 + r.queue_s + r.compute_s + 0.001)
+    for r in busy:  # the latency is the sum of its parts: the frame's decoding (2 ms), its 4000 B back (1 ms)
+        assert r.latency_s == pytest.approx(r.upload_s + 0.04 + r.queue_s + RAW.decode_s + r.compute_s + 0.001)
 
 
 def test_dsc_comes_back_when_a_load_spike_ends():
@@ -552,6 +552,25 @@ def test_the_device_ages_the_load_report_and_remembers_the_waits_its_requests_me
     met = 0.7 * 0.1 + 0.3 * 0.2
     assert core.reported(3.3).met_s == pytest.approx(met)
     assert core.reported(3.3 + MET_MAX_AGE_S + 0.1).met_s == 0.0  # forgotten: not heard of for too long
+
+
+def test_the_device_learns_how_much_slower_than_its_profile_the_server_computes():
+    """Server-Timing's compute over the profile's tail time (a geometric moving average): a server that
+    other tenants slow down makes remote options dearer, within 4× either way, and is forgotten after
+    MET_MAX_AGE_S without news."""
+    core = DeviceCore(make_policy("offload", OPTIONS, LinkState(MBPS)), make_estimator("last"), OPTIONS)
+    decision, state = core.decide(0.0)
+    assert decision.option is RAW and state.reported.compute_scale == 1.0
+    core.record(1.0, decision, state, Outcome("offload", compute_s=0.02, batch_size=1), 0.3)  # 2× the 10 ms profiled
+    core.record(2.0, decision, state, Outcome("offload", compute_s=0.06, batch_size=4), 0.3)  # 3× the 20 ms of a 4-batch
+    core.record(3.0, decision, state, Outcome("local", "deadline", compute_s=None), 0.9)  # no answer: teaches nothing
+    scale = math.exp(0.7 * math.log(2) + 0.3 * math.log(3))
+    assert core.reported(3.5).compute_scale == pytest.approx(scale)
+    slower = latency(RAW, LinkState(MBPS), core.reported(3.5)) - latency(RAW, LinkState(MBPS), ServerState())
+    assert slower == pytest.approx((scale - 1) * 0.01)
+    core.record(4.0, decision, state, Outcome("offload", compute_s=10.0, batch_size=1), 0.3)  # 1000×: taken as 4×
+    assert core.reported(4.5).compute_scale == pytest.approx(math.exp(0.7 * math.log(scale) + 0.3 * math.log(4)))
+    assert core.reported(4.3 + MET_MAX_AGE_S + 0.1).compute_scale == 1.0
 
 
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():

@@ -13,6 +13,13 @@ What a device can learn (:data:`Feedback`), and the rule each side applies to it
 - :class:`LoadUpdate` — the server's load report (:mod:`edgesplit.load`), with every answer and probe; the
   policy sees it aged to the moment it decides, so that it can predict the wait at its request's arrival.
 
+Each answer's record also teaches two things about the server (:meth:`DeviceCore.record`): the queue wait
+its request met, and its compute against the profile's tail time for that cut and batch (the server's
+Server-Timing live, the simulated server's tail in simulation). Their moving averages (the compute's
+geometric, within ``MAX_COMPUTE_SCALE`` either way) reach the policy as ``ServerState.met_s`` and
+``ServerState.compute_scale``, and are forgotten after ``MET_MAX_AGE_S`` without news: a server that
+co-located work slows below its profile makes remote options dearer, as it does their latency.
+
 The device probes (``probe_bytes`` to ``POST /v1/probe``, at most one per ``probe_interval_s``, so at most
 ``probe_bytes / probe_interval_s`` bytes a second) whenever its newest sample is older than the interval
 and the request it is serving does not teach it anything: beside a local run, or after a remote request
@@ -61,6 +68,7 @@ PRIOR_VOLATILITY = 0.5  # standard deviation of the uplink's log-rate change ove
 VOLATILITY_ALPHA = 0.2  # weight of a new pair of samples in the volatility's moving averages
 MET_ALPHA = 0.3  # weight of a new queue wait in the average of those the device's requests met
 MET_MAX_AGE_S = 5.0  # that average is forgotten once the device has not heard of a wait for this long
+MAX_COMPUTE_SCALE = 4.0  # a server's compute is taken to be at most this far from its profile either way
 
 
 def timed_sample(bytes_after_first: int, recv_s: float) -> float | None:
@@ -214,6 +222,7 @@ class DeviceCore:
         self.rtt_s = config.rtt_s
         self._report: LoadUpdate | None = None  # the newest load report, and when it was learnt
         self._met: tuple[float, float] | None = None  # the waits this device's requests met: (last at, average)
+        self._slower: tuple[float, float] | None = None  # its compute over the profile's: (last at, mean log)
         self.records: list[RequestRecord] = []
         estimator.reset()
         self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)  # (learnt at, bits/s)
@@ -275,9 +284,11 @@ class DeviceCore:
         A report is read when the device's own batch has just left the queue, so it tends to catch the
         queue low; the waits its requests met are what they meet (see :meth:`ServerState.queue_at`)."""
         met = self._met[1] if self._met is not None and now - self._met[0] <= MET_MAX_AGE_S else 0.0
+        scale = math.exp(self._slower[1]) if self._slower is not None and now - self._slower[0] <= MET_MAX_AGE_S else 1.0
         if self._report is None:
-            return ServerState(met_s=met)
-        return replace(self._report.report.server_state(max(0.0, now - self._report.at_s) + self.rtt_s / 2), met_s=met)
+            return ServerState(met_s=met, compute_scale=scale)
+        return replace(self._report.report.server_state(max(0.0, now - self._report.at_s) + self.rtt_s / 2), met_s=met,
+                       compute_scale=scale)
 
     def decide(self, now: float, **truth: Any) -> tuple[Decision, State]:
         state = self.state(now, **truth)
@@ -346,6 +357,11 @@ class DeviceCore:
         if outcome.queue_s is not None:
             met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s
             self._met = (arrival_s + latency_s, met)
+        profiled = o.tail_at(max(1, outcome.batch_size))
+        if outcome.compute_s is not None and outcome.executed != "local" and profiled > 0:
+            ratio = math.log(min(MAX_COMPUTE_SCALE, max(1 / MAX_COMPUTE_SCALE, outcome.compute_s / profiled)))
+            mean = ratio if self._slower is None else (1 - MET_ALPHA) * self._slower[1] + MET_ALPHA * ratio
+            self._slower = (arrival_s + latency_s, mean)
         return record
 
 

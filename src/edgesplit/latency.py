@@ -47,6 +47,7 @@ class ServerState:
     growth: float = 0.0
     age_s: float = 0.0
     met_s: float = 0.0  # the waits the device's own recent requests met (an average; 0: none lately)
+    compute_scale: float = 1.0  # its compute for the device's recent requests over what its profile says
 
     def queue_at(self, after_s: float) -> float:
         """The wait a request meets at the server ``after_s`` seconds after the device decided: the report
@@ -98,7 +99,7 @@ def latencies_at(option: Option, link: LinkState, server: ServerState, rates_bps
     if option.kind == "local":
         return (option.head_s,) * len(rates_bps)
     ready = option.head_s + option.encode_s
-    fixed = (ready + link.rtt_s + option.tail_at(server.batch_size) + option.decode_s
+    fixed = (ready + link.rtt_s + option.tail_at(server.batch_size) * server.compute_scale + option.decode_s
              + option.result_bytes * 8 / link.downlink_bps)
     uploads = [_upload_s(option, link, rate) for rate in rates_bps]
     return tuple(fixed + upload + server.queue_at(ready + upload + link.rtt_s / 2) for upload in uploads)

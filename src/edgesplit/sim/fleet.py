@@ -527,8 +527,8 @@ def _device(fleet: _Fleet, spec: FleetDevice, core: DeviceCore) -> _Process:
                 pending.extend([RateSample(finish, sample)] if sample else [])
                 pending.append(fleet.report_at(started.job.done_s, finish, started.replica))
                 served = started.job.served()
-                outcome = Outcome(option.kind, None, option.bytes, sample, took, served.queue_s, served.tail_s,
-                                  served.batch_size)
+                outcome = Outcome(option.kind, None, option.bytes, sample, took, served.queue_s,
+                                  served.tail_s - option.decode_s, served.batch_size)  # the tail, as a server reports
             if stale and outcome.measured_bps is None:  # this upload taught nothing
                 probe_after = finish
         answered = finish
