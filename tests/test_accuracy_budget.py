@@ -33,6 +33,13 @@ def test_agreements_are_read_by_option_name(tmp_path):
                                     "split:c1:int8": 0.995, "split:c1:fp16": 1.0, "split:c2:int8": 0.97}
 
 
+def test_a_segmentation_models_budget_reads_its_pixel_agreement(tmp_path):
+    path = tmp_path / "fidelity.json"
+    path.write_text(json.dumps({"results": [{"cut": "c1", "codec": "int8", "pixel_agreement": 0.992, "miou": 0.9},
+                                            {"cut": "input", "codec": "raw", "pixel_agreement": 1.0}]}))
+    assert read_agreement(path) == {"split:c1:int8": 0.992, "offload:raw": 1.0}
+
+
 @pytest.mark.parametrize("text, message", [
     ("{", "is not a fidelity.json of edgesplit fidelity (JSONDecodeError"),
     ('{"results": [{"cut": "c1"}]}', "is not a fidelity.json of edgesplit fidelity (KeyError: 'codec')"),

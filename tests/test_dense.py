@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from edgesplit import analyze
+from edgesplit.codecs import split_codec
 from edgesplit.device import DeviceConfig
 from edgesplit.estimators import make_estimator
 from edgesplit.images import PHOTOS, fit, photo
@@ -90,8 +91,6 @@ def test_the_answer_frame_names_the_models_output(lraspp):
     x = engine.normalize(images[0])
     with _client(lraspp, "local") as client:
         mid = engine.head(one.name, x)
-        from edgesplit.codecs import split_codec
-
         body = split_codec("fp32").frame(mid, model_id=engine.model_id, cut=one.index)
         response = client.http.request("POST", "/v1/infer", body, {"content-type": "application/vnd.edgesplit.frame"})
     frame = decode_frame(response.body)
@@ -99,3 +98,26 @@ def test_the_answer_frame_names_the_models_output(lraspp):
     with torch.inference_mode():
         expected = loaded.module(torch.from_numpy(x))["out"].numpy()
     assert np.array_equal(frame.tensors[0].array, expected)
+
+
+def test_a_segmentation_model_answers_the_class_of_every_pixel(lraspp):
+    """load_model gives segmentation models their post-processing: the server answers uint8 classes
+    (64 × 64 bytes here), not 21 float32 scores per pixel, and a fallback answers the same."""
+    loaded, analysis, options, images, _, (one, _) = lraspp
+    engine = TorchEngine(analysis, loaded.normalization, loaded.postprocess)
+    with LiveServer(create_app(TailEngine(analysis, loaded.normalization, postprocess=loaded.postprocess))) as server:
+        client = DeviceClient(server.url, engine, options, make_policy(f"static:{one.name}", options, LinkState(1e6)),
+                              make_estimator("harmonic"), ClientConfig(DeviceConfig(deadline_s=30.0)))
+        with client:
+            client.connect()
+            record = client.infer(images[0])
+            answer = client.last_output
+            body = client.http.request("POST", "/v1/infer", split_codec("fp32").frame(
+                engine.head(one.name, engine.normalize(images[0])), model_id=engine.model_id, cut=one.index),
+                {"content-type": "application/vnd.edgesplit.frame"}).body
+    scores = TorchEngine(analysis, loaded.normalization).local(engine.normalize(images[0]))
+    assert (record.executed, record.fallback_reason) == ("split", None)
+    assert answer["out"].dtype == np.uint8 and answer["out"].shape == (1, 64, 64)
+    assert np.array_equal(answer["out"][0], pixel_classes(scores))
+    assert record.answer == answer_digest(scores)  # classes or scores: the same answer
+    assert len(body) == 24 + 14 + len("out") + 4 * 3 + 64 * 64

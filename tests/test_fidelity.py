@@ -5,6 +5,7 @@ import json
 import statistics
 
 import numpy as np
+import torch
 import pytest
 from PIL import Image
 from test_cli import run
@@ -12,8 +13,8 @@ from test_cli import run
 from edgesplit.analysis import analyze
 from edgesplit.cli import cli
 from edgesplit.codecs import jpeg_encode, split_codec
-from edgesplit.fidelity import (DEFAULT_CODECS, INPUT, NATURAL_PHOTOS, FidelityReport, evaluation_images, measure,
-                                natural_photos, plot, wilson_interval)
+from edgesplit.fidelity import (DEFAULT_CODECS, INPUT, NATURAL_PHOTOS, PIXELS, TOP1, FidelityReport, PixelRow,
+                                evaluation_images, measure, natural_photos, plot, table, wilson_interval)
 from edgesplit.models import load_model
 from edgesplit.runtime.device_engines import TorchEngine
 
@@ -168,7 +169,6 @@ def test_cli_default_codecs_are_the_library_defaults():
     (["--codecs", "int8:gzip"], "edgesplit: error: codec 'int8:gzip': the argument names a lossless compression"),
     (["--jpeg-qualities", "90,101"], "edgesplit: error: input codec 'jpeg:101': write jpeg:Q with a quality Q"),
     (["--cuts", "conv9"], "edgesplit: error: unknown cut 'conv9'"),
-    (["--cuts", "conv2"], "edgesplit: error: cut conv2 carries 2 values: fidelity measures single-tensor cuts"),
 ])
 def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path, photo_folder, args, message):
     code, out, err = run(monkeypatch, capsys, "fidelity", "toy_models:toy", "--input-shape", "3,8,8", "--images",
@@ -187,3 +187,101 @@ def test_cli_refuses_a_folder_without_images(monkeypatch, capsys, tmp_path, make
                        str(folder), "--out", str(tmp_path / "out"))
     expected = f"no images (.bmp, .jpeg, .jpg, .png) in {folder}" if make == "empty" else f"--images {folder}: not a folder"
     assert code == 2 and err.startswith(f"edgesplit: error: {expected}") and err.count("\n") == 1, err
+
+
+def test_classifier_rows_carry_top1(report):
+    assert report.metric == TOP1
+    assert "agreement %" in table(report).columns[5].header
+
+
+def test_several_crossing_tensors_are_each_sent_with_the_codec(engine, images):
+    rows = measure(engine, images, cuts=("conv2",), codecs=("fp32", "int8", "int8:zstd"), jpeg_qualities=(),
+                   batch_size=4)
+    fp32, int8, compressed = rows[:3]
+    assert fp32.exact and fp32.agreement == 1.0 and fp32.max_logit_diff < 1e-5
+    assert fp32.fp32_bytes == fp32.bytes == 4 * (64 + 64)  # conv2's output and the residual y, both 4x4x4
+    assert int8.bytes == 64 + 64 and int8.max_logit_diff > 0
+    assert (int8.agrees, int8.kl) == (compressed.agrees, compressed.kl)
+
+
+def test_cli_measures_a_cut_where_several_tensors_cross(monkeypatch, capsys, tmp_path, photo_folder):
+    code, _, err = run(monkeypatch, capsys, "fidelity", "toy_models:toy", "--input-shape", "3,8,8", "--images",
+                       str(photo_folder), "--cuts", "conv2", "--codecs", "fp32", "--jpeg-qualities", "",
+                       "--out", str(tmp_path / "out"))
+    assert code == 0 and err == "", err
+    data = json.loads((tmp_path / "out" / "fidelity.json").read_text())
+    assert [(r["cut"], r["agreement"], r["fp32_bytes"]) for r in data["results"]] == [("conv2", 1.0, 512),
+                                                                                       ("input", 1.0, 768)]
+
+
+def test_cli_refuses_answers_it_cannot_compare(monkeypatch, capsys, tmp_path, photo_folder):
+    code, _, err = run(monkeypatch, capsys, "fidelity", "toy_models:tiny_yolo", "--input-shape", "3,32,32",
+                       "--images", str(photo_folder), "--codecs", "fp32", "--out", str(tmp_path / "out"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("edgesplit: error: fidelity compares a classifier's logits (batch, classes) or a "
+                          "segmentation model's {'out': (batch, classes, H, W)}; this model answers "
+                          "[(2, 27, 4, 4), (2, 27, 2, 2), (2, 27, 1, 1)]")
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Segmentation: the class of every pixel against the fp32 model's
+
+SEG_SHAPE = (3, 64, 64)
+SEG_CUTS = ("backbone_4_block_1_0", "add_10")
+SEG_CODECS = ("fp32", "fp16", "int8", "int8:zstd", "int4c")
+PIXEL_KEYS = {"cut", "codec", "bytes", "fp32_bytes", "pixel_agreement", "min_pixel_agreement", "miou", "encode_ms",
+              "decode_ms", "exact", "head_mflops"}
+
+
+@pytest.fixture(scope="module")
+def seg_engine():
+    """LRASPP with random weights, its two classifiers' biases zeroed: random weights alone answer one class
+    at every pixel, which any codec keeps."""
+    loaded = load_model("lraspp_mobilenet_v3_large")
+    for classifier in (loaded.module.classifier.low_classifier, loaded.module.classifier.high_classifier):
+        torch.nn.init.zeros_(classifier.bias)
+    return TorchEngine(analyze(loaded.module, SEG_SHAPE), loaded.normalization)
+
+
+@pytest.fixture(scope="module")
+def seg_images():
+    return evaluation_images(_photos(2), SEG_SHAPE, augment=2, seed=0)
+
+
+@pytest.fixture(scope="module")
+def seg_report(seg_engine, seg_images):
+    rows = measure(seg_engine, seg_images, cuts=SEG_CUTS, codecs=SEG_CODECS, jpeg_qualities=(90,), batch_size=4,
+                   head_flops={c.name: c.head_flops for c in seg_engine.analysis.cuts})
+    return FidelityReport("lraspp_mobilenet_v3_large", tuple(_photos(2)), 2, tuple(rows))
+
+
+def test_segmentation_masks_follow_the_image(seg_engine, seg_images):
+    x = np.concatenate([seg_engine.normalize(image.pixels) for image in seg_images])
+    assert all(len(np.unique(masks.argmax(axis=0))) > 1 for masks in seg_engine.local(x)["out"])
+
+
+def test_segmentation_rows_compare_pixels(seg_report):
+    assert seg_report.metric == PIXELS and all(isinstance(row, PixelRow) for row in seg_report.rows)
+    for row in [seg_report.row(cut, "fp32") for cut in SEG_CUTS] + [seg_report.row(INPUT, "raw")]:
+        assert row.exact and (row.pixel_agreement, row.min_pixel_agreement, row.miou) == (1.0, 1.0, 1.0)
+        assert row.agreements == (1.0,) * 4
+    for row in seg_report.rows:
+        assert 0 <= row.min_pixel_agreement <= row.pixel_agreement <= 1 and 0 <= row.miou <= 1
+        assert row.min_pixel_agreement == min(row.agreements)
+    for cut in SEG_CUTS:
+        plain, compressed = seg_report.row(cut, "int8"), seg_report.row(cut, "int8:zstd")
+        assert (plain.agreements, plain.miou) == (compressed.agreements, compressed.miou)
+        assert seg_report.row(cut, "fp32").bytes == seg_report.row(cut, "fp32").fp32_bytes
+        assert seg_report.row(cut, "int4c").bytes < seg_report.row(cut, "int8").bytes
+
+
+def test_segmentation_json_table_and_plot_name_their_metric(seg_report, tmp_path):
+    data = json.loads(json.dumps(seg_report.to_dict()))
+    assert [(r["cut"], r["codec"]) for r in data["results"]] == \
+        [(cut, codec) for cut in SEG_CUTS for codec in SEG_CODECS] + [(INPUT, "raw"), (INPUT, "jpeg:90")]
+    assert all(set(row) == PIXEL_KEYS for row in data["results"])
+    headers = [column.header for column in table(seg_report).columns]
+    assert headers[5:8] == ["pixel agreement %", "least %", "mIoU %"] and "KL" not in headers
+    plot(seg_report, tmp_path / "fidelity.png")
+    assert (tmp_path / "fidelity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -249,6 +249,52 @@ def test_a_cut_without_shapes_accepts_any_tensors_within_the_limits():
                      expect=SKIPS)
 
 
+def test_int32_tensors_round_trip_raw_beside_floats():
+    labels = np.array([[1, -7, 2**31 - 1, -2**31]], np.int32)
+    named = [("boxes", np.zeros((4, 4), np.float32)), ("labels", labels[0]), ("big", labels.astype(">i4"))]
+    data = encode_tensors(named, model_id=MODEL, cut=OUTPUT_CUT, compression=["none", "zstd", "lz4"])
+    assert (data[DTYPE_AT], data[DTYPE_AT + 14 + 5 + 8 + 64]) == (1, 4)  # dtype codes: float32, then int32
+    frame = decode_frame(data, expect=Expectation(MODEL, {OUTPUT_CUT: None}, dtypes={OUTPUT_CUT: FLOATS | {"int32"}}))
+    assert [t.array.dtype.name for t in frame.tensors] == ["float32", "int32", "int32"]
+    assert np.array_equal(frame.tensors[1].array, labels[0]) and np.array_equal(frame.tensors[2].array, labels)
+    with pytest.raises(FrameError, match=r"^tensor 2 of 3 'labels': dtype int32 is not accepted at cut 65535 "
+                                         r"\(accepted: float16, float32\)$") as info:
+        decode_frame(data, expect=Expectation(MODEL, {OUTPUT_CUT: None}))  # floats only, unless said otherwise
+    assert info.value.status == 422
+
+
+@pytest.mark.parametrize("codec", ["int8", "int8c", "int4c", "bf16", "jpeg"])
+def test_int32_tensors_refuse_lossy_codecs(codec):
+    with pytest.raises(FrameError, match=rf"^tensor 1 of 1 'labels': int32 tensors travel raw only: codec {codec} "
+                                         r"would not carry their integers$"):
+        encode_tensors([("labels", np.zeros((1, 3, 4, 4), np.int32))], model_id=MODEL, cut=0, codec=codec)
+    with pytest.raises(FrameError, match=rf"^int64 tensors travel raw only: codec {codec}"):
+        encode_frame(np.zeros((1, 3, 4, 4), np.int64), model_id=MODEL, cut=0, codec=codec)
+
+
+@pytest.mark.parametrize("codec", ["int8", "jpeg"])
+def test_a_header_saying_int32_with_a_lossy_codec_is_refused(codec):
+    image = RNG.integers(0, 256, (1, 3, 16, 16), dtype=np.uint8)
+    frame = encode_frame(X[:1] if codec == "int8" else image, model_id=MODEL, cut=0, codec=codec)
+    with pytest.raises(FrameError, match=rf"^an int32 tensor travels raw only, not {codec}$"):
+        decode_frame(_recrc(_patch(frame, DTYPE_AT, "<B", 4)))
+
+
+def test_an_empty_dimension_only_in_a_raw_answer_of_any_shapes():
+    """A detector's answer for an image without boxes: (0, 4) boxes, where the receiver expects any shapes."""
+    named = [("boxes", np.zeros((0, 4), np.float32)), ("labels", np.zeros(0, np.int32))]
+    data = encode_tensors(named, model_id=MODEL, cut=OUTPUT_CUT)
+    anything = Expectation(MODEL, {OUTPUT_CUT: None}, dtypes={OUTPUT_CUT: FLOATS | {"int32"}})
+    assert [t.array.shape for t in decode_frame(data, expect=anything).tensors] == [(0, 4), (0,)]
+    with pytest.raises(FrameError, match=r"^tensor 1 of 2 'boxes': shape \(0, 4\) has an empty dimension$"):
+        decode_frame(data)  # no expectation: refused as ever
+    with pytest.raises(FrameError, match=r"shape \(0, 4\) has an empty dimension"):
+        decode_frame(data, expect=Expectation(MODEL, {OUTPUT_CUT: (4,)}, dtypes=anything.dtypes))
+    with pytest.raises(FrameError, match=r"shape \(0, 4\) has an empty dimension"):
+        decode_frame(encode_frame(np.zeros((0, 4), np.float32), model_id=MODEL, cut=OUTPUT_CUT, codec="bf16"),
+                     expect=anything)
+
+
 def test_the_sums_over_a_frames_tensors_are_bounded():
     named = [("a", np.zeros((1, 600), np.float32)), ("b", np.zeros((1, 600), np.float32))]
     data = encode_tensors(named, model_id=MODEL, cut=1)
@@ -326,7 +372,7 @@ def test_encoding_errors():
         encode_frame(X, model_id=b"abc", cut=0)
     with pytest.raises(FrameError, match="cut id must be 0..65535, got 70000"):
         encode_frame(X, model_id=MODEL, cut=70000)
-    with pytest.raises(FrameError, match="raw frames carry float32, float16 or uint8, not int64"):
+    with pytest.raises(FrameError, match="raw frames carry float32, float16, uint8 or int32, not int64"):
         encode_frame(np.zeros(3, dtype=np.int64), model_id=MODEL, cut=0)
     with pytest.raises(FrameError, match="unknown codec 'png'"):
         encode_frame(X, model_id=MODEL, cut=0, codec="png")
@@ -343,7 +389,8 @@ def test_encoding_errors():
     ([("a\nb", X)], r"^tensor 1 of 1: name 'a\\nb' contains a control character$"),
     ([("\ud800", X)], r"^tensor 1 of 1: name '\\ud800' is not valid UTF-8 \(surrogates not allowed\)$"),
     ([(1, X)], r"^tensor 1 of 1: a name is a str, not int$"),
-    ([("a", X), ("b", np.zeros(3, np.int64))], r"^tensor 2 of 2 'b': raw frames carry float32, float16 or uint8"),
+    ([("a", X), ("b", np.zeros(3, np.int64))], r"^tensor 2 of 2 'b': raw frames carry float32, float16, uint8 or "
+                                               r"int32, not int64$"),
 ])
 def test_names_and_counts_are_checked_when_encoding(named, message):
     with pytest.raises(FrameError, match=message):

@@ -91,3 +91,48 @@ def test_segmentation_models_cut_where_the_input_size_is_only_read(name, at_leas
     checked = check_exact(analysis)
     diffs = [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None]
     assert len(diffs) == len(natural) and max(diffs) <= 1e-5, diffs
+
+
+def _max_abs_diff(analysis, cuts):
+    checked = check_exact(analysis, cuts)
+    diffs = [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None]
+    assert len(diffs) == len(cuts)
+    return max(diffs)
+
+
+@pytest.mark.parametrize("max_tensors,at_least", [(1, 11), (2, 52)])
+def test_timm_features_only_backbone_is_split_exactly(max_tensors, at_least):
+    """timm's MobileNetV3 as a detection backbone answers a list of three feature maps (strides 8, 16, 32);
+    once the first is out it crosses every later cut, so K = 2 finds cuts inside the later stages."""
+    module = load_model("toy_models:timm_mobilenetv3_features").module
+    with torch.inference_mode():
+        assert [tuple(f.shape) for f in module(torch.zeros(1, *SMALL))] == [(1, 40, 8, 8), (1, 112, 4, 4),
+                                                                             (1, 960, 2, 2)]
+    analysis = analyze(module, SMALL, max_tensors=max_tensors)
+    natural = analysis.natural_bottlenecks()
+    assert len(natural) >= at_least and max(len(c.crossing) for c in natural) == max_tensors
+    assert _max_abs_diff(analysis, _sample(natural)) <= 1e-6
+
+
+@pytest.mark.parametrize("max_tensors", [1, 2])
+def test_timm_features_of_every_level_leave_no_natural_bottleneck(max_tensors):
+    """ResNet-18 with all five levels as outputs: the stride-2 stem (64x32x32, 5.3x the input) is an
+    output, so it crosses every later cut; none is smaller than the input, and every one splits exactly."""
+    analysis = analyze(load_model("toy_models:timm_resnet18_features").module, SMALL, max_tensors=max_tensors)
+    assert analysis.counts()["cuts"] > 10 and analysis.natural_bottlenecks() == []
+    assert _max_abs_diff(analysis, _sample(list(analysis.cuts))) <= 1e-6
+
+
+@pytest.mark.parametrize("max_tensors,at_least", [(1, 14), (3, 72)])
+def test_yolo_style_detector_is_split_exactly(max_tensors, at_least):
+    """A CSP backbone, an FPN/PAN neck and three heads: K = 1 cuts only the backbone before P3 leaves it;
+    K = 3 also cuts through the neck, where P3, P4 and P5 wait for the paths that read them."""
+    loaded = load_model("toy_models:tiny_yolo")
+    analysis = analyze(loaded.module, SMALL, max_tensors=max_tensors)
+    natural = analysis.natural_bottlenecks()
+    assert len(natural) >= at_least and max(len(c.crossing) for c in natural) == max_tensors
+    with torch.inference_mode():
+        answer = loaded.module(torch.randn(1, *SMALL, generator=torch.Generator().manual_seed(0)))
+    assert [tuple(a.shape) for a in answer] == [(1, 27, 8, 8), (1, 27, 4, 4), (1, 27, 2, 2)]
+    scale = max(a.abs().max().item() for a in answer)
+    assert _max_abs_diff(analysis, _sample(natural)) <= 1e-6 * max(1.0, scale)

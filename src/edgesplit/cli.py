@@ -546,10 +546,11 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     if backend_name == "ray":
         engine, tails = _ray_tails(model, weights, analysis, loaded.normalization, engine_name, device_name,
                                    replicas, autoscale, replica_cpus, owns_ray, max_batch_size,
-                                   batch_wait_timeout_s, max_queue, warm_up)
+                                   batch_wait_timeout_s, max_queue, warm_up, loaded.postprocess)
     else:
         engine, timings = _as_served(lambda: open_tail_engine(engine_name, analysis, loaded.normalization,
-                                                              device=device_name, batch_size=max_batch_size))
+                                                              device=device_name, batch_size=max_batch_size,
+                                                              postprocess=loaded.postprocess))
         if timings:
             console.print(auto_report(timings, engine, max_batch_size))
     if warm_up and tails is None:  # each Ray replica warms up and plans its batches on its own node
@@ -614,13 +615,13 @@ def _join_ray(ray_address: str | None) -> bool:
 def _ray_tails(model: str, weights: str | None, analysis: Any, normalization: Any, engine_name: str,
                device_name: str, replicas: int | None, autoscale: tuple[int, int] | None, replica_cpus: float,
                owns_ray: bool, max_batch_size: int, batch_wait_timeout_s: float, max_queue: int,
-               warm_up: bool) -> tuple[Any, Any]:
-    """serve --backend ray: the front end's engine (it validates frames, never runs a tail) and the Ray
-    Serve backend whose replicas run the tails."""
+               warm_up: bool, postprocess: Any) -> tuple[Any, Any]:
+    """serve --backend ray: the front end's engine (it validates frames and post-processes a detector's
+    answers, never runs a tail) and the Ray Serve backend whose replicas run the tails."""
     from edgesplit.runtime.ray_backend import EngineRecipe, Scaling, start_ray_backend
     from edgesplit.runtime.tail_engine import TailEngine
 
-    engine = TailEngine(analysis, normalization)
+    engine = TailEngine(analysis, normalization, postprocess=postprocess)
     recipe = EngineRecipe(model=model, weights=weights, input_shape=tuple(analysis.input_shape), engine=engine_name,
                           device=device_name)
     started = time.perf_counter()
@@ -889,22 +890,22 @@ def main() -> None:
               help="images per run of a tail or of the whole model")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="folder to write fidelity.json and fidelity.png in")
+@max_tensors_option
 def fidelity(model: str, weights: str | None, input_size: int | None, input_shape: str | None,
              images_dir: str | None, augment: int, seed: int, cut_spec: str, codec_spec: str, quality_spec: str,
-             batch_size: int, out_dir: str) -> None:
-    """How faithfully every cut × codec answers, and JPEG input offload: payload bytes, top-1 agreement with
-    the fp32 model (95 % Wilson interval), KL divergence, max |logit difference|, encode and decode times."""
+             batch_size: int, out_dir: str, max_tensors: int) -> None:
+    """How faithfully every cut × codec answers, and JPEG input offload: payload bytes, encode and decode
+    times, and against the fp32 model a classifier's top-1 agreement (95 % Wilson interval), KL divergence
+    and max |logit difference|, or a segmentation model's pixel agreement (mean and least over images) and
+    mIoU. Where several tensors cross a cut, each is sent with the codec."""
     from edgesplit.fidelity import (FidelityReport, evaluation_images, measure, natural_photos, parse_codecs,
                                     parse_qualities, plot, read_folder, table)
     from edgesplit.runtime.device_engines import TorchEngine
 
     codecs, qualities = parse_codecs(codec_spec), parse_qualities(quality_spec)
     photos = read_folder(images_dir) if images_dir is not None else natural_photos()
-    loaded, analysis = _analysis(model, weights, input_size, input_shape)
+    loaded, analysis = _analysis(model, weights, input_size, input_shape, max_tensors)
     cuts = _choose_cuts(analysis, cut_spec)
-    if several := [c for c in cuts if not c.single_tensor]:
-        raise EdgesplitError(f"cut {several[0].name} carries {len(several[0].crossing)} values: fidelity measures "
-                             "single-tensor cuts (list them with edgesplit analyze MODEL)")
     images = evaluation_images(photos, analysis.input_shape, augment=augment, seed=seed)
     with console.status(f"{len(cuts)} cuts × {len(codecs)} codecs and {len(qualities) + 1} offloads on "
                         f"{len(images)} images"):

@@ -107,12 +107,12 @@ def wire_codec_by_code(code: int) -> WireCodec:
     raise FrameError(f"unknown codec code {code}")
 
 
-DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1")}
+DTYPES = {1: np.dtype("<f4"), 2: np.dtype("<f2"), 3: np.dtype("u1"), 4: np.dtype("<i4")}  # int32: raw only
 
 
 @_wire
 class Raw(WireCodec):
-    """The array's own bytes: float32, float16 or uint8."""
+    """The array's own bytes: float32, float16, uint8 or int32."""
 
     name, code = "raw", 0
 
@@ -122,7 +122,7 @@ class Raw(WireCodec):
     def encode(self, array: np.ndarray) -> tuple[np.dtype, bytes, bytes]:
         dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
         if dtype not in DTYPES.values():
-            raise FrameError(f"raw frames carry float32, float16 or uint8, not {array.dtype}")
+            raise FrameError(f"raw frames carry float32, float16, uint8 or int32, not {array.dtype}")
         return dtype, b"", array.astype(dtype, copy=False).tobytes()
 
     def check(self, shape: tuple[int, ...], dtype: np.dtype, decoded_length: int) -> None:

@@ -47,7 +47,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, Option, build_options, find_option
-from edgesplit.outputs import answer_digest
+from edgesplit.outputs import Postprocess, answer_digest
 from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, read_agreement, with_agreement, with_slowdown
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
@@ -255,7 +255,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
             device = with_agreement(device, read_agreement(config.fidelity))
         options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
         allowed = allowed_options(options, config.private, config.lossy, config.min_agreement)
-        engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
+        engine, photos = replaying_device(analysis, loaded.normalization, device, allowed, loaded.postprocess)
         reference = [answer_digest(engine.engine.local(engine.normalize(p))) for p in photos]
         setup_s = time.perf_counter() - started
         console.print(f"link: {link.describe}; trace {full.name}, {config.segments} segment(s) of "
@@ -287,13 +287,13 @@ def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, conso
     return measured, with_slowdown(measured, slowdown)
 
 
-def replaying_device(analysis: Any, normalization: Any, device: Profile, allowed: list[Option]
-                     ) -> tuple[EmulatedDevice, list[np.ndarray]]:
+def replaying_device(analysis: Any, normalization: Any, device: Profile, allowed: list[Option],
+                     postprocess: Postprocess | None = None) -> tuple[EmulatedDevice, list[np.ndarray]]:
     """The emulated device (:class:`EmulatedDevice` with ``replay``), every head it may run already built,
-    and the photos it serves."""
+    and the photos it serves; ``postprocess``: the model's (a segmenter's classes, a detector's boxes)."""
     from edgesplit.runtime.device_engines import EmulatedDevice, TorchEngine
 
-    engine = EmulatedDevice(TorchEngine(analysis, normalization), device, replay=True)
+    engine = EmulatedDevice(TorchEngine(analysis, normalization, postprocess), device, replay=True)
     photos = load_images(None, engine.input_shape)
     for option in allowed:
         if option.cut is not None:  # build every head now, not during the first request at it

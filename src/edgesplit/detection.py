@@ -13,12 +13,16 @@ data-dependent. They are taken apart into three steps, each reusing the detector
 
 ``core.postprocess(core(core.preprocess(images)), sizes)`` equals ``detector(images)`` for the eval-mode
 torchvision detector (``core.detector``), whose transform is set to the core's fixed size.
+
+Served live, the tail's raw outputs become the answer on the server, or on the device when it falls
+back: ``core.postprocess.answer(outputs)`` (numpy in, numpy out, boxes in the core's input coordinates).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -31,10 +35,13 @@ DETECTION_SIDES: dict[str, int] = {
     "fcos_resnet50_fpn": 512,
 }
 Detections = list[dict[str, Tensor]]
+Answer = dict[str, np.ndarray]  # one image's boxes (K, 4) float32, scores (K,) float32, labels (K,) int32
 
 
 class DetectionPostprocess:
     """The detector's steps after the head: raw head outputs -> torchvision's boxes, scores, labels."""
+
+    varies = True  # the number of boxes changes from image to image
 
     def __init__(self, detector: nn.Module, input_size: tuple[int, int],
                  feature_sizes: list[tuple[int, int]]) -> None:
@@ -60,6 +67,17 @@ class DetectionPostprocess:
             detections = self.detector.postprocess_detections(split_outputs, split_anchors, image_sizes)
         originals = [(int(h), int(w)) for h, w in original_sizes] if original_sizes is not None else image_sizes
         return self.detector.transform.postprocess(detections, image_sizes, originals)
+
+    def answer(self, outputs: Mapping[str, np.ndarray]) -> Answer | list[Answer]:
+        """What a detector answers for the raw head outputs of a batch (numpy, as a tail returns them): for
+        one image its detections, ``{"boxes", "scores", "labels"}`` as numpy (labels int32, as the wire
+        carries integers), boxes in the core's input coordinates; for several images a list of those."""
+        with torch.inference_mode():
+            detections = self({key: torch.from_numpy(np.asarray(value)) for key, value in outputs.items()})
+        answers = [{"boxes": d["boxes"].numpy().astype(np.float32, copy=False),
+                    "scores": d["scores"].numpy().astype(np.float32, copy=False),
+                    "labels": d["labels"].numpy().astype(np.int32)} for d in detections]
+        return answers[0] if len(answers) == 1 else answers
 
     def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """One image's anchors from the detector's own generator, computed from shapes alone."""

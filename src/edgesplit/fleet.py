@@ -240,7 +240,7 @@ def _device(config: FleetConfig, url: str, console: Console
         device = with_agreement(device, read_agreement(config.fidelity))
     options = build_options(device, server or measured, codecs=CODECS, jpeg=False)
     allowed = allowed_options(options, private=False, lossy=True, min_agreement=config.min_agreement)
-    engine, photos = replaying_device(analysis, loaded.normalization, device, allowed)
+    engine, photos = replaying_device(analysis, loaded.normalization, device, allowed, loaded.postprocess)
     return engine, photos, options, allowed
 
 

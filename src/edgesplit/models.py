@@ -3,7 +3,8 @@
 ``MODEL`` may be
 
 - a torchvision classification or semantic segmentation model name (``efficientnet_b0``,
-  ``lraspp_mobilenet_v3_large``), built with random weights (a segmentation model's backbone too);
+  ``lraspp_mobilenet_v3_large``), built with random weights (a segmentation model's backbone too); a
+  segmentation model answers the class of every pixel (:class:`edgesplit.outputs.PixelClasses`);
 - a torchvision detection model name (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``): its
   traceable core (backbone and head, random weights) with a ``postprocess`` (see :mod:`edgesplit.detection`);
 - ``timm:NAME`` (needs ``pip install 'edgesplit[timm]'``), built with random weights;
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from edgesplit.errors import EdgesplitError, InputShapeError, ModelNotFound, WeightsError
+from edgesplit.outputs import PixelClasses, Postprocess
 from edgesplit.registry import Registry, unknown_name_message
 
 DEFAULT_RESOLUTION = 224
@@ -59,7 +61,7 @@ class LoadedModel:
     native_input_shape: tuple[int, ...]
     weights: str  # where the weights came from, in words
     normalization: Normalization = IMAGENET
-    postprocess: Callable[..., list[dict[str, torch.Tensor]]] | None = None  # detectors: core outputs -> boxes
+    postprocess: Postprocess | None = None  # after the last layer: a detector's boxes, a segmenter's classes
 
 
 
@@ -70,7 +72,7 @@ class _Built:
     native_input_shape: tuple[int, ...]
     pretrained: bool
     normalization: Normalization = IMAGENET
-    postprocess: Callable[..., list[dict[str, torch.Tensor]]] | None = None
+    postprocess: Postprocess | None = None
 
 
 ModelSource = Callable[[str], _Built]
@@ -209,7 +211,7 @@ def _torchvision(name: str) -> _Built:
     if name in segmentation:  # no backbone weights either: nothing is downloaded
         module = torchvision.models.get_model(name, weights=None, weights_backbone=None)
         side = torchvision.models.get_model_weights(name).DEFAULT.transforms().resize_size[0]
-        return _Built(module, (3, side, side), pretrained=False)
+        return _Built(module, (3, side, side), pretrained=False, postprocess=PixelClasses())
     with warnings.catch_warnings():  # googlenet/inception nag about their random initialisation
         warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
         module = torchvision.models.get_model(name, weights=None)

@@ -119,13 +119,15 @@ def _agreements(table: Any, source: str) -> dict[str, float]:
 
 
 def read_agreement(path: str | os.PathLike[str]) -> dict[str, float]:
-    """The measured top-1 agreement of each option, from ``edgesplit fidelity``'s ``fidelity.json``: option
+    """The measured agreement of each option with the exact answer, from ``edgesplit fidelity``'s
+    ``fidelity.json``: a classifier's top-1 agreement, a segmentation model's pixel agreement; option
     names as the latency model gives them (``split:CUT:CODEC``, ``offload:jpeg:Q``)."""
     source = os.fspath(path)
     try:
         data = json.loads(Path(path).read_text())
         table = {("offload:" if row["cut"] == "input" else f"split:{row['cut']}:") + str(row["codec"]):
-                 float(row["agreement"]) for row in data["results"]}
+                 float(row["agreement"] if "agreement" in row else row["pixel_agreement"])
+                 for row in data["results"]}
     except OSError as exc:
         raise ProfileError(f"cannot read fidelity results {source}: {exc.strerror or exc}") from exc
     except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:

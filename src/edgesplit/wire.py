@@ -13,7 +13,7 @@ A frame is a 24-byte header, then one section per tensor, one after another (all
     24            the first section
 
     a section, from its own first byte:
-    0       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8
+    0       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8, 4 int32 (raw codec only)
     1       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image),
                   3 int8c (affine per channel), 4 int4c, 6 int6c, 7 int5c (4, 6, 5 bits per channel,
                   packed), 5 bf16
@@ -30,7 +30,9 @@ A frame is a 24-byte header, then one section per tensor, one after another (all
 
 A frame of one unnamed tensor costs 38 + 4 × ndim bytes (and the codec's parameters) beyond its
 payload: :func:`frame_overhead`. :func:`decode_frame` checks everything before it allocates: sizes
-against :class:`Limits` (the elements and decoded lengths summed over the tensors), every section
+against :class:`Limits` (the elements and decoded lengths summed over the tensors), int32 tensors
+travelling raw, no empty dimension (except at a cut whose :class:`Expectation` accepts any shapes: a
+detector's answer for an image without boxes), every section
 inside the frame and the sections adding up to its length, names, the decoded lengths against what each
 shape and dtype allow, the checksum (which covers every header, so a flipped bit in a cut id or a scale
 is caught), then (given an :class:`Expectation`) the model id, the cut, the tensors' count, per-sample
@@ -95,6 +97,7 @@ class Limits:
 
 
 FLOATS = frozenset({"float32", "float16"})
+INTEGER_DTYPE = "int32"  # labels and ids; travels raw only (a lossy codec would change the numbers)
 Shape = tuple[int, ...]
 
 
@@ -102,7 +105,7 @@ Shape = tuple[int, ...]
 class Expectation:
     """What the receiver accepts: its model id; per cut id the per-sample shape (no batch dim) of its one
     tensor, a tuple of such shapes (one per tensor, in order) or None (any tensors, bounded only by
-    :class:`Limits`); and the decoded dtypes allowed at each cut (floats unless said otherwise; uint8
+    :class:`Limits`, empty dimensions included: a detector's answer without boxes); and the decoded dtypes allowed at each cut (floats unless said otherwise; uint8
     images at the input). The tensors of a cut with shapes share their batch size (dim 0)."""
 
     model_id: bytes
@@ -152,7 +155,7 @@ def _section_bound(ndim: int) -> int:
 
 @dataclass(frozen=True)
 class NamedTensor:
-    """One tensor of a frame, decoded: float32, float16 or uint8, batch first."""
+    """One tensor of a frame, decoded: float32, float16, uint8 or int32, batch first."""
 
     name: str
     array: np.ndarray
@@ -251,6 +254,8 @@ def _encode_section(name: bytes, array: np.ndarray, codec: str, compression: str
     if array.ndim < 1 or array.ndim > MAX_NDIM:
         raise FrameError(f"a frame carries 1 to {MAX_NDIM} dimensions, got {array.ndim}")
     wire = WIRE_CODECS.get(codec)
+    if array.dtype.kind == "i" and wire.name != "raw":
+        raise FrameError(f"{array.dtype} tensors travel raw only: codec {codec} would not carry their integers")
     decoded_dtype, params, data = (wire.encode(array, jpeg_quality) if isinstance(wire, Jpeg)
                                    else wire.encode(array))
     payload = _compress(data, compression)
@@ -319,7 +324,7 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
         raise FrameError(f"tensor count {count}: a frame carries 1 to {MAX_TENSORS} tensors")
     if total_length != len(data):
         raise FrameError(f"frame length mismatch: {len(data)} bytes, the header says {total_length}")
-    sections = _read_sections(data, count, limits)
+    sections = _read_sections(data, count, limits, _any_shapes(expect, cut))
     if frame_checksum(data) != checksum:
         raise FrameError("checksum mismatch: the frame was corrupted in transit")
     for index, section in enumerate(sections):
@@ -336,9 +341,15 @@ def decode_frame(data: bytes | bytearray, *, limits: Limits = Limits(), expect: 
     return Frame(model_id, cut, tuple(tensors))
 
 
-def _read_sections(data: bytes | bytearray, count: int, limits: Limits) -> list[_Section]:
+def _any_shapes(expect: Expectation | None, cut: int) -> bool:
+    """Whether ``expect`` accepts tensors of any shape at ``cut`` (then an empty dimension is no error)."""
+    return expect is not None and cut in expect.shapes and expect.shapes[cut] is None
+
+
+def _read_sections(data: bytes | bytearray, count: int, limits: Limits, empty_allowed: bool = False
+                   ) -> list[_Section]:
     """Every section's header, checked against the frame's length and ``limits`` (summed over the
-    sections) before anything is allocated."""
+    sections) before anything is allocated; an empty dimension only in a raw tensor where ``empty_allowed``."""
     sections: list[_Section] = []
     names: set[str] = set()
     offset, elements, decoded = _HEADER.size, 0, 0
@@ -352,6 +363,8 @@ def _read_sections(data: bytes | bytearray, count: int, limits: Limits) -> list[
         with _naming(f"{where}: " if count > 1 else ""):
             dtype = _lookup(DTYPES, dtype_code, "dtype")
             codec = wire_codec_by_code(codec_code)
+            if dtype.name == INTEGER_DTYPE and codec.name != "raw":
+                raise FrameError(f"an {INTEGER_DTYPE} tensor travels raw only, not {codec.name}")
             compression = _lookup(COMPRESSIONS, compression_code, "compression")
             if not 1 <= ndim <= MAX_NDIM:
                 raise FrameError(f"ndim must be 1..{MAX_NDIM}, got {ndim}")
@@ -372,7 +385,7 @@ def _read_sections(data: bytes | bytearray, count: int, limits: Limits) -> list[
         _check_name(name, raw_name, index, count, names)
         with _naming(_label(index, count, name)):
             shape = struct.unpack_from(f"<{ndim}I", data, name_at + name_length)
-            if any(d == 0 for d in shape):
+            if any(d == 0 for d in shape) and not (empty_allowed and codec.name == "raw"):
                 raise FrameError(f"shape {shape} has an empty dimension")
             size = math.prod(shape)  # Python integers: no wrap-around
             elements += size

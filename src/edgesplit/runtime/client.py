@@ -10,7 +10,8 @@ core asks for a probe (its newest sample is stale and this request teaches nothi
 (``POST /v1/probe``) on a second connection: beside a local run, or after the answer.
 
 Nothing the server sends stops the device: an answer that is not a finite output frame of this model, of
-its output's shape (checked before anything is allocated), any other status, an answer over
+its output's shape (checked before anything is allocated; for a detector, whose number of boxes varies,
+its tensors' names, dtypes and trailing dimensions), any other status, an answer over
 ``max_answer_bytes``, a broken connection or a silent server all end in the local answer, with the reason
 in ``fallback_reason``. A server that cannot be reached, or answers 429 or 503, is left alone for a
 backoff that doubles; one that answered anything else unusable is tried again with the next request, on a
@@ -31,7 +32,8 @@ import numpy as np
 
 from edgesplit.codecs import input_codec, split_codec
 from edgesplit.outputs import Batch, Output, answer_digest, check_finite, top1
-from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, Expectation, decode_frame, flatten_tree, unflatten_tree
+from edgesplit.wire import (FLOATS, FRAME_TYPE, INTEGER_DTYPE, OUTPUT_CUT, Expectation, decode_frame, flatten_tree,
+                            unflatten_tree)
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
                               RateSample, RequestRecord, summarize, timed_sample)
 from edgesplit.errors import FrameError, ProfileError
@@ -88,9 +90,17 @@ class DeviceClient:
         self.model_id = engine.model_id
         output = flatten_tree(engine.local(engine.normalize(np.zeros(engine.input_shape, np.uint8))))
         self._answer_names = [name for name, _ in output]  # an answer must hold these tensors, of these shapes
-        shapes = tuple(tuple(a.shape[1:]) for _, a in output)
-        self._answer = Expectation(self.model_id, {OUTPUT_CUT: shapes[0] if len(shapes) == 1 else shapes},
-                                   max_batch_size=1)
+        if engine.answer_varies:  # a detector's: boxes (K, 4), scores (K,), labels (K,) int32, K any
+            self._answer_kinds: list[tuple[str, tuple[int, ...]]] | None = [(a.dtype.name, a.shape[1:])
+                                                                            for _, a in output]
+            self._answer = Expectation(self.model_id, {OUTPUT_CUT: None},
+                                       dtypes={OUTPUT_CUT: FLOATS | {INTEGER_DTYPE}})
+        else:
+            shapes = tuple(tuple(a.shape[1:]) for _, a in output)
+            self._answer_kinds = None
+            self._answer = Expectation(self.model_id, {OUTPUT_CUT: shapes[0] if len(shapes) == 1 else shapes},
+                                       max_batch_size=1,  # a segmentation model's classes: uint8
+                                       dtypes={OUTPUT_CUT: FLOATS | {a.dtype.name for _, a in output}})
         self.down_until = 0.0
         self._backoff = config.backoff_s
         self.refusal: str | None = None  # why splitting is off for good (model mismatch)
@@ -160,7 +170,6 @@ class DeviceClient:
                 output = self.finish_locally(option, x, mid)
             if stale and outcome.measured_bps is None:  # this upload taught nothing
                 probed = self.maybe_probe()
-        self.last_output = output  # the answer itself, for the caller (the record says how it came)
         return self.keep(arrived, decision, state, outcome, output, probed)
 
     def take_up(self, image: np.ndarray) -> tuple[float, np.ndarray]:
@@ -196,7 +205,8 @@ class DeviceClient:
 
     def keep(self, arrived: float, decision: Decision, state: State, outcome: Outcome, output: Output,
              probed: int, edge: str | None = None) -> RequestRecord:
-        """Record the request with the core (and return the record)."""
+        """Record the request with the core (and return the record); ``output`` becomes ``last_output``."""
+        self.last_output = output  # the answer itself, for the caller (the record says how it came)
         outcome = dataclasses.replace(outcome, top1=top1(output), answer=answer_digest(output))
         with self._lock:
             return self.core.record(arrived - self.epoch, decision, state, outcome,
@@ -332,13 +342,20 @@ class DeviceClient:
 
     def _output(self, body: bytes) -> Output:
         """The model's output an answer carries: an output frame of this model, with the tensors of its
-        output (names and shapes, checked before anything is allocated) in a float dtype, every value
+        output (names and shapes, checked before anything is allocated) in a float dtype (a detector's:
+        the names, dtypes, int32 labels included, and trailing dimensions of its own), every value
         finite. Raises FrameError, or whatever else a frame the codec does not foresee makes it raise (a
         shape whose product overflowed int64 raised ValueError once): the device must answer all the same."""
         frame = decode_frame(body, expect=self._answer)
         names = [t.name for t in frame.tensors]
         if names != self._answer_names:
             raise FrameError(f"an answer with tensors {names[:8]}, not the model's output {self._answer_names[:8]}")
+        if self._answer_kinds is not None:
+            kinds = [(t.array.dtype.name, t.array.shape[1:]) for t in frame.tensors]
+            if kinds != self._answer_kinds or len({t.array.shape[0] for t in frame.tensors}) != 1:
+                raise FrameError(f"an answer with tensors of dtypes and shapes "
+                                 f"{[(t.array.dtype.name, t.array.shape) for t in frame.tensors][:8]}, not the model's "
+                                 f"{self._answer_kinds[:8]} (one length for all)")
         output = unflatten_tree(frame.named)
         check_finite(output)
         return output

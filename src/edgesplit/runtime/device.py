@@ -19,6 +19,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import make_estimator
 from edgesplit.images import load_images
 from edgesplit.latency import LinkState, build_options
+from edgesplit.outputs import Output, box_count
 from edgesplit.policies import allowed_options, check_policy, make_policy
 from edgesplit.profile import Profile, load_profile, read_agreement, with_agreement
 from edgesplit.runtime.client import ClientConfig, DeviceClient, fetch_server_profile
@@ -60,6 +61,7 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
                                     make_policy(policy_spec, options, LinkState(config.prior_bps)),
                                     estimator if not clients else make_estimator(estimator_spec), ClientConfig(config)))
     client = clients[0] if len(clients) == 1 else MultiEdgeClient(clients)
+    by_url = {c.url: c for c in clients}  # which client kept a request's answer (a local one: the first)
     total = count or (len(frames) if images else 20)
     with client:
         for line in (client.connect(),) if len(clients) == 1 else client.connect():
@@ -71,8 +73,10 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
             r = client.infer(frames[index % len(frames)], arrived=arrival)
             note = f" · fallback: {r.fallback_reason}" if r.fallback_reason else ""
             note += f" · {r.edge}" if len(clients) > 1 and r.edge else ""
+            answered = by_url.get(r.edge or "", clients[0]).last_output
             console.print(f"#{r.index:<4} {r.executed:<7} {r.cut or '-':<28} {r.latency_s * 1e3:8.1f} ms  "
-                          f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_bps / 1e6:7.2f} Mbit/s  top1 {r.top1}{note}")
+                          f"{r.bytes_sent / 1024:7.1f} KiB  est {r.estimated_bps / 1e6:7.2f} Mbit/s  "
+                          f"{answer_note(r.top1, answered)}{note}")
     summary = client.summary()
     table = Table(title=f"{model} · policy {policy_spec} · {server_url}")
     for column in ("requests", "fallbacks", "mean ms", "p95 ms", "probed B/s", f"mJ ({radio})"):
@@ -93,6 +97,13 @@ def run_device(model: str, weights: str | None, input_size: int | None, input_sh
         Path(out_path).write_text(json.dumps(result, indent=1) + "\n")
         console.print(f"wrote {out_path}")
     return result
+
+
+def answer_note(top1: int | None, output: Output | None) -> str:
+    """What an answer says, for the per-request line: a detector's number of boxes, else the top-1 class
+    (None for other models)."""
+    boxes = None if output is None else box_count(output)
+    return f"top1 {top1}" if boxes is None else f"{boxes} boxes"
 
 
 def edge_urls(text: str) -> list[str]:
@@ -125,7 +136,7 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
                          normalization=loaded.normalization)
     else:
         device = load_profile(device_profile)
-    return TorchEngine(analysis, loaded.normalization), device
+    return TorchEngine(analysis, loaded.normalization, loaded.postprocess), device
 
 
 def _server_profile(url: str, console: Console) -> Profile | None:

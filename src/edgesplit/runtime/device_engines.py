@@ -1,7 +1,8 @@
 """What runs the model on the device: torch (from an analysis) or ONNX Runtime (from an export folder).
 
 Both speak numpy, so the client does not care which one it holds:
-``normalize(image)``, ``local(x)``, ``head(cut, x)``, ``tail(cut, mid)``, ``model_id``, ``cut_ids``.
+``normalize(image)``, ``local(x)``, ``head(cut, x)``, ``tail(cut, mid)``, ``model_id``, ``cut_ids``,
+``answer_varies``.
 :class:`OnnxEngine` needs only numpy and onnxruntime (``pip install 'edgesplit[device]'``).
 """
 
@@ -21,7 +22,7 @@ import numpy as np
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
-from edgesplit.outputs import Batch, Output, arrays, map_arrays
+from edgesplit.outputs import Batch, Output, Postprocess, arrays, map_arrays
 from edgesplit.profile import CutProfile, Profile, Timing
 from edgesplit.wire import unflatten_tree
 
@@ -30,11 +31,14 @@ EXPORT_FORMAT = "edgesplit-export/1"
 
 class DeviceEngine(Protocol):
     """``local`` and ``tail`` return the model's output (:data:`~edgesplit.outputs.Output`: logits, or the
-    model's own structure); ``head`` returns what crosses the cut (a tuple where several tensors do)."""
+    model's own structure); ``head`` returns what crosses the cut (a tuple where several tensors do).
+    ``answer_varies``: whether the answer's shapes vary from image to image (a detector's boxes), so
+    that only its tensors' names, dtypes and trailing dimensions are known in advance."""
 
     model_id: bytes
     input_shape: tuple[int, ...]
     cut_ids: dict[str, int]
+    answer_varies: bool
 
     def normalize(self, image: np.ndarray) -> np.ndarray: ...
     def local(self, x: np.ndarray) -> Output: ...
@@ -43,9 +47,11 @@ class DeviceEngine(Protocol):
 
 
 class TorchEngine:
-    """The analysed torch model; heads and tails are built per cut on first use and share its weights."""
+    """The analysed torch model; heads and tails are built per cut on first use and share its weights.
+    With the model's ``postprocess`` (:class:`~edgesplit.outputs.Postprocess`: a segmentation model's classes
+    per pixel, a detector's boxes), ``local`` and ``tail`` answer what the server answers."""
 
-    def __init__(self, analysis: Any, normalization: Any) -> None:
+    def __init__(self, analysis: Any, normalization: Any, postprocess: Postprocess | None = None) -> None:
         import torch
 
         from edgesplit.runtime.tail_engine import model_id
@@ -58,13 +64,15 @@ class TorchEngine:
         self.cut_ids = {c.name: c.index for c in analysis.cuts}
         self._normalize = normalizer(normalization.mean, normalization.std)
         self._pairs: dict[str, tuple[Any, Any]] = {}
+        self.postprocess = postprocess
+        self.answer_varies = postprocess is not None and postprocess.varies
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self._normalize(image[None])
 
     def local(self, x: np.ndarray) -> Output:
         with self._torch.inference_mode():
-            return map_arrays(lambda t: t.numpy(), self.model(self._torch.from_numpy(x)))
+            return self._finish(map_arrays(lambda t: t.numpy(), self.model(self._torch.from_numpy(x))))
 
     def head(self, cut: str, x: np.ndarray) -> Batch:
         with self._torch.inference_mode():
@@ -74,7 +82,11 @@ class TorchEngine:
     def tail(self, cut: str, mid: Batch) -> Output:
         with self._torch.inference_mode():
             tensors = [self._torch.from_numpy(m) for m in (mid if isinstance(mid, tuple) else (mid,))]
-            return map_arrays(lambda t: t.numpy(), self._pair(cut)[1](*tensors))
+            return self._finish(map_arrays(lambda t: t.numpy(), self._pair(cut)[1](*tensors)))
+
+    def _finish(self, output: Output) -> Output:
+        """The model's output, or a detector's detections of it."""
+        return output if self.postprocess is None else self.postprocess.answer(output)
 
     def _pair(self, cut: str) -> tuple[Any, Any]:
         if cut not in self._pairs:
@@ -106,6 +118,7 @@ class OnnxEngine:
         self.input_shape = tuple(manifest["input_shape"])
         cuts = [c for c in manifest["cuts"] if "shape" in c]  # one tensor crosses: a frame carries it
         self.cut_ids = {c["name"]: c["id"] for c in cuts}
+        self.answer_varies = False  # exported models answer their own outputs, no post-processing
         self._normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -195,6 +208,7 @@ class EmulatedDevice:
         self.model_id = engine.model_id
         self.input_shape = engine.input_shape
         self.cut_ids = engine.cut_ids
+        self.answer_varies = engine.answer_varies
         self._replay: dict[tuple[str, str | None, bytes], Any] | None = {} if replay else None
         self._lock = threading.Lock()
 

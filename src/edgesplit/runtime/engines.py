@@ -33,7 +33,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
 from edgesplit.profile import Profile, Timing
 from edgesplit.registry import Registry
-from edgesplit.outputs import arrays, refill
+from edgesplit.outputs import Postprocess, arrays, refill
 from edgesplit.runtime.tail_engine import INPUT_CUT, Runner, TailEngine, module_device, to_numpy
 
 TOLERANCE = 1e-4  # the largest difference from eager fp32 allowed on any output, as for edgesplit export
@@ -49,9 +49,15 @@ def create_tail_engine(name: str, analysis: Analysis, normalization: Normalizati
 
 
 def open_tail_engine(name: str, analysis: Analysis, normalization: Normalization, *, device: str = "cpu",
-                     batch_size: int = 8) -> tuple[TailEngine, list[EngineTiming]]:
+                     batch_size: int = 8, postprocess: Postprocess | None = None
+                     ) -> tuple[TailEngine, list[EngineTiming]]:
     """The engine ``name`` (or, for ``auto``, the fastest, :func:`fastest_engine` at ``batch_size``) and
-    what auto measured (empty for a named engine)."""
+    what auto measured (empty for a named engine). A model with post-processing (a segmentation model's
+    classes, a detector's boxes) is served by the torch engine only."""
+    if postprocess is not None:
+        if name != "torch":
+            raise EdgesplitError(f"--engine {name} serves models without post-processing; use --engine torch")
+        return TailEngine(analysis, normalization, device, postprocess), []
     if name == "auto":
         return fastest_engine(analysis, normalization, device=device, batch_size=batch_size)
     return create_tail_engine(name, analysis, normalization, device), []

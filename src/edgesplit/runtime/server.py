@@ -1,6 +1,7 @@
 """The edge server: one model, any tail, dynamic batching, a binary frame in and a frame out.
 
-    POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the model's output (named tensors)
+    POST /v1/infer   body: one frame (docs/wire.md); answer: a frame with the model's output (named tensors;
+                     a detector's: the boxes, scores and labels of the request's image)
     POST /v1/probe   body: any bytes (at most 1 MiB); answer 204 with the same timing and load headers,
                      so a device that runs locally can still measure its uplink
     GET  /v1/model   model id, input shape, normalisation, and the cuts a client may send
@@ -193,6 +194,9 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
         tensors = tuple(t.array for t in frame.tensors)  # in the order they cross the cut
         try:
             result = await tails.submit(frame.cut, tensors[0] if len(tensors) == 1 else tensors)
+            # post-processing per request, off the event loop (a segmenter's classes, a detector's NMS)
+            output = result.output if engine.postprocess is None else await run_in_threadpool(engine.finish,
+                                                                                                result.output)
         except QueueFull as exc:
             return refuse("queue_full", 503, str(exc), {"Retry-After": "1"})
         except BackendUnavailable as exc:
@@ -207,7 +211,7 @@ def create_app(engine: TailEngine, config: ServerConfig = ServerConfig(), profil
         metrics.latency.observe(time.perf_counter() - received)
         timing = (f"{body.timing()}, queue;dur={result.queue_s * 1e3:.3f}, "
                   f"compute;dur={result.compute_s * 1e3:.3f}, batch;desc=\"{result.batch_size}\"")
-        answer = encode_tensors(flatten_tree(result.output), model_id=engine.model_id, cut=OUTPUT_CUT)
+        answer = encode_tensors(flatten_tree(output), model_id=engine.model_id, cut=OUTPUT_CUT)
         return Response(answer, media_type=FRAME_TYPE,
                         headers={"Server-Timing": timing, "Edgesplit-Load": load()})
 

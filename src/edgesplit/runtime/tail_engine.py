@@ -25,7 +25,7 @@ from edgesplit.wire import FLOATS, Expectation
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization
-from edgesplit.outputs import Batch, Output, map_arrays
+from edgesplit.outputs import Batch, Output, Postprocess, map_arrays
 from edgesplit import splitter
 
 INPUT_CUT = 0
@@ -127,13 +127,19 @@ class TailEngine:
 
     On a GPU (``device="cuda"``) the analysed model's parameters move there, once (every tail shares
     them), and TF32 is switched off for the process, so that answers stay within 1e-4 of fp32 on a CPU.
+
+    A model with post-processing (:class:`~edgesplit.outputs.Postprocess`: a segmentation model's classes
+    per pixel, a detector's boxes) has its engine hold it: tails still answer the model's raw outputs,
+    batched, and :meth:`finish` turns each request's rows of them into its answer, as the server sends it.
     """
 
     name = "torch"
     max_abs_diff = 0.0  # the largest difference from eager fp32 on the CPU that this engine allows
 
-    def __init__(self, analysis: Analysis, normalization: Normalization, device: str = "cpu") -> None:
+    def __init__(self, analysis: Analysis, normalization: Normalization, device: str = "cpu",
+                 postprocess: Postprocess | None = None) -> None:
         self.device = self._resolve_device(device)
+        self.postprocess = postprocess
         self.analysis = analysis
         self.normalization = normalization
         self.model = analysis.graph.model.eval()
@@ -224,6 +230,11 @@ class TailEngine:
                 xs = (torch.cat([to_batch_from(*one) for one in zip(*(x.split(1) for x in xs))]),)
                 cut_id = plan.batch_from
             return to_numpy(self.tail(cut_id)(*xs))
+
+    def finish(self, output: Output) -> Output:
+        """One request's answer from its rows of :meth:`run`'s output: those rows themselves, or what the
+        model's post-processing makes of them (a segmentation model's classes, a detector's detections)."""
+        return output if self.postprocess is None else self.postprocess.answer(output)
 
     def plan_batching(self, batch_size: int, repeats: int = 3) -> BatchPlan:
         """Measure, between the input and the record-low cuts, each segment at batch 1 and at ``batch_size``
