@@ -221,8 +221,8 @@ class DeviceCore:
         self.local_s = local[0].head_s
         self.rtt_s = config.rtt_s
         self._report: LoadUpdate | None = None  # the newest load report, and when it was learnt
-        self._met: tuple[float, float] | None = None  # the waits this device's requests met: (last at, average)
-        self._slower: tuple[float, float] | None = None  # its compute over the profile's: (last at, mean log)
+        self._met = _Recent()  # the waits this device's requests met at the server
+        self._slower = _Recent()  # log of the server's compute over its profile's, for them
         self.records: list[RequestRecord] = []
         estimator.reset()
         self._samples: deque[tuple[float, float]] = deque(maxlen=RECENT_SAMPLES)  # (learnt at, bits/s)
@@ -283,8 +283,8 @@ class DeviceCore:
         was learnt, when the answer left the server), and the waits this device's own requests met lately.
         A report is read when the device's own batch has just left the queue, so it tends to catch the
         queue low; the waits its requests met are what they meet (see :meth:`ServerState.queue_at`)."""
-        met = self._met[1] if self._met is not None and now - self._met[0] <= MET_MAX_AGE_S else 0.0
-        scale = math.exp(self._slower[1]) if self._slower is not None and now - self._slower[0] <= MET_MAX_AGE_S else 1.0
+        met = self._met.at(now, 0.0)
+        scale = math.exp(self._slower.at(now, 0.0))
         if self._report is None:
             return ServerState(met_s=met, compute_scale=scale)
         return replace(self._report.report.server_state(max(0.0, now - self._report.at_s) + self.rtt_s / 2), met_s=met,
@@ -355,14 +355,28 @@ class DeviceCore:
             self.energy.compute_j(device_s), radio_j, outcome.answer)
         self.records.append(record)
         if outcome.queue_s is not None:
-            met = outcome.queue_s if self._met is None else (1 - MET_ALPHA) * self._met[1] + MET_ALPHA * outcome.queue_s
-            self._met = (arrival_s + latency_s, met)
+            self._met.add(arrival_s + latency_s, outcome.queue_s)
         profiled = o.tail_at(max(1, outcome.batch_size))
         if outcome.compute_s is not None and outcome.executed != "local" and profiled > 0:
             ratio = math.log(min(MAX_COMPUTE_SCALE, max(1 / MAX_COMPUTE_SCALE, outcome.compute_s / profiled)))
-            mean = ratio if self._slower is None else (1 - MET_ALPHA) * self._slower[1] + MET_ALPHA * ratio
-            self._slower = (arrival_s + latency_s, mean)
+            self._slower.add(arrival_s + latency_s, ratio)
         return record
+
+
+class _Recent:
+    """A moving average (weight ``MET_ALPHA`` for each new value) that is forgotten once nothing new has
+    come for ``MET_MAX_AGE_S``."""
+
+    def __init__(self) -> None:
+        self._last: tuple[float, float] | None = None  # when the newest value came, and the average then
+
+    def add(self, at_s: float, value: float) -> None:
+        average = value if self._last is None else (1 - MET_ALPHA) * self._last[1] + MET_ALPHA * value
+        self._last = (at_s, average)
+
+    def at(self, now: float, default: float) -> float:
+        """The average at ``now``, or ``default`` when there is none or it is forgotten."""
+        return self._last[1] if self._last is not None and now - self._last[0] <= MET_MAX_AGE_S else default
 
 
 def summarize(records: list[RequestRecord], deadline_s: float | None = None) -> dict[str, Any]:
