@@ -22,6 +22,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
 from edgesplit.runtime.tail_engine import model_id
 from edgesplit.splitter import split
+from edgesplit.wire import flatten_tree
 
 FORMAT = "edgesplit-export/1"
 TOLERANCE = 1e-4
@@ -75,17 +76,11 @@ def export_cuts(analysis: Analysis, cuts: list[Cut], out_dir: str | os.PathLike[
     return manifest
 
 
-def output_names(tree: Any, path: str = "") -> list[str]:
-    """The names of a model's output tensors, in the order ONNX flattens them: ``logits`` for one tensor,
-    else each tensor's path of dict keys and sequence indices joined by ``/``."""
-    if isinstance(tree, torch.Tensor):
-        return [path or "logits"]
-    if isinstance(tree, dict):
-        return [name for key, value in tree.items() for name in output_names(value, f"{path}/{key}".lstrip("/"))]
-    if isinstance(tree, (list, tuple)):
-        return [name for k, value in enumerate(tree) for name in output_names(value, f"{path}/{k}".lstrip("/"))]
-    raise EdgesplitError(f"the model's output holds a {type(tree).__name__} at {path or 'its top'}: an exported "
-                         "model returns tensors, or dicts, lists and tuples of them")
+def output_names(output: Any) -> list[str]:
+    """The names of a model's output tensors, in the order ONNX flattens them: each tensor's path in the
+    output, as the wire names an answer's tensors (:func:`edgesplit.wire.flatten_tree`), so that a device
+    rebuilds the output with ``unflatten_tree``; ``logits`` for a lone tensor."""
+    return [name or "logits" for name, _ in flatten_tree(output)]
 
 
 def _export(module: nn.Module, args: tuple[torch.Tensor, ...], path: Path, input_names: list[str],
