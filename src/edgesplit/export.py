@@ -21,6 +21,7 @@ from edgesplit.analysis import Analysis, Cut, example_input
 from edgesplit.errors import EdgesplitError
 from edgesplit.models import Normalization
 from edgesplit.runtime.tail_engine import model_id
+from edgesplit.outputs import as_tensors
 from edgesplit.splitter import split
 from edgesplit.wire import flatten_tree
 
@@ -56,7 +57,7 @@ def export_cuts(analysis: Analysis, cuts: list[Cut], out_dir: str | os.PathLike[
         head, tail = split(analysis, cut)
         with torch.inference_mode():
             mid = head(x)
-        mid = mid if isinstance(mid, tuple) else (mid,)
+        mid = as_tensors(mid)
         names = ["crossing"] if len(mid) == 1 else [f"crossing_{k}" for k in range(len(mid))]
         shapes = [list(shape[1:]) for shape in cut.shapes]
         entries.append({

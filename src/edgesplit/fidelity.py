@@ -47,7 +47,7 @@ from PIL import Image
 from edgesplit.codecs import input_codec, payload_length, split_codec
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import IMAGE_SUFFIXES, fit
-from edgesplit.outputs import Batch, Output, map_arrays, mean_iou, pixel_agreement, pixel_classes
+from edgesplit.outputs import Batch, Output, as_tensors, map_arrays, mean_iou, pixel_agreement, pixel_classes
 from edgesplit.outputs import rows as answer_rows
 
 if TYPE_CHECKING:
@@ -335,7 +335,7 @@ def measure(engine: DeviceEngine, images: Sequence[LabelledImage], *, cuts: Sequ
                            for i in range(len(x))]
                 sent.scores.append(_answer(tail, _stack(decoded), kind, want, answered))
         mflops = head_flops[cut] / 1e6 if head_flops is not None else None
-        fp32_bytes = 4 * sum(tensor[0].size for tensor in _tensors(crossing))
+        fp32_bytes = 4 * sum(tensor[0].size for tensor in as_tensors(crossing))
         results += [replace(make_row(cut, codec.name, codec.exact, fp32_bytes, transfers[codec.name]),
                             head_mflops=mflops) for codec in split_codecs]
     for codec in input_codecs:
@@ -347,11 +347,6 @@ def measure(engine: DeviceEngine, images: Sequence[LabelledImage], *, cuts: Sequ
         results.append(replace(make_row(INPUT, codec.name, codec.exact, 4 * images[0].pixels.size, sent),
                                head_mflops=0.0 if head_flops is not None else None))
     return results
-
-
-def _tensors(batch: Batch) -> tuple[np.ndarray, ...]:
-    """The tensors of a batch that crosses a cut, in order."""
-    return batch if isinstance(batch, tuple) else (batch,)
 
 
 def _image(crossing: Batch, i: int) -> Batch:
@@ -371,7 +366,8 @@ def _answer(run: Callable[[Batch], Output], x: Batch, kind: str, expected: Outpu
     """:func:`_score` of ``run(x)``, or the score already computed for an equal input (the model is
     deterministic)."""
     for earlier, score in answered:
-        if len(_tensors(earlier)) == len(_tensors(x)) and all(map(np.array_equal, _tensors(earlier), _tensors(x))):
+        before, now = as_tensors(earlier), as_tensors(x)
+        if len(before) == len(now) and all(map(np.array_equal, before, now)):
             return score
     score = _score(kind, run(x), expected)
     answered.append((x, score))

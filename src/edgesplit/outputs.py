@@ -47,9 +47,14 @@ def rows(output: Output, start: int, stop: int) -> Output:
     return map_arrays(lambda a: a[start:stop], output)
 
 
+def as_tensors(batch: Any) -> tuple[Any, ...]:
+    """What crosses a cut as a tuple of its tensors, in order (one tensor: a tuple of one)."""
+    return batch if isinstance(batch, tuple) else (batch,)
+
+
 def batch_rows(batch: Batch) -> int:
     """How many requests a batch holds (its tensors' first dimension)."""
-    return len(batch[0]) if isinstance(batch, tuple) else len(batch)
+    return len(as_tensors(batch)[0])
 
 
 def join(batches: list[Batch]) -> Batch:

@@ -22,7 +22,7 @@ import numpy as np
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
-from edgesplit.outputs import Batch, Output, Postprocess, arrays, map_arrays
+from edgesplit.outputs import Batch, Output, Postprocess, arrays, as_tensors, map_arrays
 from edgesplit.profile import CutProfile, Profile, Timing
 from edgesplit.wire import unflatten_tree
 
@@ -81,7 +81,7 @@ class TorchEngine:
 
     def tail(self, cut: str, mid: Batch) -> Output:
         with self._torch.inference_mode():
-            tensors = [self._torch.from_numpy(m) for m in (mid if isinstance(mid, tuple) else (mid,))]
+            tensors = [self._torch.from_numpy(m) for m in as_tensors(mid)]
             return self._finish(map_arrays(lambda t: t.numpy(), self._pair(cut)[1](*tensors)))
 
     def _finish(self, output: Output) -> Output:
@@ -230,7 +230,7 @@ class EmulatedDevice:
             out = run()
         else:
             digest = hashlib.blake2b(digest_size=16)
-            for part in (x if isinstance(x, tuple) else (x,)):
+            for part in as_tensors(x):
                 digest.update(np.ascontiguousarray(part).tobytes())
             key = (kind, cut, digest.digest())
             with self._lock:

@@ -45,7 +45,7 @@ from edgesplit.analysis import analyze
 from edgesplit.errors import EdgesplitError
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model
-from edgesplit.outputs import Batch
+from edgesplit.outputs import Batch, as_tensors
 from edgesplit.runtime.backends import BackendUnavailable, combine_reports
 from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull, Result
 from edgesplit.runtime.engines import create_tail_engine
@@ -168,7 +168,7 @@ class TailReplica:
 
     async def infer(self, cut: int, array: Batch) -> ReplicaAnswer:
         # Ray hands numpy arrays over read-only, zero-copy; torch wants to own them
-        tensors = tuple(a if a.flags.writeable else a.copy() for a in (array if isinstance(array, tuple) else (array,)))
+        tensors = tuple(a if a.flags.writeable else a.copy() for a in as_tensors(array))
         result = await self.batcher.submit(cut, tensors if isinstance(array, tuple) else tensors[0])
         return ReplicaAnswer(result, self.state())
 

@@ -25,7 +25,7 @@ from edgesplit.wire import FLOATS, Expectation
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
 from edgesplit.models import Normalization
-from edgesplit.outputs import Batch, Output, Postprocess, map_arrays
+from edgesplit.outputs import Batch, Output, Postprocess, as_tensors, map_arrays
 from edgesplit import splitter
 
 INPUT_CUT = 0
@@ -181,7 +181,7 @@ class TailEngine:
                 return (x,)
             head = splitter.split(self.analysis, self.cuts[cut_id].name)[0]
             mid = head(x.to(module_device(self.model)))
-            return tuple(t.cpu() for t in (mid if isinstance(mid, tuple) else (mid,)))
+            return tuple(t.cpu() for t in as_tensors(mid))
 
     def expectation(self, max_batch_size: int) -> Expectation:
         return Expectation(self.model_id, {i: c.expected for i, c in self.cuts.items()}, max_batch_size,
@@ -219,7 +219,7 @@ class TailEngine:
         at ``cut_id``: one tensor, or a tuple of them at a cut where several cross; uint8 input at the input
         cut is normalised here. With a :class:`BatchPlan`, a batch that crossed before its cut runs one row
         at a time up to it."""
-        tensors = batch if isinstance(batch, tuple) else (batch,)
+        tensors = as_tensors(batch)
         if cut_id == INPUT_CUT and tensors[0].dtype == np.uint8:
             tensors = (self._normalize(tensors[0]),)
         with torch.inference_mode():
