@@ -10,7 +10,7 @@ import pytest
 
 from edgesplit.errors import EdgesplitError
 from edgesplit.latency import (LinkState, Option, ServerState, build_options, find_option, hedged_latency, latency,
-                               queue_met)
+                               queue_met, rest_on_device)
 from edgesplit.errors import ProfileError
 from edgesplit.profile import CutProfile, Profile, Timing, load_profile, with_slowdown
 
@@ -237,6 +237,19 @@ def test_the_wait_is_the_reported_one_aged_to_the_requests_arrival(options):
     assert queue_met(split, LINK, ServerState(0.02, growth=0.5, age_s=0.2, met_s=0.07)) == pytest.approx(0.2025)
 
 
+def test_post_processing_counts_once_where_it_runs():
+    # a detector's boxes: 20 ms on the device after a local run, 4 ms on the server after the tail
+    options = by_name(build_options(device_profile(answer_s=0.02), server_profile(answer_s=0.004)))
+    local, split, raw = options["local"], options["split:c1:fp32"], options["offload:raw"]
+    assert latency(local, LINK, BUSY) == pytest.approx(0.3 + 0.02, abs=1e-12)
+    assert latency(split, LINK, BUSY) == pytest.approx(0.231 + 0.004, abs=1e-12)  # term by term as above
+    assert latency(raw, LINK, BUSY) == pytest.approx(0.1018 + 0.004, abs=1e-12)
+    # the server's compute scale measures its tails, not its post-processing: the tail (0.02) doubles, alone
+    assert latency(split, LINK, ServerState(0.02, compute_scale=2.0)) == pytest.approx(0.231 + 0.02 + 0.004, abs=1e-12)
+    # a device that finishes the split itself runs the tail and its own post-processing: 0.2 + 0.02
+    assert rest_on_device(split, local.head_s) == pytest.approx(0.22, abs=1e-12)
+
+
 def test_latency_without_rtt_load_or_downlink_cost_is_compute_plus_upload(options):
     assert latency(options["split:c2:fp32"], LinkState(4 * MBPS), ServerState()) == pytest.approx(
         0.25 + 10_000 * 8 / 4e6 + 0.005, abs=1e-12)
@@ -360,6 +373,20 @@ def test_load_profile_refuses_a_time_that_is_not_finite_and_positive(tmp_path, v
         load_profile(path)
 
 
+def test_a_profile_without_answer_s_loads_as_none_spent_and_a_bad_one_is_refused(tmp_path):
+    data = device_profile(answer_s=0.02).to_dict()
+    path = tmp_path / "answer.json"
+    path.write_text(json.dumps(data))
+    assert load_profile(path).answer_s == 0.02
+    del data["answer_s"]  # written before profiles measured the post-processing
+    path.write_text(json.dumps(data))
+    assert load_profile(path) == device_profile() and load_profile(path).answer_s == 0.0
+    for value in (float("nan"), float("inf"), -0.001):
+        path.write_text(json.dumps({**data, "answer_s": value}))
+        with pytest.raises(ProfileError, match=rf"answer\.json is a malformed profile \(an answer_s of {value!r} s\)"):
+            load_profile(path)
+
+
 def test_load_profile_of_a_missing_file(tmp_path):
     with pytest.raises(ProfileError, match=r"cannot read profile .*nowhere\.json"):
         load_profile(tmp_path / "nowhere.json")
@@ -403,6 +430,7 @@ def test_with_slowdown_scales_every_time_and_no_size():
         (c.name, c.index, c.elements) for c in device.cuts.values()]
     assert (slow.output_bytes, slow.model, slow.role, slow.input_shape, slow.batch_sizes, slow.machine) == (
         4000, "tiny", "device", (3, 10, 10), (1,), {"cpu": "made-up"})
+    assert with_slowdown(device_profile(answer_s=0.02), 2.0).answer_s == pytest.approx(0.04)
     assert slow.cuts["c1"].head_s[1].repeats == 5
     # and the options built from it: times doubled, bytes unchanged
     options = by_name(build_options(slow, server_profile()))

@@ -1,17 +1,22 @@
-"""Measuring profiles on a real (tiny) model: composition, estimation, slowdown, codecs."""
+"""Measuring profiles on a real (tiny) model: composition, estimation, slowdown, codecs, the answer's frame."""
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from edgesplit import analyze
 from edgesplit.errors import EdgesplitError, ProfileError
 from edgesplit.measure import measure
 from edgesplit.codecs import PROFILED_CODECS
+from edgesplit.outputs import PixelClasses
 from edgesplit.profile import FORMAT, load_profile, with_batch_plan
 from toy_models import Toy
 
 SHAPE = (3, 8, 8)
+HEADER, SECTION = 24, 14  # a frame's header and a section's fixed part (docs/wire.md)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +37,8 @@ def test_per_node_profile_covers_every_cut_and_batch_size(toy, tmp_path):
     first, last = profile.cuts["x"], profile.cuts["view"]
     assert first.head_s[1].median_s <= last.head_s[1].median_s and last.tail_s[1].median_s <= first.tail_s[1].median_s
     assert profile.cuts["conv1"].elements == 64
-    assert profile.output_bytes == 5 * 4  # the logits, fp32
+    # the logits' frame: header, one unnamed section of shape (1, 5), 5 float32
+    assert profile.output_bytes == HEADER + SECTION + 2 * 4 + 5 * 4 and profile.answer_s == 0.0
     assert profile.input_codecs["raw"]["bytes"] == 192
     assert set(profile.input_codecs) == {"raw", "jpeg:75", "jpeg:90"} and profile.input_codecs["jpeg:90"]["bytes"] > 0
     pool = profile.cuts["pool"]
@@ -90,3 +96,57 @@ def test_a_batch_plan_prices_early_cuts_one_request_at_a_time(toy):
 def test_bad_profiling_arguments(toy, kwargs, message):
     with pytest.raises(EdgesplitError, match=message):
         measure(toy, [toy.cut("add")], role="device", batch_sizes=(1,), **kwargs)
+
+
+class Segmenter(nn.Module):
+    """Two classes' scores per pixel, as torchvision's segmentation models answer: ``{"out": (N, 2, 8, 8)}``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.conv(x)}
+
+
+class PixelsAsBoxes:
+    """A detector-like answer whose size varies: one box per pixel of class 1; records each answer's boxes."""
+
+    varies = True
+
+    def __init__(self) -> None:
+        self.boxes: dict[bytes, int] = {}  # per distinct output (photo): how many boxes it answered
+
+    def answer(self, output):
+        count = int((output["out"][0].argmax(axis=0) == 1).sum())
+        self.boxes[output["out"].tobytes()] = count
+        return {"boxes": np.zeros((count, 4), np.float32), "scores": np.zeros(count, np.float32),
+                "labels": np.ones(count, np.int32)}
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    torch.manual_seed(0)
+    return analyze(Segmenter().eval(), SHAPE, "segmenter")
+
+
+def test_the_answer_is_priced_as_the_frame_the_server_sends(segmenter, tmp_path):
+    scores = measure(segmenter, [], role="server", batch_sizes=(1,), repeats=3, jpeg_qualities=())
+    classes = measure(segmenter, [], role="server", batch_sizes=(1,), repeats=3, jpeg_qualities=(),
+                      postprocess=PixelClasses())
+    # named "out" (3 B), shape (1, 2, 8, 8): 128 float32 scores; as classes (1, 8, 8): 64 uint8
+    assert scores.output_bytes == HEADER + SECTION + 3 + 4 * 4 + 128 * 4 == 569 and scores.answer_s == 0.0
+    assert classes.output_bytes == HEADER + SECTION + 3 + 3 * 4 + 64 == 117 and classes.answer_s > 0
+    path = tmp_path / "classes.json"
+    classes.save(path)
+    assert load_profile(path) == classes and load_profile(path).answer_s == classes.answer_s
+
+
+def test_an_answer_that_varies_is_priced_at_its_mean_frame_over_the_photos(segmenter):
+    boxes = PixelsAsBoxes()
+    profile = measure(segmenter, [], role="server", batch_sizes=(1,), repeats=3, jpeg_qualities=(), postprocess=boxes)
+    # three sections: "boxes" (5 B, 2 dims), "scores" and "labels" (6 B, 1 dim), 16 + 4 + 4 B per box
+    frames = [HEADER + 3 * SECTION + 5 + 6 + 6 + 4 * (2 + 1 + 1) + 24 * count for count in boxes.boxes.values()]
+    assert len(frames) == 3 and len(set(frames)) > 1  # three photos, answered with different numbers of boxes
+    assert profile.output_bytes == round(sum(frames) / 3)
+

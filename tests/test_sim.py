@@ -3,6 +3,7 @@ estimator may know and when, probes, the batching server, and the summary."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Iterator
@@ -94,6 +95,14 @@ def test_the_lone_offload_request_term_by_term():
     (r,) = run("offload", RateTrace.constant(8 * MBPS), fps=1.0, duration_s=1.0)
     # 40000 B at 8 Mbit/s 0.04 + rtt 0.04 + tail 0.01 + decode 0.002 + 4000 B at 32 Mbit/s 0.001
     assert r.latency_s == pytest.approx(0.093, abs=1e-12)
+
+
+def test_the_servers_post_processing_comes_after_the_batch_once_per_request():
+    made = dataclasses.replace(RAW, answer_s=0.005)  # a segmenter's classes, a detector's boxes: 5 ms each
+    (r,) = run("offload", RateTrace.constant(8 * MBPS), fps=1.0, duration_s=1.0, options=[LOCAL, made])
+    assert r.latency_s == pytest.approx(0.093 + 0.005, abs=1e-12)
+    assert r.compute_s == pytest.approx(0.01)  # the tail alone, as a server's Server-Timing says
+    assert r.latency_s == pytest.approx(latency(made, LinkState(8 * MBPS, 0.04, 32 * MBPS), ServerState()), rel=1e-12)
 
 
 def test_a_transfer_across_a_rate_change_takes_the_integrated_time():

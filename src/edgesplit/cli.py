@@ -210,7 +210,8 @@ def profile(model: str, weights: str | None, input_size: int | None, input_shape
             task = bar.add_task(f"profiling {len(cuts)} cuts", total=len(sizes))
             result = measure(analysis, cuts, role=role, batch_sizes=sizes, method=method, repeats=repeats,
                              slowdown=slowdown, progress=lambda text: bar.update(task, advance=1, description=text),
-                             idle_s=idle_ms / 1000, normalization=loaded.normalization)
+                             idle_s=idle_ms / 1000, normalization=loaded.normalization,
+                             postprocess=loaded.postprocess)
     if device_ms is not None:
         from edgesplit.profile import with_device_time
 
@@ -572,7 +573,8 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
         if engine.name == "torch" and engine.device.type == "cpu":
             measured = _as_served(lambda: measure(analysis, analysis.natural_bottlenecks(), role="server",
                                                   batch_sizes=sizes, repeats=5, idle_s=profile_idle_ms / 1000,
-                                                  normalization=loaded.normalization))
+                                                  normalization=loaded.normalization,
+                                                  postprocess=loaded.postprocess))
             if engine.batch_plan is not None and engine.batch_plan.batch_from != INPUT_CUT:
                 measured = with_batch_plan(measured, engine.cuts[engine.batch_plan.batch_from].name)
         else:  # timed through the engine as it serves, batch plan included

@@ -246,7 +246,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
         measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console,
-                                             loaded.normalization)
+                                             loaded.normalization, loaded.postprocess)
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
@@ -270,14 +270,14 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
 
 
 def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, console: Console,
-                      normalization: Any) -> tuple[Profile, Profile]:
+                      normalization: Any, postprocess: Postprocess | None = None) -> tuple[Profile, Profile]:
     """This machine's profile at batch 1, each timed run after ``idle_s`` idle (requests come about that far
     apart, and a CPU that idled is slower for its next inference), and the emulated device's: this machine
-    slowed so that the whole model takes ``device_local_s``."""
+    slowed so that the whole model takes ``device_local_s``; ``postprocess``: the model's, priced in both."""
     from edgesplit.measure import measure
 
     measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
-                       idle_s=idle_s, normalization=normalization)
+                       idle_s=idle_s, normalization=normalization, postprocess=postprocess)
     slowdown = device_local_s / measured.model_s[1].median_s
     if slowdown < 1:
         raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "

@@ -1,7 +1,7 @@
 """The one latency model, shared by the simulator, the grid and the live client.
 
     T(option) = head_device + encode + bytes / uplink_rate + RTT + queue_wait + tail_server(batch)
-                + decode + result_bytes / downlink_rate
+                + decode + answer_server + result_bytes / downlink_rate
 
 (plus, when the device's earlier uploads are still queued on the uplink, the part of that backlog that
 the head's computation does not hide).
@@ -9,7 +9,9 @@ the head's computation does not hide).
 An :class:`Option` is one way to serve a request: ``local`` (the whole model on the device, nothing sent),
 ``offload`` (the input leaves the device: raw uint8 or JPEG) or ``split`` (head on the device, one codec for
 the crossing tensor, tail on the server). :func:`build_options` turns a device and a server profile into
-the options; :func:`latency` prices one of them for a link and a server state.
+the options; :func:`latency` prices one of them for a link and a server state. A model's post-processing
+(``Profile.answer_s``: a segmenter's classes, a detector's boxes) runs where the answer is made: on the
+server after the tail, or on the device in ``local``'s time, and so in the rest a fallback computes.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class Option:
     result_bytes: int
     exact: bool  # the answer equals the whole model's on the uncompressed input
     agreement: float | None = None  # top-1 agreement with the exact answer: 1 if exact, measured, or unknown
+    answer_s: float = 0.0  # the server's post-processing per request, after the tail (local: in head_s)
 
     def tail_at(self, batch_size: int) -> float:
         return interpolate_batch(self.tail_s, batch_size) if self.tail_s else 0.0
@@ -100,7 +103,7 @@ def latencies_at(option: Option, link: LinkState, server: ServerState, rates_bps
         return (option.head_s,) * len(rates_bps)
     ready = option.head_s + option.encode_s
     fixed = (ready + link.rtt_s + option.tail_at(server.batch_size) * server.compute_scale + option.decode_s
-             + option.result_bytes * 8 / link.downlink_bps)
+             + option.answer_s + option.result_bytes * 8 / link.downlink_bps)
     uploads = [_upload_s(option, link, rate) for rate in rates_bps]
     return tuple(fixed + upload + server.queue_at(ready + upload + link.rtt_s / 2) for upload in uploads)
 
@@ -152,7 +155,7 @@ def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = 
                            f"profile of {server.model} {list(server.input_shape)}")
     for spec in codecs:
         split_codec(spec)
-    options = [Option("local", "local", None, "-", device.tail_s(None, 1), 0.0, 0, 0.0, {}, 0, True)]
+    options = [Option("local", "local", None, "-", device.tail_s(None, 1) + device.answer_s, 0.0, 0, 0.0, {}, 0, True)]
     if not private:
         for name, entry in server.input_codecs.items():
             codec = input_codec(name)
@@ -162,7 +165,7 @@ def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = 
             options.append(Option(
                 f"offload:{codec.name}", "offload", None, codec.name, 0.0, encode, int(round(entry["bytes"])),
                 entry["decode_s"], {b: t.median_s for b, t in server.model_s.items()}, server.output_bytes,
-                exact=codec.exact))
+                exact=codec.exact, answer_s=server.answer_s))
     names = cuts if cuts is not None else [n for n in device.cuts if n in server.cuts]
     for name in names:
         head, tail = device.cut(name), server.cut(name)
@@ -174,7 +177,8 @@ def build_options(device: Profile, server: Profile, *, cuts: list[str] | None = 
             options.append(Option(
                 f"split:{name}:{codec.name}", "split", name, codec.name, device.head_s(name), sent["encode_s"],
                 int(round(sent["bytes"])), received["decode_s"],
-                {b: t.median_s for b, t in tail.tail_s.items()}, server.output_bytes, codec.exact))
+                {b: t.median_s for b, t in tail.tail_s.items()}, server.output_bytes, codec.exact,
+                answer_s=server.answer_s))
     measured = {**server.agreement, **device.agreement}
     options = [replace(o, agreement=1.0 if o.exact else measured.get(o.name)) for o in options]
     if len(options) == 1 and private:

@@ -9,6 +9,11 @@ between the two, is taken off in equal shares per node so that head + tail = the
 measured FLOP/s (marked ``estimated``). ``slowdown`` scales every time to emulate slower (> 1) or faster
 (< 1) hardware; the profile records the factor.
 
+The answer is priced as it crosses the wire: ``output_bytes`` is the length of the frame the server
+sends (:func:`edgesplit.wire.encode_tensors` of the model's output, or of what the model's
+``postprocess`` makes of it: a segmenter's class per pixel, a detector's boxes), and ``answer_s`` the
+post-processing's time per request (0 without one), both on the photos the codecs are costed on.
+
 ``idle_s`` sleeps before every timed run, to profile the machine as it serves requests that arrive apart:
 a CPU that has idled is slower for its next inference (EfficientNet-Lite0 here: 43 ms back to back,
 55–85 ms after 0.4 s idle). The profile records it under ``machine["idle_s"]``.
@@ -34,7 +39,9 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.codecs import COSTED_SAMPLES, jpeg_decode, jpeg_encode, split_codec_costs
 from edgesplit.images import PHOTOS, fit, normalizer, photo
 from edgesplit.models import IMAGENET, Normalization
+from edgesplit.outputs import Postprocess, map_arrays
 from edgesplit.profile import CutProfile, Profile, Role, Timing, with_slowdown
+from edgesplit.wire import OUTPUT_CUT, encode_tensors, flatten_tree
 
 
 def machine_description() -> dict[str, Any]:
@@ -60,7 +67,8 @@ class _NodeTimer(fx.Interpreter):
 def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tuple[int, ...],
             method: str = "per-node", repeats: int = 10, warmup: int = 2, slowdown: float = 1.0,
             jpeg_qualities: tuple[int, ...] = (75, 90), progress: Callable[[str], None] | None = None,
-            idle_s: float = 0.0, normalization: Normalization = IMAGENET) -> Profile:
+            idle_s: float = 0.0, normalization: Normalization = IMAGENET,
+            postprocess: Postprocess | None = None) -> Profile:
     """Profile ``cuts`` of the analysed model on this machine (see the module docstring)."""
     if method not in ("per-node", "flops"):
         raise EdgesplitError(f"unknown profiling method {method!r}; known: per-node, flops")
@@ -77,6 +85,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
     photos = [fit(photo(name), analysis.input_shape) for name in PHOTOS] if _is_image(analysis.input_shape) else []
     samples = _samples(analysis, normalization, photos[:COSTED_SAMPLES])
     crossing = _crossing_values(graph.gm, samples, [c for c in cuts if c.index > 0])
+    output_bytes, answer_s = _answer_costs(graph.model, samples, postprocess)
     for batch_size in batch_sizes:
         if progress:
             progress(f"batch size {batch_size}")
@@ -110,7 +119,7 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
                                  _codec_costs(crossing.get(c.name, [])),
                                  c.shapes[0][1:] if c.shapes else None) for c in cuts},
         input_codecs=_input_codec_times(analysis.input_shape, photos, jpeg_qualities, normalization),
-        output_bytes=_output_bytes(graph), flops_per_s=flops_per_s)
+        output_bytes=output_bytes, flops_per_s=flops_per_s, answer_s=answer_s)
     return with_slowdown(profile, slowdown) if slowdown != 1.0 else profile
 
 
@@ -211,10 +220,21 @@ def _input_codec_times(input_shape: tuple[int, ...], images: list[np.ndarray], q
     return codecs
 
 
-def _output_bytes(graph: Any) -> int:
-    output = next(n for n in graph.gm.graph.nodes if n.op == "output")
-    values = [graph.values[a.name] for a in output.all_input_nodes if a.name in graph.values]
-    return sum(v.numel * 4 for v in values if v.is_tensor)
+def _answer_costs(model: torch.nn.Module, samples: torch.Tensor, postprocess: Postprocess | None
+                  ) -> tuple[int, float]:
+    """The bytes of the frame that answers one request, and the seconds ``postprocess`` takes per request
+    (median over ``samples``, batch 1; 0 without one). The bytes are the mean over ``samples``: a detector's
+    answer grows with its boxes, and the downlink's time is linear in bytes, so the mean prices the mean
+    transfer (as the mean JPEG size does the upload)."""
+    sizes, seconds = [], []
+    for sample in samples:
+        with torch.inference_mode():
+            output = map_arrays(lambda t: t.numpy(), model(sample[None]))
+        answer = output if postprocess is None else postprocess.answer(output)
+        sizes.append(len(encode_tensors(flatten_tree(answer), model_id=bytes(8), cut=OUTPUT_CUT)))
+        if postprocess is not None:
+            seconds += _time_calls(lambda: postprocess.answer(output), 3, 1)
+    return round(statistics.mean(sizes)), statistics.median(seconds) if seconds else 0.0
 
 
 def iter_batch_sizes(text: str) -> Iterator[int]:

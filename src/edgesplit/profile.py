@@ -77,10 +77,12 @@ class Profile:
     model_s: dict[int, Timing]
     cuts: dict[str, CutProfile]
     input_codecs: dict[str, dict[str, float]]  # raw / jpeg<Q>: {"bytes", "encode_s", "decode_s"}
-    output_bytes: int
+    output_bytes: int  # the frame that answers one request
     flops_per_s: dict[int, float] = field(default_factory=dict)
     agreement: dict[str, float] = field(default_factory=dict)  # option name: top-1 agreement with fp32, measured
     # by edgesplit fidelity (lossy options only)
+    answer_s: float = 0.0  # the model's post-processing per request, batch 1 (a segmenter's classes, a detector's
+    # boxes): on the server after the tail, on the device after a local run; 0 for a model without one
 
     def cut(self, name: str) -> CutProfile:
         if name not in self.cuts:
@@ -103,7 +105,7 @@ class Profile:
             "machine": self.machine, "model_s": {str(b): t.to_dict() for b, t in self.model_s.items()},
             "flops_per_s": {str(b): v for b, v in self.flops_per_s.items()},
             "cuts": [c.to_dict() for c in self.cuts.values()], "input_codecs": self.input_codecs,
-            "output_bytes": self.output_bytes, "agreement": self.agreement,
+            "output_bytes": self.output_bytes, "agreement": self.agreement, "answer_s": self.answer_s,
         }
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -192,10 +194,10 @@ def with_slowdown(profile: Profile, factor: float) -> Profile:
 
     cuts = {n: replace(c, head_s=scale(c.head_s), tail_s=scale(c.tail_s), codec_s=scale_codecs(c.codec_s))
             for n, c in profile.cuts.items()}
-    return Profile(profile.model, profile.role, profile.input_shape, profile.batch_sizes, profile.method,
-                   profile.slowdown * factor, profile.machine,
-                   scale(profile.model_s), cuts, scale_codecs(profile.input_codecs), profile.output_bytes,
-                   {b: v / factor for b, v in profile.flops_per_s.items()})
+    return replace(profile, slowdown=profile.slowdown * factor, model_s=scale(profile.model_s), cuts=cuts,
+                   input_codecs=scale_codecs(profile.input_codecs),
+                   flops_per_s={b: v / factor for b, v in profile.flops_per_s.items()},
+                   answer_s=profile.answer_s * factor)
 
 
 def with_device_time(profile: Profile, whole_model_s: float) -> Profile:
@@ -224,10 +226,8 @@ def with_batch_plan(profile: Profile, batch_from: str) -> Profile:
 
     cuts = {n: c if c.index >= boundary.index else replace(c, tail_s=planned(c.tail_s))
             for n, c in profile.cuts.items()}
-    return Profile(profile.model, profile.role, profile.input_shape, profile.batch_sizes,
-                   f"{profile.method}; batches run one request at a time before {batch_from}", profile.slowdown,
-                   profile.machine, planned(profile.model_s), cuts, profile.input_codecs, profile.output_bytes,
-                   profile.flops_per_s)
+    return replace(profile, method=f"{profile.method}; batches run one request at a time before {batch_from}",
+                   model_s=planned(profile.model_s), cuts=cuts)
 
 
 def quantile(ordered: list[float], q: float) -> float:
@@ -259,10 +259,10 @@ def profile_from_dict(data: Any, source: str) -> Profile:
             raise ProfileError(f"{source} is not an edgesplit profile (format {data.get('format')!r}, "
                                f"expected {FORMAT!r})")
 
-        def seconds(value: Any) -> float:
+        def seconds(value: Any, what: str = "a time") -> float:
             value = float(value)
             if not (math.isfinite(value) and value >= 0):
-                raise ProfileError(f"{source} is a malformed profile (a time of {value!r} s)")
+                raise ProfileError(f"{source} is a malformed profile ({what} of {value!r} s)")
             return value
 
         def timings(table: dict[str, Any]) -> dict[int, Timing]:
@@ -277,7 +277,8 @@ def profile_from_dict(data: Any, source: str) -> Profile:
                        data["method"], float(data["slowdown"]), data["machine"], timings(data["model_s"]), cuts,
                        _input_codecs(data["input_codecs"]), int(data["output_bytes"]),
                        {int(b): float(v) for b, v in data.get("flops_per_s", {}).items()},
-                       _agreements(data.get("agreement", {}), source))
+                       _agreements(data.get("agreement", {}), source),
+                       seconds(data.get("answer_s", 0.0), "an answer_s"))  # older profiles: 0
     except ProfileError:
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

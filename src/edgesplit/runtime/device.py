@@ -133,7 +133,7 @@ def _torch_engine(model: str, weights: str | None, input_size: int | None, input
     if device_profile is None:
         console.print("measuring this device's profile (natural bottlenecks, batch 1)…")
         device = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
-                         normalization=loaded.normalization)
+                         normalization=loaded.normalization, postprocess=loaded.postprocess)
     else:
         device = load_profile(device_profile)
     return TorchEngine(analysis, loaded.normalization, loaded.postprocess), device

@@ -505,7 +505,8 @@ def _device(fleet: _Fleet, spec: FleetDevice, core: DeviceCore) -> _Process:
                 started = yield _Send(arrives, option.cut or INPUT_CUT,
                                       lambda b, o=option: o.decode_s + o.tail_at(b), give_up)
                 if started is not None:  # its batch started by the deadline: the answer's time is known
-                    finish = started.job.done_s + rtt / 2 + option.result_bytes * 8 / device.downlink_bps
+                    finish = (started.job.done_s + option.answer_s + rtt / 2  # the answer, made after the batch
+                              + option.result_bytes * 8 / device.downlink_bps)
             if started is None or finish > give_up:  # the device stops waiting, drops what is still uploading,
                 # runs the rest
                 uplink_free = min(uplink_free, max(give_up, start))

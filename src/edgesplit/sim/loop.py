@@ -138,7 +138,8 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
             finish = math.inf
             if arrives <= give_up:  # else the body never arrives whole and the server computes nothing
                 served = server.serve(arrives, option.cut or INPUT_CUT, lambda b, o=option: o.decode_s + o.tail_at(b))
-                finish = served.done_s + rtt / 2 + option.result_bytes * 8 / device.downlink_bps
+                finish = (served.done_s + option.answer_s + rtt / 2  # the answer is made per request, after the batch
+                          + option.result_bytes * 8 / device.downlink_bps)
             if finish > give_up:  # the device stops waiting, drops what is still uploading, runs the rest
                 learnt = give_up
                 uplink_free = min(uplink_free, max(give_up, start))
