@@ -25,8 +25,18 @@ from edgesplit.wire import FRAME_TYPE, OUTPUT_CUT, decode_frame, encode_tensors
 from live_server import LiveServer
 
 SSDLITE = "ssdlite320_mobilenet_v3_large"
+FASTER_RCNN = "fasterrcnn_mobilenet_v3_large_320_fpn"
 SHAPE = (3, 320, 320)
 KEYS = {"boxes", "scores", "labels"}
+
+
+def _prepared(name, loaded):
+    """The model, its analysis, options and photos, and its smallest record-low natural bottleneck."""
+    analysis = analyze(loaded.module, SHAPE, name)
+    cut = [c for c in analysis.natural_bottlenecks() if c.record_low][-1]  # the smallest tensor
+    profile = measure(analysis, [cut], role="device", batch_sizes=(1,), repeats=1, jpeg_qualities=())
+    images = [fit(photo(photo_name), SHAPE) for photo_name in PHOTOS[:3]]
+    return loaded, analysis, build_options(profile, profile, jpeg=False), images, cut
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +44,14 @@ def ssdlite():
     loaded = load_model(SSDLITE)
     detector = loaded.module.detector  # random weights score every box low: keep a few per image anyway
     detector.score_thresh, detector.topk_candidates, detector.detections_per_img = 0.0, 5, 20
-    analysis = analyze(loaded.module, SHAPE, SSDLITE)
-    cut = [c for c in analysis.natural_bottlenecks() if c.record_low][-1]  # the smallest tensor
-    profile = measure(analysis, [cut], role="device", batch_sizes=(1,), repeats=1, jpeg_qualities=())
-    images = [fit(photo(name), SHAPE) for name in PHOTOS[:3]]
-    return loaded, analysis, build_options(profile, profile, jpeg=False), images, cut
+    return _prepared(SSDLITE, loaded)
+
+
+@pytest.fixture(scope="module")
+def faster_rcnn():
+    loaded = load_model(FASTER_RCNN)
+    loaded.module.detector.roi_heads.score_thresh = 0.0  # random weights score every class about 1/91
+    return _prepared(FASTER_RCNN, loaded)
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +120,26 @@ def test_a_server_killed_mid_run_leaves_the_device_answering_its_own_detections(
             local = client.engine.local(client.engine.normalize(image))
             _assert_equal_detections(client.last_output, local)
             assert record.answer == answer_digest(local)
+
+
+def test_a_faster_rcnn_split_answers_boxes_equal_to_the_local_ones(faster_rcnn):
+    """Its tail ends with the FPN's maps (what the RoI heads pool), but only boxes come back."""
+    loaded, analysis, _, images, cut = faster_rcnn
+    engine = TorchEngine(analysis, loaded.normalization)  # no post-processing: the core's raw outputs
+    raw = sum(a.nbytes for a in arrays(engine.local(engine.normalize(images[0]))))
+    with (LiveServer(create_app(TailEngine(analysis, loaded.normalization, postprocess=loaded.postprocess))) as live,
+          _client(faster_rcnn, live.url, f"static:{cut.name}") as client):
+        client.connect()
+        for image in images:
+            record = client.infer(image)
+            assert (record.executed, record.fallback_reason) == ("split", None)
+            local = client.engine.local(client.engine.normalize(image))
+            assert len(local["boxes"]) >= 50
+            _assert_equal_detections(client.last_output, local)
+            assert record.answer == answer_digest(local)
+    answer = sum(a.nbytes for a in arrays(local))
+    assert answer * 50 < raw  # 100 boxes: 2.4 KB, against 0.3 MB of maps and RPN outputs
+    print(f"answer {answer} bytes, raw tail outputs {raw} bytes")
 
 
 def test_answers_that_are_not_the_detectors_fall_back(ssdlite, server):

@@ -1,8 +1,9 @@
 """serve --backend ray: the front end hands tensors to Ray Serve replicas, answers as the in-process server
 does, refuses bad options clearly, and loses no request when a replica dies.
 
-One Ray instance for the module (4 logical CPUs, no dashboard, its files under pytest's temp dir), one
-application of 2 replicas of squeezenet1_1 at 64×64; shut down at the end.
+One Ray instance for the module (room for three replicas, no dashboard, its files under pytest's temp dir),
+one application of 2 replicas of squeezenet1_1 at 64×64, and one of a detector whose front end turns the
+replica's raw head outputs into boxes; shut down at the end.
 """
 
 import asyncio
@@ -20,13 +21,16 @@ import torch
 from ray import serve
 
 from edgesplit import analyze, split
-from edgesplit.wire import OUTPUT_CUT, decode_frame, encode_frame
+from edgesplit.codecs import input_codec, split_codec
+from edgesplit.wire import OUTPUT_CUT, decode_frame, encode_frame, unflatten_tree
 from edgesplit.errors import EdgesplitError
+from edgesplit.images import fit, photo
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model
 from edgesplit.runtime import ray_backend as ray_module
 from edgesplit.runtime.backends import COMBINE_RULES, combine_reports
 from edgesplit.runtime.batcher import QueueFull
+from edgesplit.runtime.device_engines import TorchEngine
 from edgesplit.runtime.ray_backend import EngineRecipe, ReplicaState, Scaling, application_name, start_ray_backend
 from edgesplit.runtime.server import ServerConfig, create_app
 from edgesplit.runtime.tail_engine import TailEngine
@@ -37,6 +41,7 @@ MODEL, SHAPE = "squeezenet1_1", (3, 64, 64)
 CONFIG = ServerConfig(max_batch_size=2, batch_wait_timeout_s=0.0, max_queue=2)
 SERVE = ("serve", MODEL, "--input-size", "64")
 THREADS = torch.get_num_threads()  # as many in each replica as here: kernels sum in another order with fewer
+DETECTOR, DETECTOR_SHAPE = "ssdlite320_mobilenet_v3_large", (3, 320, 320)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +53,7 @@ def model():
 
 @pytest.fixture(scope="module")
 def backend(model, tmp_path_factory):
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+    ray.init(num_cpus=3 * THREADS, include_dashboard=False, log_to_driver=False,
              _temp_dir=str(tmp_path_factory.mktemp("ray")))
     try:
         yield start_ray_backend(EngineRecipe(model=MODEL, weights=None, input_shape=SHAPE), model[2],
@@ -126,6 +131,31 @@ def test_ray_answers_are_the_in_process_answers(model, servers, frames):
     assert info["replicas"] and all(r["actor"].startswith("SERVE_REPLICA::") for r in info["replicas"])
     assert httpx.get(f"{in_process.url}/v1/model").json()["backend"] == "in-process"
     assert httpx.get(f"{on_ray.url}/healthz").json()["load"]["max_batch_size"] == CONFIG.max_batch_size
+
+
+def test_ray_serves_a_detectors_boxes_equal_to_the_local_ones(backend):
+    loaded = load_model(DETECTOR)
+    detector = loaded.module.detector  # random weights score every box low: keep a few per image anyway
+    detector.score_thresh, detector.topk_candidates, detector.detections_per_img = 0.0, 5, 20
+    analysis = analyze(loaded.module, DETECTOR_SHAPE, DETECTOR)
+    front = TailEngine(analysis, loaded.normalization, postprocess=loaded.postprocess)  # the replica runs tails only
+    tails = start_ray_backend(EngineRecipe(model=DETECTOR, weights=None, input_shape=DETECTOR_SHAPE), front,
+                              scaling=Scaling(replicas=1, replica_cpus=THREADS), max_batch_size=CONFIG.max_batch_size,
+                              batch_wait_timeout_s=0.0, max_queue=CONFIG.max_queue, warm_up=False, owns_ray=False)
+    device = TorchEngine(analysis, loaded.normalization, loaded.postprocess)
+    cut = [c for c in analysis.natural_bottlenecks() if c.record_low][-1]  # the smallest tensor
+    image = fit(photo("coffee"), DETECTOR_SHAPE)
+    x = device.normalize(image)
+    expected = device.local(x)
+    frames = {"offload": input_codec("raw").frame(image, model_id=front.model_id),
+              cut.name: split_codec("fp32").frame(device.head(cut.name, x), model_id=front.model_id, cut=cut.index)}
+    with LiveServer(create_app(front, CONFIG, backend=tails)) as on_ray:
+        for name, frame in frames.items():
+            answer = post(on_ray.url, frame)
+            assert answer.status_code == 200, answer.text
+            got = unflatten_tree(decode_frame(answer.content).named)
+            assert set(got) == {"boxes", "scores", "labels"} and len(expected["boxes"]) > 0, name
+            assert all(got[k].dtype == expected[k].dtype and np.array_equal(got[k], expected[k]) for k in got), name
 
 
 def test_a_second_front_end_attaches_to_the_running_application(model, backend):

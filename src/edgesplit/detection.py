@@ -6,10 +6,20 @@ data-dependent. They are taken apart into three steps, each reusing the detector
 
 - ``core.preprocess(images)``: torchvision's ``GeneralizedRCNNTransform`` (normalize, resize to the
   core's fixed size, batch), uint8 or float images in, an (N, 3, H, W) tensor out;
-- ``core(x)``: backbone and head, fx-traceable, sharing the detector's parameters; it returns the head's
-  raw outputs, a dict of tensors (``bbox_regression``, ``cls_logits``, and ``bbox_ctrness`` for FCOS);
-- ``core.postprocess(outputs, original_sizes)``: anchors (which depend on shapes only, so are computed
-  once per device), ``postprocess_detections`` and ``transform.postprocess``.
+- ``core(x)``: the fx-traceable layers, sharing the detector's parameters; a dict of tensors (nested
+  for Faster R-CNN);
+- ``core.postprocess(outputs, original_sizes)``: the rest, then ``transform.postprocess``.
+
+One-stage detectors (SSD, SSDlite, RetinaNet, FCOS; :class:`DetectionCore`): the core is backbone and head,
+returning the head's raw outputs (``bbox_regression``, ``cls_logits``, and ``bbox_ctrness`` for FCOS); the
+post-processing is anchors (which depend on shapes only, so are computed once per device) and
+``postprocess_detections``.
+
+Faster R-CNN (:class:`FasterRCNNCore`): the core is backbone, FPN and RPN head, returning the FPN's maps
+and the RPN's raw outputs per level (``features/0``…, ``objectness/0``…, ``bbox_deltas/0``… on the wire);
+the post-processing decodes the proposals (anchors, ``filter_proposals``: top-n, NMS) and runs the RoI
+heads on the FPN's maps (RoIAlign of the proposals, box head, ``postprocess_detections``). The number of
+proposals depends on the data, so the RoI heads cannot be traced.
 
 ``core.postprocess(core(core.preprocess(images)), sizes)`` equals ``detector(images)`` for the eval-mode
 torchvision detector (``core.detector``), whose transform is set to the core's fixed size.
@@ -20,11 +30,14 @@ back: ``core.postprocess.answer(outputs)`` (numpy in, numpy out, boxes in the co
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from edgesplit.outputs import map_arrays
 
 # name -> fixed input side; SSD's size is part of its architecture, RetinaNet's and FCOS's is our choice
 DETECTION_SIDES: dict[str, int] = {
@@ -33,6 +46,14 @@ DETECTION_SIDES: dict[str, int] = {
     "retinanet_resnet50_fpn": 512,
     "retinanet_resnet50_fpn_v2": 512,
     "fcos_resnet50_fpn": 512,
+}
+# name -> fixed input side: torchvision's shorter side for the MobileNet models (the two differ in little
+# else), and for ResNet-50 the 512 of RetinaNet and FCOS, so the same backbone is compared at one size
+FASTER_RCNN_SIDES: dict[str, int] = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn": 320,
+    "fasterrcnn_mobilenet_v3_large_fpn": 800,
+    "fasterrcnn_resnet50_fpn": 512,
+    "fasterrcnn_resnet50_fpn_v2": 512,
 }
 Detections = list[dict[str, Tensor]]
 Answer = dict[str, np.ndarray]  # one image's boxes (K, 4) float32, scores (K,) float32, labels (K,) int32
@@ -65,29 +86,20 @@ class DetectionPostprocess:
             split_outputs = {k: list(v.split(per_level, dim=1)) for k, v in outputs.items()}
             split_anchors = [list(a.split(per_level)) for a in anchors]
             detections = self.detector.postprocess_detections(split_outputs, split_anchors, image_sizes)
-        originals = [(int(h), int(w)) for h, w in original_sizes] if original_sizes is not None else image_sizes
-        return self.detector.transform.postprocess(detections, image_sizes, originals)
+        return _to_original_sizes(self.detector, detections, image_sizes, original_sizes)
 
     def answer(self, outputs: Mapping[str, np.ndarray]) -> Answer | list[Answer]:
         """What a detector answers for the raw head outputs of a batch (numpy, as a tail returns them): for
         one image its detections, ``{"boxes", "scores", "labels"}`` as numpy (labels int32, as the wire
         carries integers), boxes in the core's input coordinates; for several images a list of those."""
-        with torch.inference_mode():
-            detections = self({key: torch.from_numpy(np.asarray(value)) for key, value in outputs.items()})
-        answers = [{"boxes": d["boxes"].numpy().astype(np.float32, copy=False),
-                    "scores": d["scores"].numpy().astype(np.float32, copy=False),
-                    "labels": d["labels"].numpy().astype(np.int32)} for d in detections]
-        return answers[0] if len(answers) == 1 else answers
+        return _answer(self, outputs)
 
     def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
         """One image's anchors from the detector's own generator, computed from shapes alone."""
-        from torchvision.models.detection.image_list import ImageList
-
         key = (device, dtype)
         if key not in self._anchors:
-            image = ImageList(torch.empty((1, 0, *self.input_size), device=device, dtype=dtype), [self.input_size])
-            features = [torch.empty((1, 0, h, w), device=device, dtype=dtype) for h, w in self.feature_sizes]
-            self._anchors[key] = self.detector.anchor_generator(image, features)[0]
+            self._anchors[key] = _image_anchors(self.detector.anchor_generator, self.input_size,
+                                                self.feature_sizes, device, dtype)
         return self._anchors[key]
 
     def anchors_per_level(self, total: int) -> list[int]:
@@ -97,7 +109,104 @@ class DetectionPostprocess:
         return [c * per_cell for c in cells]
 
 
-class DetectionCore(nn.Module):
+class FasterRCNNPostprocess:
+    """Faster R-CNN's steps after the RPN head: proposals from its raw outputs, then the RoI heads on the FPN's
+    maps -> torchvision's boxes, scores, labels."""
+
+    varies = True  # the number of boxes changes from image to image
+
+    def __init__(self, detector: nn.Module, input_size: tuple[int, int],
+                 feature_sizes: list[tuple[int, int]]) -> None:
+        self.detector = detector
+        self.input_size = input_size
+        self.feature_sizes = feature_sizes
+        self._anchors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    def __call__(self, outputs: Mapping[str, Any],
+                 original_sizes: Sequence[tuple[int, int]] | None = None) -> Detections:
+        """Detections per image, boxes in ``original_sizes`` coordinates (default: the core's input size)."""
+        from torchvision.models.detection.rpn import concat_box_prediction_layers
+
+        rpn, features = self.detector.rpn, outputs["features"]
+        objectness, bbox_deltas = list(outputs["objectness"]), list(outputs["bbox_deltas"])
+        image_sizes = [self.input_size] * objectness[0].shape[0]
+        anchors = [self.anchors(objectness[0].device, objectness[0].dtype)] * len(image_sizes)
+        per_level = [o[0].numel() for o in objectness]  # anchors per level, as RegionProposalNetwork counts
+        objectness, bbox_deltas = concat_box_prediction_layers(objectness, bbox_deltas)
+        proposals = rpn.box_coder.decode(bbox_deltas, anchors).view(len(image_sizes), -1, 4)
+        boxes, _ = rpn.filter_proposals(proposals, objectness, image_sizes, per_level)
+        detections, _ = self.detector.roi_heads(features, boxes, image_sizes)
+        return _to_original_sizes(self.detector, detections, image_sizes, original_sizes)
+
+    def answer(self, outputs: Mapping[str, Any]) -> Answer | list[Answer]:
+        """What Faster R-CNN answers for the core's outputs of a batch (numpy, as a tail returns them), as
+        :meth:`DetectionPostprocess.answer`."""
+        return _answer(self, outputs)
+
+    def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """One image's anchors from the RPN's own generator, computed from shapes alone."""
+        key = (device, dtype)
+        if key not in self._anchors:
+            self._anchors[key] = _image_anchors(self.detector.rpn.anchor_generator, self.input_size,
+                                                self.feature_sizes, device, dtype)
+        return self._anchors[key]
+
+
+def _image_anchors(generator: nn.Module, input_size: tuple[int, int], feature_sizes: list[tuple[int, int]],
+                   device: torch.device, dtype: torch.dtype) -> Tensor:
+    """One image's anchors from ``generator``, fed empty tensors of the input's and the levels' sizes."""
+    from torchvision.models.detection.image_list import ImageList
+
+    image = ImageList(torch.empty((1, 0, *input_size), device=device, dtype=dtype), [input_size])
+    features = [torch.empty((1, 0, h, w), device=device, dtype=dtype) for h, w in feature_sizes]
+    return generator(image, features)[0]
+
+
+def _to_original_sizes(detector: nn.Module, detections: Detections, image_sizes: list[tuple[int, int]],
+                       original_sizes: Sequence[tuple[int, int]] | None) -> Detections:
+    originals = [(int(h), int(w)) for h, w in original_sizes] if original_sizes is not None else image_sizes
+    return detector.transform.postprocess(detections, image_sizes, originals)
+
+
+def _answer(detect: Callable[[Any], Detections], outputs: Mapping[str, Any]) -> Answer | list[Answer]:
+    """``detect``'s detections of numpy ``outputs`` as numpy: one image's answer, or a list for several."""
+    with torch.inference_mode():
+        detections = detect(map_arrays(_tensor, outputs))
+    answers = [{"boxes": d["boxes"].numpy().astype(np.float32, copy=False),
+                "scores": d["scores"].numpy().astype(np.float32, copy=False),
+                "labels": d["labels"].numpy().astype(np.int32)} for d in detections]
+    return answers[0] if len(answers) == 1 else answers
+
+
+def _tensor(value: Any) -> Tensor:
+    """A tensor of a numpy array, copied where the array is read-only (as Ray hands them over)."""
+    array = np.asarray(value)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+class _FixedSizeCore(nn.Module):
+    """What every core shares: the detector it was taken from, its fixed input size, its preprocessing."""
+
+    postprocess: DetectionPostprocess | FasterRCNNPostprocess
+
+    @property
+    def detector(self) -> nn.Module:
+        """The torchvision detector (eval mode) whose layers this core shares."""
+        return self.postprocess.detector
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.postprocess.input_size
+
+    def preprocess(self, images: Tensor | Sequence[Tensor]) -> Tensor:
+        """uint8 (0..255) or float (0..1) images, (3, H, W) each, of any sizes -> the core's input batch."""
+        from torchvision.transforms.functional import convert_image_dtype
+
+        floats = [convert_image_dtype(image, torch.float32) for image in images]
+        return self.detector.transform(floats)[0].tensors
+
+
+class DetectionCore(_FixedSizeCore):
     """Backbone and head of a torchvision detector at a fixed input size: images (N, 3, H, W),
     normalized and resized by :meth:`preprocess`, to the head's raw outputs. fx-traceable.
 
@@ -117,27 +226,40 @@ class DetectionCore(nn.Module):
                                                 [(f.shape[-2], f.shape[-1]) for f in features])
         self.eval()
 
-    @property
-    def detector(self) -> nn.Module:
-        """The torchvision detector (eval mode) whose backbone and head this core shares."""
-        return self.postprocess.detector
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.postprocess.input_size
-
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         return self.head(self._features(images))
 
     def _features(self, images: Tensor) -> list[Tensor]:
         return list(self.backbone(images).values())
 
-    def preprocess(self, images: Tensor | Sequence[Tensor]) -> Tensor:
-        """uint8 (0..255) or float (0..1) images, (3, H, W) each, of any sizes -> the core's input batch."""
-        from torchvision.transforms.functional import convert_image_dtype
 
-        floats = [convert_image_dtype(image, torch.float32) for image in images]
-        return self.detector.transform(floats)[0].tensors
+class FasterRCNNCore(_FixedSizeCore):
+    """Backbone, FPN and RPN head of a torchvision Faster R-CNN at a fixed input size: images (N, 3, H, W),
+    normalized and resized by :meth:`preprocess`, to ``{"features": {level: map}, "objectness": [per level],
+    "bbox_deltas": [per level]}``. fx-traceable.
+
+    It holds the detector's ``backbone``, ``rpn`` and ``roi_heads`` (run by :attr:`postprocess`, not by
+    ``forward``), so its state_dict is the detector's: a torchvision checkpoint loads as it is, RoI heads
+    included, and two cores with different RoI heads differ in ``model_id``.
+    """
+
+    def __init__(self, detector: nn.Module, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        detector.eval()
+        self.backbone = detector.backbone
+        self.rpn = detector.rpn
+        self.roi_heads = detector.roi_heads
+        device = next(detector.parameters()).device
+        with torch.inference_mode():
+            features = self.backbone(torch.zeros((1, 3, *input_size), device=device)).values()
+        self.postprocess = FasterRCNNPostprocess(detector, input_size,
+                                                 [(f.shape[-2], f.shape[-1]) for f in features])
+        self.eval()
+
+    def forward(self, images: Tensor) -> dict[str, Any]:
+        features = self.backbone(images)
+        objectness, bbox_deltas = self.rpn.head(list(features.values()))
+        return {"features": dict(features), "objectness": objectness, "bbox_deltas": bbox_deltas}
 
 
 def build_detection_core(name: str, side: int | None = None) -> DetectionCore:
@@ -152,6 +274,21 @@ def build_detection_core(name: str, side: int | None = None) -> DetectionCore:
         sizing = {}
     else:
         fixed = side or fixed
-        sizing = {"min_size": fixed, "max_size": fixed, "fixed_size": (fixed, fixed)}
+        sizing = _fixed_sizing(fixed)
     detector = torchvision.models.get_model(name, weights=None, weights_backbone=None, **sizing)
     return DetectionCore(detector, (fixed, fixed))
+
+
+def build_faster_rcnn_core(name: str, side: int | None = None) -> FasterRCNNCore:
+    """The core of torchvision Faster R-CNN ``name`` with random weights (nothing is downloaded), at ``side``
+    or its fixed side (:data:`FASTER_RCNN_SIDES`)."""
+    import torchvision
+
+    fixed = side or FASTER_RCNN_SIDES[name]
+    detector = torchvision.models.get_model(name, weights=None, weights_backbone=None, **_fixed_sizing(fixed))
+    return FasterRCNNCore(detector, (fixed, fixed))
+
+
+def _fixed_sizing(side: int) -> dict[str, Any]:
+    """The transform's arguments that resize every image to ``side`` x ``side``."""
+    return {"min_size": side, "max_size": side, "fixed_size": (side, side)}

