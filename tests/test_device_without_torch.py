@@ -39,6 +39,8 @@ def test_onnx_device_without_torch(device_venv, tmp_path):
     python = str(device_venv / "bin" / "python")
     probe = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True)
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
+    numpy_only = subprocess.run([python, "-c", "import edgesplit.answers"], capture_output=True, text=True)
+    assert numpy_only.returncode == 0, numpy_only.stderr[-2000:]  # detectors' and segmenters' answers
 
     loaded = load_model("efficientnet_b0")
     analysis = analyze(loaded.module, SHAPE, "efficientnet_b0")

@@ -702,7 +702,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 
     loaded, analysis = _analysis(model, weights, input_size, input_shape, max_tensors)
     cuts = [c for c in _choose_cuts(analysis, cut_spec) if c.index > 0]
-    manifest = export_cuts(analysis, cuts, out_dir, loaded.normalization, opset)
+    manifest = export_cuts(analysis, cuts, out_dir, loaded.normalization, opset, loaded.postprocess)
     table = Table(title=f"{model} → {out_dir} (model id {manifest['model_id']}, opset {opset})")
     for column in ("cut", "c", "head max |diff|", "tail max |diff|"):
         table.add_column(column, justify="left" if column == "cut" else "right")

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgesplit.answers import from_manifest
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
@@ -97,7 +98,10 @@ class TorchEngine:
 
 
 class OnnxEngine:
-    """Heads, tails and the whole model from ``edgesplit export``'s folder, run by ONNX Runtime."""
+    """Heads, tails and the whole model from ``edgesplit export``'s folder, run by ONNX Runtime. A cut where
+    several tensors cross has a head that returns a tuple of them and a tail that takes that tuple. With the
+    manifest's ``"postprocess"`` (:mod:`edgesplit.answers`: a segmentation model's classes, a detector's
+    boxes, in numpy), ``local`` and ``tail`` answer what the server answers."""
 
     def __init__(self, folder: str | Path, threads: int | None = None) -> None:
         try:
@@ -116,9 +120,10 @@ class OnnxEngine:
         self.name = manifest["model"]
         self.model_id = bytes.fromhex(manifest["model_id"])
         self.input_shape = tuple(manifest["input_shape"])
-        cuts = [c for c in manifest["cuts"] if "shape" in c]  # one tensor crosses: a frame carries it
+        cuts = manifest["cuts"]
         self.cut_ids = {c["name"]: c["id"] for c in cuts}
-        self.answer_varies = False  # exported models answer their own outputs, no post-processing
+        self.postprocess = from_manifest(manifest["postprocess"], self.folder) if "postprocess" in manifest else None
+        self.answer_varies = self.postprocess is not None and self.postprocess.varies
         self._normalize = normalizer(manifest["normalization"]["mean"], manifest["normalization"]["std"])
         options = ort.SessionOptions()
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -131,25 +136,28 @@ class OnnxEngine:
         self._model = session(manifest["model_file"])
         self._heads = {c["name"]: session(c["head"]) for c in cuts}
         self._tails = {c["name"]: session(c["tail"]) for c in cuts}
-        self._elements = {c["name"]: int(np.prod(c["shape"])) for c in cuts}
+        self._crossing = {c["name"]: c["crossing"] for c in cuts}
+        self._elements = {c["name"]: sum(int(np.prod(shape)) for shape in c["shapes"]) for c in cuts}
 
     def normalize(self, image: np.ndarray) -> np.ndarray:
         return self._normalize(image[None])
 
     def local(self, x: np.ndarray) -> Output:
-        return self._output(self._model.run(None, {"input": x}))
+        return self._answer(self._model.run(None, {"input": x}))
 
-    def head(self, cut: str, x: np.ndarray) -> np.ndarray:
-        return self._heads[cut].run(None, {"input": x})[0]
+    def head(self, cut: str, x: np.ndarray) -> Batch:
+        mid = self._heads[cut].run(None, {"input": x})
+        return mid[0] if len(mid) == 1 else tuple(mid)
 
-    def tail(self, cut: str, mid: np.ndarray) -> Output:
-        return self._output(self._tails[cut].run(None, {"crossing": mid}))
+    def tail(self, cut: str, mid: Batch) -> Output:
+        return self._answer(self._tails[cut].run(None, dict(zip(self._crossing[cut], as_tensors(mid), strict=True))))
 
-    def _output(self, results: list[np.ndarray]) -> Output:
-        """The model's output from a session's results: the logits, or its structure rebuilt from the
-        outputs' names (``edgesplit.export.output_names``)."""
+    def _answer(self, results: list[np.ndarray]) -> Output:
+        """The model's output from a session's results (the logits, or its structure rebuilt from the outputs'
+        names, ``edgesplit.export.output_names``), post-processed where the manifest says so."""
         names = self.manifest.get("outputs", ["logits"])
-        return results[0] if names == ["logits"] else unflatten_tree(zip(names, results))
+        output = results[0] if names == ["logits"] else unflatten_tree(zip(names, results))
+        return output if self.postprocess is None else self.postprocess.answer(output)
 
     def profile(self, images: list[np.ndarray], repeats: int = 5) -> Profile:
         """This device's head, tail and whole-model times at batch 1 under ONNX Runtime (measured now)."""
@@ -170,12 +178,12 @@ class OnnxEngine:
             cuts[name] = CutProfile(name, cut_id, self._elements[name], {1: timed(lambda: self.head(name, x))},
                                     {1: timed(lambda: self.tail(name, mid))},
                                     split_codec_costs([self.head(name, self.normalize(i)) for i in images]),
-                                    tuple(mid.shape[1:]))
+                                    tuple(as_tensors(mid)[0].shape[1:]))
         raw = int(np.prod(self.input_shape))
         return Profile(self.name, "device", self.input_shape, (1,), "onnxruntime", 1.0,
                        {"engine": "onnxruntime"}, {1: timed(lambda: self.local(x))}, cuts,
                        {"raw": {"bytes": raw, "encode_s": 0.0, "decode_s": 0.0},
-                        **_jpeg_sizes(images, 90, repeats)}, 4 * sum(a.size for a in arrays(self.local(x))))
+                        **_jpeg_sizes(images, 90, repeats)}, sum(a.nbytes for a in arrays(self.local(x))))
 
 
 def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[str, dict[str, float]]:
