@@ -23,9 +23,9 @@ from edgesplit.answers import from_manifest
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
-from edgesplit.outputs import Batch, Output, Postprocess, arrays, as_tensors, map_arrays
+from edgesplit.outputs import Batch, Output, Postprocess, as_tensors, map_arrays
 from edgesplit.profile import CutProfile, Profile, Timing
-from edgesplit.wire import unflatten_tree
+from edgesplit.wire import OUTPUT_CUT, encode_tensors, flatten_tree, unflatten_tree
 
 EXPORT_FORMAT = "edgesplit-export/1"
 
@@ -183,7 +183,8 @@ class OnnxEngine:
         return Profile(self.name, "device", self.input_shape, (1,), "onnxruntime", 1.0,
                        {"engine": "onnxruntime"}, {1: timed(lambda: self.local(x))}, cuts,
                        {"raw": {"bytes": raw, "encode_s": 0.0, "decode_s": 0.0},
-                        **_jpeg_sizes(images, 90, repeats)}, sum(a.nbytes for a in arrays(self.local(x))))
+                        **_jpeg_sizes(images, 90, repeats)},
+                       len(encode_tensors(flatten_tree(self.local(x)), model_id=self.model_id, cut=OUTPUT_CUT)))
 
 
 def _jpeg_sizes(images: list[np.ndarray], quality: int, repeats: int) -> dict[str, dict[str, float]]:
