@@ -275,6 +275,27 @@ def _uses_the_server_again(client: DeviceClient, fake: FakeServer) -> bool:
     return (record.executed, record.fallback_reason, record.top1) == ("offload", None, int(TOY.logits[1].argmax()))
 
 
+def test_what_an_answer_says_of_the_server_reaches_the_next_decision(fake):
+    """The queue wait and the compute an answer reports are learnt on the clock the device decides on (a
+    live client's records count from its own epoch, its decisions on perf_counter time: they once missed
+    each other, and the device forgot every wait at once)."""
+    offload = next(o for o in TOY.options if o.name == "offload:raw")
+    profiled_ms = offload.tail_at(1) * 1e3
+
+    def slow_and_queued(server: FakeServer, conn: socket.socket, body: bytes) -> None:
+        logits = server.engine.local(server.engine.normalize(decode_frame(body).array[0]))
+        conn.sendall(_http(200, encode_frame(logits, model_id=server.toy.model_id, cut=OUTPUT_CUT),
+                           server_timing=f"queue;dur=80, compute;dur={2 * profiled_ms:.6f}"))
+
+    fake.infer = slow_and_queued
+    with _client(fake.url) as client:
+        client.epoch -= 1000.0  # records count from long before this moment
+        record = client.infer(TOY.images[0])
+        assert (record.executed, record.queue_s) == ("offload", pytest.approx(0.08))
+        met = client.core.reported(time.perf_counter())
+        assert met.met_s == pytest.approx(0.08) and met.compute_scale == pytest.approx(2.0, rel=1e-4)
+
+
 @pytest.mark.parametrize("answer, reason", CASES.values(), ids=CASES)
 def test_every_bad_answer_ends_in_the_local_answer(fake, answer, reason):
     with _client(fake.url) as client:

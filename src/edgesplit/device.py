@@ -338,8 +338,11 @@ class DeviceCore:
         return RateBound(at_s, n_bytes * 8 / waited_s) if waited_s > MIN_BOUND_S else None
 
     def record(self, arrival_s: float, decision: Decision, state: State, outcome: Outcome, latency_s: float,
-               probe_bytes: int = 0, edge: str | None = None) -> RequestRecord:
-        """Keep (and return) the record of one request."""
+               probe_bytes: int = 0, edge: str | None = None, answered_at: float | None = None) -> RequestRecord:
+        """Keep (and return) the record of one request, and learn what its answer says of the server (the
+        queue wait it met, the compute scale) as of ``answered_at`` on the core's clock, the one it decides
+        on; by default ``arrival_s + latency_s``, for a driver whose records count on that clock too (the
+        simulator: a live client's records count from its own epoch)."""
         o = decision.option
         device_s = o.head_s + o.encode_s
         if o.kind != "local" and (outcome.executed == "local" or self.config.hedge):
@@ -354,12 +357,13 @@ class DeviceCore:
             None if o.kind == "local" else queue_met(o, state.estimated, state.reported), edge,
             self.energy.compute_j(device_s), radio_j, outcome.answer)
         self.records.append(record)
+        answered_at = arrival_s + latency_s if answered_at is None else answered_at
         if outcome.queue_s is not None:
-            self._met.add(arrival_s + latency_s, outcome.queue_s)
+            self._met.add(answered_at, outcome.queue_s)
         profiled = o.tail_at(max(1, outcome.batch_size))
         if outcome.compute_s is not None and outcome.executed != "local" and profiled > 0:
             ratio = math.log(min(MAX_COMPUTE_SCALE, max(1 / MAX_COMPUTE_SCALE, outcome.compute_s / profiled)))
-            self._slower.add(arrival_s + latency_s, ratio)
+            self._slower.add(answered_at, ratio)
         return record
 
 

@@ -209,8 +209,9 @@ class DeviceClient:
         self.last_output = output  # the answer itself, for the caller (the record says how it came)
         outcome = dataclasses.replace(outcome, top1=top1(output), answer=answer_digest(output))
         with self._lock:
-            return self.core.record(arrived - self.epoch, decision, state, outcome,
-                                    time.perf_counter() - arrived, probed, edge)
+            now = time.perf_counter()  # the core's clock (it decides and learns on perf_counter time)
+            return self.core.record(arrived - self.epoch, decision, state, outcome, now - arrived, probed, edge,
+                                    answered_at=now)
 
     def maybe_probe(self) -> int:
         """Measure the uplink on the second connection unless a probe is out or the server is down; the bytes
