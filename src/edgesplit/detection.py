@@ -30,7 +30,8 @@ back: ``core.postprocess.answer(outputs)`` (numpy in, numpy out, boxes in the co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -59,8 +60,10 @@ Detections = list[dict[str, Tensor]]
 Answer = dict[str, np.ndarray]  # one image's boxes (K, 4) float32, scores (K,) float32, labels (K,) int32
 
 
-class DetectionPostprocess:
-    """The detector's steps after the head: raw head outputs -> torchvision's boxes, scores, labels."""
+class _TorchvisionPostprocess(ABC):
+    """What both post-processings share: the detector, its fixed input size and feature-map sizes, one
+    image's anchors from its generator (computed from shapes alone, once per device and dtype) and numpy
+    answers."""
 
     varies = True  # the number of boxes changes from image to image
 
@@ -70,6 +73,39 @@ class DetectionPostprocess:
         self.input_size = input_size
         self.feature_sizes = feature_sizes
         self._anchors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+
+    @abstractmethod
+    def __call__(self, outputs: Any, original_sizes: Sequence[tuple[int, int]] | None = None) -> Detections:
+        """Detections per image, boxes in ``original_sizes`` coordinates (default: the core's input size)."""
+
+    def answer(self, outputs: Mapping[str, Any]) -> Answer | list[Answer]:
+        """What the detector answers for the core's outputs of a batch (numpy, as a tail returns them): for
+        one image its detections, ``{"boxes", "scores", "labels"}`` as numpy (labels int32, as the wire
+        carries integers), boxes in the core's input coordinates; for several images a list of those."""
+        with torch.inference_mode():
+            detections = self(map_arrays(lambda value: torch.from_numpy(np.asarray(value)), outputs))
+        answers = [{"boxes": d["boxes"].numpy().astype(np.float32, copy=False),
+                    "scores": d["scores"].numpy().astype(np.float32, copy=False),
+                    "labels": d["labels"].numpy().astype(np.int32)} for d in detections]
+        return answers[0] if len(answers) == 1 else answers
+
+    def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """One image's anchors from the detector's own generator, computed from shapes alone."""
+        from torchvision.models.detection.image_list import ImageList
+
+        key = (device, dtype)
+        if key not in self._anchors:
+            image = ImageList(torch.empty((1, 0, *self.input_size), device=device, dtype=dtype), [self.input_size])
+            features = [torch.empty((1, 0, h, w), device=device, dtype=dtype) for h, w in self.feature_sizes]
+            self._anchors[key] = self._anchor_generator()(image, features)[0]
+        return self._anchors[key]
+
+    @abstractmethod
+    def _anchor_generator(self) -> nn.Module: ...
+
+
+class DetectionPostprocess(_TorchvisionPostprocess):
+    """The detector's steps after the head: raw head outputs -> torchvision's boxes, scores, labels."""
 
     def __call__(self, outputs: dict[str, Tensor],
                  original_sizes: Sequence[tuple[int, int]] | None = None) -> Detections:
@@ -88,19 +124,8 @@ class DetectionPostprocess:
             detections = self.detector.postprocess_detections(split_outputs, split_anchors, image_sizes)
         return _to_original_sizes(self.detector, detections, image_sizes, original_sizes)
 
-    def answer(self, outputs: Mapping[str, np.ndarray]) -> Answer | list[Answer]:
-        """What a detector answers for the raw head outputs of a batch (numpy, as a tail returns them): for
-        one image its detections, ``{"boxes", "scores", "labels"}`` as numpy (labels int32, as the wire
-        carries integers), boxes in the core's input coordinates; for several images a list of those."""
-        return _answer(self, outputs)
-
-    def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """One image's anchors from the detector's own generator, computed from shapes alone."""
-        key = (device, dtype)
-        if key not in self._anchors:
-            self._anchors[key] = _image_anchors(self.detector.anchor_generator, self.input_size,
-                                                self.feature_sizes, device, dtype)
-        return self._anchors[key]
+    def _anchor_generator(self) -> nn.Module:
+        return self.detector.anchor_generator
 
     def anchors_per_level(self, total: int) -> list[int]:
         """How many of the ``total`` head outputs belong to each feature level (as torchvision infers it)."""
@@ -109,18 +134,10 @@ class DetectionPostprocess:
         return [c * per_cell for c in cells]
 
 
-class FasterRCNNPostprocess:
+class FasterRCNNPostprocess(_TorchvisionPostprocess):
     """Faster R-CNN's steps after the RPN head: proposals from its raw outputs, then the RoI heads on the FPN's
-    maps -> torchvision's boxes, scores, labels."""
-
-    varies = True  # the number of boxes changes from image to image
-
-    def __init__(self, detector: nn.Module, input_size: tuple[int, int],
-                 feature_sizes: list[tuple[int, int]]) -> None:
-        self.detector = detector
-        self.input_size = input_size
-        self.feature_sizes = feature_sizes
-        self._anchors: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+    maps -> torchvision's boxes, scores, labels. (Not a :class:`DetectionPostprocess`: it has no numpy version
+    for a device without torch, and ``edgesplit export`` tells them apart.)"""
 
     def __call__(self, outputs: Mapping[str, Any],
                  original_sizes: Sequence[tuple[int, int]] | None = None) -> Detections:
@@ -138,50 +155,14 @@ class FasterRCNNPostprocess:
         detections, _ = self.detector.roi_heads(features, boxes, image_sizes)
         return _to_original_sizes(self.detector, detections, image_sizes, original_sizes)
 
-    def answer(self, outputs: Mapping[str, Any]) -> Answer | list[Answer]:
-        """What Faster R-CNN answers for the core's outputs of a batch (numpy, as a tail returns them), as
-        :meth:`DetectionPostprocess.answer`."""
-        return _answer(self, outputs)
-
-    def anchors(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """One image's anchors from the RPN's own generator, computed from shapes alone."""
-        key = (device, dtype)
-        if key not in self._anchors:
-            self._anchors[key] = _image_anchors(self.detector.rpn.anchor_generator, self.input_size,
-                                                self.feature_sizes, device, dtype)
-        return self._anchors[key]
-
-
-def _image_anchors(generator: nn.Module, input_size: tuple[int, int], feature_sizes: list[tuple[int, int]],
-                   device: torch.device, dtype: torch.dtype) -> Tensor:
-    """One image's anchors from ``generator``, fed empty tensors of the input's and the levels' sizes."""
-    from torchvision.models.detection.image_list import ImageList
-
-    image = ImageList(torch.empty((1, 0, *input_size), device=device, dtype=dtype), [input_size])
-    features = [torch.empty((1, 0, h, w), device=device, dtype=dtype) for h, w in feature_sizes]
-    return generator(image, features)[0]
+    def _anchor_generator(self) -> nn.Module:
+        return self.detector.rpn.anchor_generator
 
 
 def _to_original_sizes(detector: nn.Module, detections: Detections, image_sizes: list[tuple[int, int]],
                        original_sizes: Sequence[tuple[int, int]] | None) -> Detections:
     originals = [(int(h), int(w)) for h, w in original_sizes] if original_sizes is not None else image_sizes
     return detector.transform.postprocess(detections, image_sizes, originals)
-
-
-def _answer(detect: Callable[[Any], Detections], outputs: Mapping[str, Any]) -> Answer | list[Answer]:
-    """``detect``'s detections of numpy ``outputs`` as numpy: one image's answer, or a list for several."""
-    with torch.inference_mode():
-        detections = detect(map_arrays(_tensor, outputs))
-    answers = [{"boxes": d["boxes"].numpy().astype(np.float32, copy=False),
-                "scores": d["scores"].numpy().astype(np.float32, copy=False),
-                "labels": d["labels"].numpy().astype(np.int32)} for d in detections]
-    return answers[0] if len(answers) == 1 else answers
-
-
-def _tensor(value: Any) -> Tensor:
-    """A tensor of a numpy array, copied where the array is read-only (as Ray hands them over)."""
-    array = np.asarray(value)
-    return torch.from_numpy(array if array.flags.writeable else array.copy())
 
 
 class _FixedSizeCore(nn.Module):

@@ -35,6 +35,7 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import ray
 from ray import serve
 from ray.exceptions import RayActorError
@@ -45,7 +46,7 @@ from edgesplit.analysis import analyze
 from edgesplit.errors import EdgesplitError
 from edgesplit.load import LoadReport
 from edgesplit.models import load_model
-from edgesplit.outputs import Batch, as_tensors
+from edgesplit.outputs import Batch, as_tensors, map_arrays
 from edgesplit.runtime.backends import BackendUnavailable, combine_reports
 from edgesplit.runtime.batcher import Arrival, Batcher, QueueFull, Result
 from edgesplit.runtime.engines import create_tail_engine
@@ -167,8 +168,7 @@ class TailReplica:
         self.batch_plan = None if plan is None else plan.to_dict(engine.cuts)
 
     async def infer(self, cut: int, array: Batch) -> ReplicaAnswer:
-        # Ray hands numpy arrays over read-only, zero-copy; torch wants to own them
-        tensors = tuple(a if a.flags.writeable else a.copy() for a in as_tensors(array))
+        tensors = tuple(_writable(a) for a in as_tensors(array))
         result = await self.batcher.submit(cut, tensors if isinstance(array, tuple) else tensors[0])
         return ReplicaAnswer(result, self.state())
 
@@ -178,6 +178,12 @@ class TailReplica:
     def state(self) -> ReplicaState:
         return ReplicaState(self.replica, self.actor, self.node, self.batch_plan,
                             self.batcher.report(), dict(self.batcher.recent_compute_s))
+
+
+def _writable(array: np.ndarray) -> np.ndarray:
+    """``array``, copied where it is read-only: Ray hands numpy arrays over zero-copy from its object store,
+    read-only, both ways, and torch (a tail, a detector's post-processing) wants to own them."""
+    return array if array.flags.writeable else array.copy()
 
 
 @dataclass
@@ -219,7 +225,8 @@ class RayBackend:
         self.hear(answer.state)
         result = answer.result
         elapsed = time.perf_counter() - sent
-        return dataclasses.replace(result, queue_s=max(0.0, elapsed - result.compute_s))
+        return dataclasses.replace(result, output=map_arrays(_writable, result.output),
+                                   queue_s=max(0.0, elapsed - result.compute_s))
 
     def _fresh(self) -> list[_Heard]:
         now = time.monotonic()
