@@ -42,6 +42,19 @@ def _assert_same_detections(got: list[dict], expected: list[dict]) -> None:
         assert (g["scores"] - e["scores"]).abs().max().item() <= 1e-6
 
 
+def _assert_splits_give_the_detectors_boxes(analysis, cuts, images) -> None:
+    """At each cut, head then tail then the core's post-processing answers what the torchvision detector
+    answers."""
+    core = analysis.graph.model
+    sizes = [image.shape[-2:] for image in images]
+    with torch.inference_mode():
+        expected = core.detector(images)
+        batch = core.preprocess(images)
+        for cut in cuts:
+            head, tail = split(analysis, cut)
+            _assert_same_detections(core.postprocess(tail(head(batch)), sizes), expected)
+
+
 @pytest.fixture(scope="module")
 def ssdlite():
     """SSDlite loaded while any download would fail the test."""
@@ -94,13 +107,7 @@ def test_ssdlite_splits_exactly_at_natural_bottlenecks(ssdlite):
     assert chosen[0] != chosen[1]
     checked = check_exact(analysis, chosen)
     assert all(c.exact_max_abs_diff == 0.0 for c in checked.cuts if c.exact_max_abs_diff is not None)
-    sizes = [image.shape[-2:] for image in images]
-    with torch.inference_mode():
-        expected = core.detector(images)
-        batch = core.preprocess(images)
-        for cut in chosen:
-            head, tail = split(analysis, cut)
-            _assert_same_detections(ssdlite.postprocess(tail(head(batch)), sizes), expected)
+    _assert_splits_give_the_detectors_boxes(analysis, chosen, images)
 
 
 def test_retinanet_core_and_its_smallest_cut_give_the_detectors_boxes():
@@ -207,13 +214,7 @@ def test_faster_rcnn_splits_exactly_at_natural_bottlenecks(faster_rcnn):
     assert chosen[-1].ratio < 0.1 and chosen[-1].name.startswith("backbone_body")
     checked = check_exact(analysis, chosen)
     assert [c.exact_max_abs_diff for c in checked.cuts if c.exact_max_abs_diff is not None] == [0.0, 0.0]
-    sizes = [image.shape[-2:] for image in images]
-    with torch.inference_mode():
-        expected = core.detector(images)
-        batch = core.preprocess(images)
-        for cut in chosen:
-            head, tail = split(analysis, cut)
-            _assert_same_detections(faster_rcnn.postprocess(tail(head(batch)), sizes), expected)
+    _assert_splits_give_the_detectors_boxes(analysis, chosen, images)
 
 
 @pytest.mark.slow
