@@ -39,7 +39,7 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.codecs import COSTED_SAMPLES, jpeg_decode, jpeg_encode, split_codec_costs
 from edgesplit.images import PHOTOS, fit, normalizer, photo
 from edgesplit.models import IMAGENET, Normalization
-from edgesplit.outputs import Postprocess, map_arrays
+from edgesplit.outputs import Output, Postprocess, map_arrays
 from edgesplit.profile import CutProfile, Profile, Role, Timing, with_slowdown
 from edgesplit.wire import OUTPUT_CUT, encode_tensors, flatten_tree
 
@@ -84,8 +84,8 @@ def measure(analysis: Analysis, cuts: list[Cut], *, role: Role, batch_sizes: tup
     total_flops = (cuts[0].head_flops + cuts[0].tail_flops) if cuts else 0
     photos = [fit(photo(name), analysis.input_shape) for name in PHOTOS] if _is_image(analysis.input_shape) else []
     samples = _samples(analysis, normalization, photos[:COSTED_SAMPLES])
-    crossing = _crossing_values(graph.gm, samples, [c for c in cuts if c.index > 0])
-    output_bytes, answer_s = _answer_costs(graph.model, samples, postprocess)
+    crossing, outputs = _crossing_values(graph.gm, samples, [c for c in cuts if c.index > 0])
+    output_bytes, answer_s = _answer_costs(outputs, postprocess)
     for batch_size in batch_sizes:
         if progress:
             progress(f"batch size {batch_size}")
@@ -156,8 +156,10 @@ def _time_nodes(gm: fx.GraphModule, x: torch.Tensor, repeats: int, warmup: int,
     return runs
 
 
-def _crossing_values(gm: fx.GraphModule, x: torch.Tensor, cuts: list[Cut]) -> dict[str, list[list[np.ndarray]]]:
-    """For each cut, per tensor crossing it, that tensor for each input in the batch ``x`` (batch 1 each)."""
+def _crossing_values(gm: fx.GraphModule, x: torch.Tensor, cuts: list[Cut]
+                     ) -> tuple[dict[str, list[list[np.ndarray]]], list[Output]]:
+    """For each cut, per tensor crossing it, that tensor for each input in the batch ``x`` (batch 1 each);
+    and the model's output for each input (numpy), from the same runs."""
     wanted = {name for c in cuts for name in c.crossing}
     captured: dict[str, list[np.ndarray]] = {name: [] for name in wanted}
 
@@ -169,9 +171,8 @@ def _crossing_values(gm: fx.GraphModule, x: torch.Tensor, cuts: list[Cut]) -> di
             return result
 
     with torch.inference_mode():
-        for sample in x:
-            Capture(gm).run(sample[None])
-    return {c.name: [captured[name] for name in c.crossing if captured[name]] for c in cuts}
+        outputs = [map_arrays(lambda t: t.numpy(), Capture(gm).run(sample[None])) for sample in x]
+    return {c.name: [captured[name] for name in c.crossing if captured[name]] for c in cuts}, outputs
 
 
 def _codec_costs(tensors: list[list[np.ndarray]]) -> dict[str, dict[str, float]]:
@@ -220,16 +221,13 @@ def _input_codec_times(input_shape: tuple[int, ...], images: list[np.ndarray], q
     return codecs
 
 
-def _answer_costs(model: torch.nn.Module, samples: torch.Tensor, postprocess: Postprocess | None
-                  ) -> tuple[int, float]:
+def _answer_costs(outputs: list[Output], postprocess: Postprocess | None) -> tuple[int, float]:
     """The bytes of the frame that answers one request, and the seconds ``postprocess`` takes per request
-    (median over ``samples``, batch 1; 0 without one). The bytes are the mean over ``samples``: a detector's
-    answer grows with its boxes, and the downlink's time is linear in bytes, so the mean prices the mean
-    transfer (as the mean JPEG size does the upload)."""
+    (median over the model's ``outputs``, batch 1 each; 0 without one). The bytes are the mean over them: a
+    detector's answer grows with its boxes, and the downlink's time is linear in bytes, so the mean prices
+    the mean transfer (as the mean JPEG size does the upload)."""
     sizes, seconds = [], []
-    for sample in samples:
-        with torch.inference_mode():
-            output = map_arrays(lambda t: t.numpy(), model(sample[None]))
+    for output in outputs:
         answer = output if postprocess is None else postprocess.answer(output)
         sizes.append(len(encode_tensors(flatten_tree(answer), model_id=bytes(8), cut=OUTPUT_CUT)))
         if postprocess is not None:
