@@ -8,7 +8,8 @@ photos that ship with scikit-image and matplotlib plus ``--augment`` random-resi
   bytes; checked over every cut (the pooled features included) and over the spatial feature maps alone;
 - (b) the best split whose bytes are at most JPEG-90's agrees >= 10 points more often than JPEG-90.
 
-    python benchmarks/fidelity.py [--augment 500] [--seed 0] [--out benchmarks/results/fidelity.json]
+    python benchmarks/fidelity.py [--augment 500] [--seed 0] [--cuts A,B] [--codecs C,D]
+                                  [--out benchmarks/results/fidelity.json]
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--augment", type=int, default=500, help="random-resized crops of the photos")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS + ("int4c:zstd",)))
+    parser.add_argument("--codecs", default=",".join(DEFAULT_CODECS + ("int5c:zstd", "int4c:zstd")))
+    parser.add_argument("--cuts", default="", help="comma-separated cuts (default: every record-low cut)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "fidelity.json")
     args = parser.parse_args()
@@ -79,6 +81,12 @@ def main() -> None:
     loaded = load_model(PRETRAINED_LITE0)
     analysis = analyze(loaded.module, loaded.native_input_shape, name=PRETRAINED_LITE0)
     cuts = [c for c in analysis.cuts if c.record_low]
+    if args.cuts:
+        named = {c.name: c for c in analysis.cuts}
+        unknown = [name for name in args.cuts.split(",") if name not in named]
+        if unknown:
+            parser.error(f"unknown cut(s) {', '.join(unknown)}; record-low cuts: {', '.join(c.name for c in cuts)}")
+        cuts = [named[name] for name in args.cuts.split(",")]
     photos = natural_photos()
     images = evaluation_images(photos, analysis.input_shape, augment=args.augment, seed=args.seed)
     rows = measure(TorchEngine(analysis, loaded.normalization), images, cuts=[c.name for c in cuts],

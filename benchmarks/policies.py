@@ -164,7 +164,7 @@ def report(title: str, rows: list[dict], private: bool) -> dict:
 
 
 LOSSY_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int6c", "int5c", "int4c", "int8:zstd", "int8c:zstd", "int5c:zstd",
-                "int4c:zstd")
+                "int4c:zstd", "ecq6", "ecq5", "ecq4")
 
 
 LINK_BOUND = 1.1

@@ -32,7 +32,8 @@ def test_toy_cuts_crossing_values_and_sizes(toy):
     assert [c.index for c in toy.cuts] == list(range(7))
     assert toy.cuts[1].ratio == pytest.approx(1 / 3) and toy.cuts[5].ratio == pytest.approx(4 / 192)
     assert toy.cuts[1].bytes == {"fp32": 256, "fp16": 128, "bf16": 128, "int8": 64, "int8c": 64 + 8 * 4,
-                                "int6c": 48 + 8 * 4, "int5c": 40 + 8 * 4, "int4c": 32 + 8 * 4}
+                                "int6c": 48 + 8 * 4, "int5c": 40 + 8 * 4, "int4c": 32 + 8 * 4,
+                                **dict.fromkeys(("ecq6", "ecq5", "ecq4"), 64 + 2 * 4)}
 
 
 def test_toy_flops_and_parameters(toy):

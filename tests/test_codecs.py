@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from edgesplit.codecs import (PROFILED_CODECS, SPLIT_CODEC_NAMES, input_codec, payload_length, split_codec,
-                              split_codec_costs)
+from edgesplit.codecs import (ENTROPY_CODED, PROFILED_CODECS, SPLIT_CODEC_NAMES, input_codec, payload_length,
+                              split_codec, split_codec_costs)
 from edgesplit.errors import EdgesplitError, FrameError
 from edgesplit.wire import decode_frame, encode_frame, frame_checksum
 
@@ -72,10 +72,12 @@ def test_payload_bytes_are_what_the_frame_carries_uncompressed(spec: str):
     codec = split_codec(spec)
     for shape in ((2, 6, 5, 7), (1, 1280), (1, 3, 1, 1), (1, 5, 3)):
         x = RNG.standard_normal(shape).astype(np.float32)
-        assert codec.roundtrip(x)[1] == codec.payload_bytes(shape)
+        frame = encode_frame(x.astype(codec.dtype), model_id=MODEL, cut=0, codec=codec.wire)  # uncompressed
+        assert payload_length(frame) == codec.payload_bytes(shape)
+        assert spec in ENTROPY_CODED or codec.roundtrip(x)[1] == codec.payload_bytes(shape)
     assert {s: split_codec(s).payload_bytes((1, 40, 28, 28)) for s in SPLIT_CODEC_NAMES} == {
         "fp32": 125440, "fp16": 62720, "bf16": 62720, "int8": 31360, "int8c": 31360 + 320, "int6c": 23520 + 320,
-        "int5c": 19600 + 320, "int4c": 15680 + 320}
+        "int5c": 19600 + 320, "int4c": 15680 + 320, "ecq6": 31360 + 80, "ecq5": 31360 + 80, "ecq4": 31360 + 80}
     # a feature vector, pooled or flat, is one channel: per-channel parameters would outweigh it
     assert split_codec("int8c").payload_bytes((1, 1280, 1, 1)) == split_codec("int8c").payload_bytes((1, 1280)) == 1288
 
@@ -88,6 +90,8 @@ def test_compression_shrinks_a_sparse_int8_tensor_and_decodes_to_the_same_values
 
 
 @pytest.mark.parametrize("spec, message", [
+    ("ecq5:zstd", "codec 'ecq5:zstd': ecq5 is zstd-compressed already; write ecq5"),
+    ("ecq5:lz4", "codec 'ecq5:lz4': ecq5 is zstd-compressed already; write ecq5"),
     ("int9", "unknown codec 'int9'; did you mean 'int8' or 'int8c' or 'int6c'?"),
     ("int8:gzip", "codec 'int8:gzip': the argument names a lossless compression: zstd or lz4, not 'gzip'"),
     ("int8:zstd:3", "malformed codec 'int8:zstd:3': write NAME or NAME:ARG"),
@@ -182,3 +186,69 @@ def test_non_finite_tensors_are_refused_by_the_encoder(spec: str):
     x[0, 2, 1, 1] = np.nan
     with pytest.raises(FrameError, match=f"{spec} frames carry finite values only: this tensor has 1 NaN"):
         split_codec(spec).roundtrip(x)
+
+
+def _step(frame: bytes) -> float:
+    """The step an ecqN frame of one 4-d tensor carries (its header parameter, after the shape)."""
+    return struct.unpack_from("<f", frame, 38 + 16)[0]
+
+
+@pytest.mark.parametrize("spec, bits", [("ecq6", 6), ("ecq5", 5), ("ecq4", 4)])
+def test_entropy_coded_quantisation_sends_about_its_bits_and_errs_by_half_a_step_at_most(spec: str, bits: int):
+    rng = np.random.default_rng(1)
+    scales = np.array([0.5, 1.0, 1.5, 2.0]).reshape(1, 4, 1, 1)
+    x = (rng.standard_normal((1, 4, 64, 64)) * scales + np.array([0, 3, -7, 100]).reshape(1, 4, 1, 1)).astype(np.float32)
+    codec = split_codec(spec)
+    frame = codec.frame(x, model_id=MODEL, cut=0)
+    decoded = decode_frame(frame).array
+    step = _step(frame)
+    rms_deviation = float(np.sqrt((scales ** 2).mean()))
+    assert step == pytest.approx(2.0 ** (2.05 - bits) * rms_deviation, rel=0.02)  # one step, from the spread
+    assert np.abs(decoded - x).max() <= step / 2 * 1.0001 + 1e-5  # nothing clipped, however far a mean lies
+    sent_bits = 8 * payload_length(frame) / x.size
+    assert bits - 0.25 <= sent_bits <= bits + 0.25, sent_bits  # zstd brings the codes near their entropy
+    assert not codec.exact and codec.compression == "zstd"
+
+
+def test_entropy_coded_quantisation_coarsens_its_step_rather_than_clip_an_outlier():
+    x = np.zeros((1, 2, 40, 50), np.float32)
+    x[0, :] = np.linspace(-1, 1, 2000).reshape(40, 50)
+    x[0, 1, 0, 0] = 400.0  # 127 steps of the spread's step would not reach it
+    frame = split_codec("ecq5").frame(x, model_id=MODEL, cut=0)
+    decoded, step = decode_frame(frame).array, _step(frame)
+    assert step > 2.0 ** (2.05 - 5) * x.std(axis=(0, 2, 3)).max()  # coarser than the spread asks
+    assert abs(decoded[0, 1, 0, 0] - 400.0) <= step / 2 * 1.0001 and np.abs(decoded - x).max() <= step / 2 * 1.0001
+
+
+def test_entropy_coded_quantisation_of_zeros_and_of_a_feature_vector():
+    zeros = np.zeros((1, 8, 3, 3), np.float32)
+    decoded, sent = split_codec("ecq4").roundtrip(zeros)
+    assert np.array_equal(decoded, zeros) and sent < 30  # 16 B of offsets and 72 zero codes, compressed
+    vector = RNG.standard_normal((1, 1280)).astype(np.float32)
+    frame = encode_frame(vector, model_id=MODEL, cut=0, codec="ecq6")
+    assert payload_length(frame) == 2 + 1280  # one channel: one offset
+
+
+@pytest.mark.parametrize("step, message", [
+    (np.nan, "ecq5 step nan does not decode to finite float32"),
+    (0.0, "ecq5 step 0 does not decode to finite float32"),
+    (-0.5, "ecq5 step -0.5 does not decode to finite float32"),
+    (np.inf, "ecq5 step inf does not decode to finite float32"),
+    (3.0e35, "ecq5 step 3e\\+35 does not decode to finite float32"),
+])
+def test_an_entropy_coded_step_that_does_not_decode_finite_is_refused(step: float, message: str):
+    frame = encode_frame(TENSOR[:1], model_id=MODEL, cut=1, codec="ecq5", compression="zstd")
+    body = bytearray(frame)
+    struct.pack_into("<f", body, 38 + 16, step)
+    struct.pack_into("<I", body, 20, frame_checksum(body))
+    with pytest.raises(FrameError, match=message):
+        decode_frame(bytes(body))
+
+
+def test_entropy_coded_quantisation_refuses_non_finite_and_too_wide_tensors():
+    x = TENSOR.copy()
+    x[0, 2, 1, 1] = np.inf
+    with pytest.raises(FrameError, match="ecq6 frames carry finite values only: this tensor has 1 NaN or infinite"):
+        split_codec("ecq6").roundtrip(x)
+    with pytest.raises(FrameError, match="exceeds what ecq6 frames carry: use fp32"):
+        split_codec("ecq6").roundtrip(np.array([[-3e38, 3e38]], np.float32))

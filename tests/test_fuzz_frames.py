@@ -67,12 +67,13 @@ def _seed_frames() -> list[bytes]:
     tensors = [(feature, FEATURE_CUT, "raw"), (feature.astype(np.float16), FEATURE_CUT, "raw"),
                (feature, FEATURE_CUT, "int8"), (pooled, POOLED_CUT, "raw"), (image, INPUT_CUT, "raw"),
                (image, INPUT_CUT, "jpeg"), (feature, FEATURE_CUT, "int8c"), (feature, FEATURE_CUT, "int4c"),
-               (pooled[:1, :7], POOLED_CUT, "int4c"), (pooled, POOLED_CUT, "bf16")]
+               (pooled[:1, :7], POOLED_CUT, "int4c"), (pooled, POOLED_CUT, "bf16"), (feature, FEATURE_CUT, "ecq5"),
+               (pooled, POOLED_CUT, "ecq4")]
     single = [encode_frame(array, model_id=MODEL, cut=cut, codec=codec, compression=compression)
               for array, cut, codec in tensors for compression in ("none", "zstd", "lz4")]
     skips = [encode_tensors([("features", feature), ("pooled/0", pooled[:2])], model_id=MODEL, cut=SKIP_CUT,
                             codec=codecs, compression=compression)
-             for codecs in (["raw", "raw"], ["int8c", "int8"], ["int4c", "bf16"]) for compression in ("none", "zstd")]
+             for codecs in (["raw", "raw"], ["int8c", "int8"], ["int4c", "bf16"], ["ecq6", "int8"]) for compression in ("none", "zstd")]
     detections = {"boxes": rng.standard_normal((5, 4)).astype(np.float32), "scores": pooled[0, :5],
                   "labels": np.arange(5, dtype=np.float16)}
     answers = [encode_tensors(flatten_tree([detections, {"mask": image.astype(np.float16)}]), model_id=MODEL, cut=OUTPUT_CUT,
@@ -102,7 +103,7 @@ def _with_length(data: bytes) -> bytes:
 def _header_fields(frame: bytes) -> list[tuple[int, int]]:
     """(offset, width) of every field before a payload that ``frame`` holds: the frame header, then per
     section (as far as its lengths lead) its header, each byte of its name, each dimension, the int8
-    parameters."""
+    parameters, the ecqN step."""
     fields = [(0, 4), (4, 1), (5, 1), (6, 2), (8, 8), (16, 4), (20, 4)]
     offset = HEADER_BYTES
     for _ in range(frame[5] if len(frame) > 5 else 0):
@@ -113,7 +114,7 @@ def _header_fields(frame: bytes) -> list[tuple[int, int]]:
         fields += [(offset + SECTION_BYTES + i, 1) for i in range(name_length)]
         shape_at = offset + SECTION_BYTES + name_length
         fields += [(shape_at + 4 * i, 4) for i in range(ndim)]
-        params = 8 if codec == 1 else 0  # int8: scale, zero point
+        params = {1: 8, 8: 4, 9: 4, 10: 4}.get(codec, 0)  # int8: scale, zero point; ecqN: step
         fields += [(shape_at + 4 * ndim + i, 4) for i in range(0, params, 4)]
         offset = shape_at + 4 * ndim + params + struct.unpack_from("<I", frame, offset + 6)[0]
     return [(offset, width) for offset, width in fields if offset + width <= len(frame)]
@@ -171,7 +172,7 @@ def _decode_or_refuse(data: bytes, expect: Expectation | None, limits: Limits = 
     assert sum(t.array.size for t in frame.tensors) <= limits.max_elements
     for tensor in frame.tensors:
         assert tensor.array.flags.writeable and tensor.array.ndim >= 1
-        if tensor.codec == "int8":
+        if tensor.codec not in ("raw", "bf16"):  # every other codec's checks keep its values finite
             assert np.isfinite(tensor.array).all()
         if tensor.codec == "raw":
             assert tensor.array.nbytes <= limits.max_decoded_bytes

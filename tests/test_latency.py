@@ -171,7 +171,8 @@ def test_profiles_of_different_input_shapes_do_not_mix():
 
 def test_an_unknown_codec_is_an_error_naming_the_known_ones():
     with pytest.raises(EdgesplitError, match=r"unknown codec 'bf61'; did you mean 'bf16'\? "
-                                             r"\(known: bf16, fp16, fp32, int4c, int5c, int6c, int8, int8c\)"):
+                                             r"\(known: bf16, ecq4, ecq5, ecq6, fp16, fp32, int4c, int5c, int6c, int8, "
+                                             r"int8c\)"):
         build_options(device_profile(), server_profile(), codecs=("fp32", "bf61"))
     with pytest.raises(EdgesplitError, match=r"codec 'int8:gzip': the argument names a lossless compression: "
                                              r"zstd or lz4, not 'gzip'"):

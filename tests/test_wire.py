@@ -163,7 +163,7 @@ SECOND = len(TWO) // 2 + 12  # where the second section starts: the header is 24
     (_patch(GOOD, COUNT_AT, "<B", 0), r"tensor count 0: a frame carries 1 to 64 tensors"),
     (_patch(GOOD, COUNT_AT, "<B", MAX_TENSORS + 1), r"tensor count 65: a frame carries 1 to 64 tensors"),
     (_patch(GOOD, DTYPE_AT, "<B", 9), r"unknown dtype code 9"),
-    (_patch(GOOD, CODEC_AT, "<B", 8), r"unknown codec code 8"),
+    (_patch(GOOD, CODEC_AT, "<B", 11), r"unknown codec code 11"),
     (_patch(GOOD, COMPRESSION_AT, "<B", 5), r"unknown compression code 5"),
     (_patch(GOOD, NDIM_AT, "<B", 0), r"ndim must be 1..8, got 0"),
     (_patch(GOOD, NDIM_AT, "<B", 9), r"ndim must be 1..8, got 9"),
@@ -192,7 +192,7 @@ SECOND = len(TWO) // 2 + 12  # where the second section starts: the header is 24
     (_recrc(_patch(NAMED, 24 + 14, "<B", 0x07)), r"^tensor 1 of 1: name '\\x07' contains a control character$"),
     (_relength(_patch(TWO, NAME_LENGTH_AT, "<B", 0)[:24 + 14] + TWO[24 + 15:]),  # the first name removed
      r"^tensor 1 of 2: the empty name is only for a frame of one tensor$"),
-    (_recrc(_patch(TWO, SECOND + 1, "<B", 8)), r"^tensor 2 of 2: unknown codec code 8$"),
+    (_recrc(_patch(TWO, SECOND + 1, "<B", 11)), r"^tensor 2 of 2: unknown codec code 11$"),
     (bytes(RNG.integers(0, 256, 300, dtype=np.uint8)), r"not an edgesplit frame"),
 ])
 def test_malformed_frames(data, message):

@@ -884,8 +884,9 @@ def main() -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="for --augment's crops")
 @click.option("--cuts", "cut_spec", default="record-low", show_default=True,
               help="record-low | natural | pareto | NAME,NAME,...")
-@click.option("--codecs", "codec_spec", default="fp32,fp16,bf16,int8,int8c,int6c,int5c,int4c,int8:zstd,int8c:zstd",
-              show_default=True, help="split codecs: NAME or NAME:zstd / NAME:lz4, comma-separated")
+@click.option("--codecs", "codec_spec",
+              default="fp32,fp16,bf16,int8,int8c,int6c,int5c,int4c,int8:zstd,int8c:zstd,ecq6,ecq5,ecq4",
+              show_default=True, help="split codecs: NAME or NAME:zstd / NAME:lz4, comma-separated (edgesplit codecs)")
 @click.option("--jpeg-qualities", "quality_spec", default="50,75,90,95", show_default=True,
               help="JPEG input offload at these qualities ('' for none)")
 @click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True,

@@ -13,6 +13,9 @@ compression of the frame's payload (``int8:zstd``, ``fp16:lz4``)::
     int6c   6, 5 or 4 bits, packed, per     float32     2⁶, 2⁵ or 2⁴ levels per channel over a clipped range;
     int5c   channel (+ 8 bytes each)                   the clip is chosen per channel to minimise the
     int4c                                              tensor's squared error
+    ecq6    int8 codes about per-channel   float32     one uniform step over the tensor, 2^(2.05 - N) × the
+    ecq5    int16 offsets, always zstd-                channels' RMS deviation or coarser: error ≤ half a
+    ecq4    compressed: about 6, 5, 4 bits              step, nothing clipped (entropy-coded quantisation)
 
 Channels are dimension 1 (batch first) of tensors with at least 3 dimensions and more than one element
 per channel; a feature vector (``(N, C)`` or ``(N, C, 1, 1)``) is one channel. zstd runs at level 3: on EfficientNet-Lite0's int8 cuts levels 1, 3, 6 and 9 gave bytes
@@ -47,6 +50,10 @@ COMPRESSIONS = ("none", "zstd", "lz4")
 ZSTD_LEVEL = 3
 CLIP_RATIOS = (1.0, 0.9, 0.8, 0.65, 0.5)  # intNc: clips tried per channel, as a share of its range about its mean
 CLIP_DEVIATIONS = (2.0, 3.0, 4.0)  # ... and as standard deviations about its mean (a far outlier's range is no guide)
+ENTROPY_OFFSET_BITS = 2.05  # ecqN: log2(sqrt(2 pi e)), a unit Gaussian's differential entropy in bits
+ECQ_MAX_CODE = 127  # ecqN: codes are int8 within ±127 ...
+ECQ_MAX_OFFSET = 32767  # ... about int16 offsets
+_STEP = struct.Struct("<f")
 
 
 def parse_spec(spec: str, kind: str) -> tuple[str, str]:
@@ -344,6 +351,70 @@ class Int5PerChannel(Packed):
     name, code, bits, levels = "int5c", 7, 5, 31
 
 
+class EntropyCoded(WireCodec):
+    """Uniform quantisation meant for entropy coding: one step over the tensor, an int8 code per element
+    about its channel's offset, x ≈ (offset[c] + q) × step. The step is ``2^(2.05 - bits)`` × the RMS of
+    the channels' standard deviations (a Gaussian quantised so has about ``bits`` bits of entropy per
+    element) or coarser where that keeps every code within ±127 and every offset within int16: the error is
+    at most half a step, nothing is clipped. The step is a header parameter; the payload is the offsets
+    (int16, one per channel), then the codes (int8, in the tensor's order). Sent zstd-compressed, which
+    brings the codes near their entropy: fixed-width packing of a clipped range (intNc) spends the bits
+    that an unclipped, finer step buys accuracy with."""
+
+    bits: int
+    header_params = _STEP.size
+
+    def payload_bytes(self, shape: tuple[int, ...], itemsize: int) -> int:
+        return 2 * _channels(shape) + math.prod(shape)
+
+    def encode(self, array: np.ndarray) -> tuple[np.dtype, bytes, bytes]:
+        x = array.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise FrameError(f"{self.name} frames carry finite values only: this tensor has "
+                             f"{np.count_nonzero(~np.isfinite(x))} NaN or infinite")
+        channels = _per_channel(x).astype(np.float64)
+        centre = channels.mean(axis=1)
+        spread = math.sqrt(float((channels.std(axis=1) ** 2).mean()))
+        reach = float(np.abs(channels - centre[:, None]).max()) if channels.size else 0.0
+        step = max(2.0 ** (ENTROPY_OFFSET_BITS - self.bits) * spread, reach / (ECQ_MAX_CODE - 0.5),
+                   float(np.abs(centre).max(initial=0.0)) / (ECQ_MAX_OFFSET - 1), FLOAT32_TINY)
+        step = float(np.float32(step))
+        if step * (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1) > FLOAT32_MAX:
+            raise FrameError(f"a tensor reaching {float(np.abs(x).max()):.4g} exceeds what {self.name} frames "
+                             "carry: use fp32")
+        offset = np.rint(centre / step)
+        codes = np.clip(np.rint(x / np.float64(step) - _broadcast(offset, x.shape)), -ECQ_MAX_CODE, ECQ_MAX_CODE)
+        return np.dtype("<f4"), _STEP.pack(step), offset.astype("<i2").tobytes() + codes.astype(np.int8).tobytes()
+
+    def check_params(self, params: bytes) -> None:
+        (step,) = _STEP.unpack(params)
+        if not (FLOAT32_TINY <= step and step * (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1) <= FLOAT32_MAX):
+            raise FrameError(f"{self.name} step {step:.4g} does not decode to finite float32 (it must be at least "
+                             f"{FLOAT32_TINY:.4g} and at most {FLOAT32_MAX / (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1):.4g})")
+
+    def decode(self, payload: bytearray, shape: tuple[int, ...], dtype: np.dtype, params: bytes) -> np.ndarray:
+        (step,) = _STEP.unpack(params)
+        channels = _channels(shape)
+        offsets = np.frombuffer(payload, dtype="<i2", count=channels).astype(np.int32)
+        codes = np.frombuffer(payload, dtype=np.int8, offset=2 * channels).reshape(shape)
+        return ((_broadcast(offsets, shape) + codes).astype(np.float32) * np.float32(step)).astype(np.float32)
+
+
+@_wire
+class EntropyCoded4(EntropyCoded):
+    name, code, bits = "ecq4", 8, 4
+
+
+@_wire
+class EntropyCoded5(EntropyCoded):
+    name, code, bits = "ecq5", 9, 5
+
+
+@_wire
+class EntropyCoded6(EntropyCoded):
+    name, code, bits = "ecq6", 10, 6
+
+
 @_wire
 class BFloat16(WireCodec):
     """The upper 16 bits of each float32, rounded to nearest even; decodes to float32."""
@@ -415,10 +486,15 @@ _BASES = {  # name: (wire codec, raw dtype, exact, exactness)
     "int6c": ("int6c", "float32", False, "64 levels per channel over a clip chosen for least squared error"),
     "int5c": ("int5c", "float32", False, "32 levels per channel over a clip chosen for least squared error"),
     "int4c": ("int4c", "float32", False, "16 levels per channel over a clip chosen for least squared error"),
+    **{f"ecq{bits}": (f"ecq{bits}", "float32", False, f"one uniform step over the tensor, 2^({ENTROPY_OFFSET_BITS} - "
+                      f"{bits}) x the channels' RMS deviation or coarser, codes zstd-compressed (about {bits} bits "
+                      "an element on Gaussian-like maps): error <= half a step, nothing clipped")
+       for bits in (6, 5, 4)},
 }
+ENTROPY_CODED = ("ecq6", "ecq5", "ecq4")  # zstd-compressed always: the codes are made for it
 SPLIT_CODEC_NAMES = tuple(_BASES)
 PROFILED_CODECS = tuple(f"{name}{arg}" for name in SPLIT_CODEC_NAMES for arg in ("", ":zstd")
-                        if f"{name}{arg}" != "fp32")  # what a profile prices (fp32 costs nothing to encode)
+                        if f"{name}{arg}" != "fp32" and not (arg and name in ENTROPY_CODED))  # what a profile prices (fp32 costs nothing to encode)
 COSTED_SAMPLES = 3  # tensors a profile sends through each codec
 
 
@@ -432,6 +508,10 @@ def split_codec(spec: str) -> SplitCodec:
     if compression and compression not in COMPRESSIONS[1:]:
         raise EdgesplitError(f"codec {spec!r}: the argument names a lossless compression: "
                              f"{' or '.join(COMPRESSIONS[1:])}, not {compression!r}")
+    if name in ENTROPY_CODED:
+        if compression:
+            raise EdgesplitError(f"codec {spec!r}: {name} is zstd-compressed already; write {name}")
+        compression = "zstd"
     wire, dtype, exact, exactness = _BASES[name]
     return SplitCodec(spec, wire, dtype, compression or "none", exact, exactness)
 

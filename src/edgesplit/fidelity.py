@@ -53,7 +53,8 @@ from edgesplit.outputs import rows as answer_rows
 if TYPE_CHECKING:
     from edgesplit.runtime.device_engines import DeviceEngine
 
-DEFAULT_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int6c", "int5c", "int4c", "int8:zstd", "int8c:zstd")
+DEFAULT_CODECS = ("fp32", "fp16", "bf16", "int8", "int8c", "int6c", "int5c", "int4c", "int8:zstd", "int8c:zstd", "ecq6",
+                  "ecq5", "ecq4")
 JPEG_QUALITIES = (50, 75, 90, 95)
 INPUT = "input"  # the cut name of full-offload rows
 TOP1, PIXELS = "top-1", "pixels"  # what a model's rows compare: a classifier's logits, a segmentation's classes
@@ -505,4 +506,4 @@ def plot(report: FidelityReport, path: str | Path) -> None:
 
 
 _MARKERS = {"fp32": "o", "fp16": "s", "bf16": "P", "int8": "^", "int8c": "v", "int6c": "X", "int5c": "p",
-            "int4c": "D", "raw": "D", "jpeg": "s"}
+            "int4c": "D", "ecq6": "<", "ecq5": ">", "ecq4": "h", "raw": "D", "jpeg": "s"}

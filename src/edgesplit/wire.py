@@ -16,7 +16,7 @@ A frame is a 24-byte header, then one section per tensor, one after another (all
     0       1     dtype of the decoded tensor: 1 float32, 2 float16, 3 uint8, 4 int32 (raw codec only)
     1       1     codec: 0 raw, 1 int8 (affine, uint8 payload), 2 jpeg (full offload of a uint8 image),
                   3 int8c (affine per channel), 4 int4c, 6 int6c, 7 int5c (4, 6, 5 bits per channel,
-                  packed), 5 bf16
+                  packed), 5 bf16, 8 ecq4, 9 ecq5, 10 ecq6 (one step, int8 codes, meant for zstd)
     2       1     compression of the payload: 0 none, 1 zstd, 2 lz4
     3       1     ndim (1..8)
     4       1     name length in bytes (0..64)
@@ -26,7 +26,9 @@ A frame is a 24-byte header, then one section per tensor, one after another (all
     14      n     name (UTF-8, no control characters; "" only for a frame's only tensor)
     14+n    4×d   shape (uint32 each, batch first)
     ...     8     int8 codec only: scale (float32), zero point (int32)
-    ...           payload (int8c and intNc: the per-channel lows and steps, float32, before the codes)
+    ...     4     ecqN codecs only: the step (float32)
+    ...           payload (int8c and intNc: the per-channel lows and steps, float32, before the codes;
+                  ecqN: the per-channel offsets, int16, before the codes)
 
 A frame of one unnamed tensor costs 38 + 4 × ndim bytes (and the codec's parameters) beyond its
 payload: :func:`frame_overhead`. :func:`decode_frame` checks everything before it allocates: sizes
@@ -201,7 +203,7 @@ def frame_overhead(ndim: int, codec: str = "raw", name: str = "") -> int:
 def encode_frame(array: np.ndarray, *, model_id: bytes, cut: int, codec: str = "raw",
                  compression: str = "none", jpeg_quality: int = Jpeg.quality) -> bytes:
     """One unnamed tensor as a frame. ``codec``: a wire codec (:mod:`edgesplit.codecs`): raw (float32/
-    float16/uint8 as given), int8, int8c, int6c, int5c, int4c, bf16 (float → fewer bits) or jpeg (one
+    float16/uint8 as given), int8, int8c, int6c, int5c, int4c, bf16, ecq4, ecq5, ecq6 (float → fewer bits) or jpeg (one
     uint8 image (1, 3, H, W))."""
     return encode_tensors([("", array)], model_id=model_id, cut=cut, codec=codec, compression=compression,
                           jpeg_quality=jpeg_quality)
