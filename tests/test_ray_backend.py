@@ -19,6 +19,7 @@ import pytest
 import ray
 import torch
 from ray import serve
+from ray.serve.config import AutoscalingConfig
 
 from edgesplit import analyze, split
 from edgesplit.codecs import input_codec, split_codec
@@ -198,10 +199,36 @@ def test_a_killed_replica_loses_no_request(backend, servers, frames):
     ({"autoscale": (2, 1)}, "autoscale=2,1: MIN,MAX needs 0 <= MIN <= MAX and MAX >= 1"),
     ({"autoscale": (-1, 2)}, "autoscale=-1,2"),
     ({"replica_cpus": 0}, "replica_cpus=0: must be above 0"),
+    ({"autoscale": (1, 2), "upscale_delay_s": -1.0}, "upscale_delay_s=-1: must be a finite number of seconds"),
+    ({"autoscale": (1, 2), "upscale_delay_s": float("nan")}, "upscale_delay_s=nan: must be a finite number"),
+    ({"autoscale": (1, 2), "downscale_delay_s": -0.5}, "downscale_delay_s=-0.5: must be a finite number"),
+    ({"autoscale": (1, 2), "downscale_delay_s": float("inf")}, "downscale_delay_s=inf: must be a finite number"),
 ])
 def test_scaling_refuses_what_cannot_be_deployed(scaling, message):
     with pytest.raises(EdgesplitError, match=re.escape(message)):
         Scaling(**scaling)
+
+
+def test_autoscale_delays_reach_ray_serves_autoscaling_config(monkeypatch):
+    options = {}
+
+    class Recorder:  # stands for serve.deployment(TailReplica): records its options, deploys nothing
+        def options(self, **given):
+            options.update(given)
+            return self
+
+        def bind(self, *args):
+            return args
+
+    monkeypatch.setattr(ray_module.serve, "deployment", lambda _: Recorder())
+    monkeypatch.setattr(ray_module.serve, "run", lambda app, name, route_prefix: "handle")
+    scaling = Scaling(autoscale=(1, 3), upscale_delay_s=5.0, downscale_delay_s=20.0)
+    ray_module._deploy("app", lambda: None, b"id", scaling, 4, 0.005, 16, False)
+    config = AutoscalingConfig(**options["autoscaling_config"])  # as Ray Serve validates it
+    assert (config.min_replicas, config.initial_replicas, config.max_replicas) == (1, 1, 3)
+    assert (config.upscale_delay_s, config.downscale_delay_s, config.target_ongoing_requests) == (5.0, 20.0, 4)
+    assert scaling.to_dict()["autoscale_delays"] == {"upscale_delay_s": 5.0, "downscale_delay_s": 20.0}
+    assert Scaling(replicas=2).to_dict()["autoscale_delays"] is None
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -212,6 +239,14 @@ def test_scaling_refuses_what_cannot_be_deployed(scaling, message):
     (("--backend", "ray", "--autoscale", "0,0"), "expected MIN,MAX"),
     (("--backend", "ray", "--autoscale", "4"), "expected MIN,MAX"),
     (("--backend", "ray", "--autoscale", "one,two"), "expected MIN,MAX"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "-1,5"),
+     "expected UP,DOWN in seconds, each 0 or above"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "5"), "expected UP,DOWN"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "5,10,15"), "expected UP,DOWN"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "nan,5"), "expected UP,DOWN"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "5,inf"), "expected UP,DOWN"),
+    (("--backend", "ray", "--autoscale", "1,2", "--autoscale-delays", "soon,later"), "expected UP,DOWN"),
+    (("--backend", "ray", "--replicas", "2", "--autoscale-delays", "5,30"), "--autoscale-delays applies to --autoscale"),
     (("--replicas", "2",), "--replicas, --autoscale and --ray-address apply to --backend ray"),
     (("--backend", "ray", "--replicas", "2", "--autoscale", "1,2"), "--replicas and --autoscale exclude each other"),
     (("--backend", "ray", "--profile"), "with --backend ray the replicas run the tails"),

@@ -510,6 +510,9 @@ def grid(device_profile: str, server_profile: str, option_set: str, rtt_ms: floa
                                                          "(default: 1)")
 @click.option("--autoscale", metavar="MIN,MAX", callback=lambda _, __, value: _replica_range(value),
               help="--backend ray: let Ray Serve scale between MIN and MAX replicas")
+@click.option("--autoscale-delays", metavar="UP,DOWN", callback=lambda _, __, value: _autoscale_delays(value),
+              help="--autoscale: seconds the load must stay above target before a replica is added, and below "
+                   "before one is removed (default: Ray Serve's 30,600)")
 @click.option("--replica-cpus", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
               help="--backend ray: Ray CPUs per replica (torch runs that many threads there)")
 @click.option("--ray-address", help="--backend ray: the Ray cluster's head, HOST:PORT or auto (default: start Ray here)")
@@ -521,14 +524,16 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
           max_batch_size: int, batch_wait_timeout_s: float, max_body_bytes: int, max_queue: int,
           warm_up: bool, own_profile: bool, profile_idle_ms: float, header_timeout_s: float, body_timeout_s: float,
           keep_alive_timeout_s: float, max_header_bytes: int, max_connections: int, backend_name: str,
-          replicas: int | None, autoscale: tuple[int, int] | None, replica_cpus: float, ray_address: str | None,
-          engine_name: str, device_name: str) -> None:
+          replicas: int | None, autoscale: tuple[int, int] | None, autoscale_delays: tuple[float, float] | None,
+          replica_cpus: float, ray_address: str | None, engine_name: str, device_name: str) -> None:
     """Run the edge server for MODEL: one copy of the model, any tail, dynamic batching per cut (or, with
     --backend ray, a front end for Ray Serve replicas that each hold a copy)."""
     if backend_name != "ray" and (replicas or autoscale or ray_address):
         raise EdgesplitError("--replicas, --autoscale and --ray-address apply to --backend ray")
     if replicas and autoscale:
         raise EdgesplitError("--replicas and --autoscale exclude each other: a fixed number, or MIN,MAX")
+    if autoscale_delays and not autoscale:
+        raise EdgesplitError("--autoscale-delays applies to --autoscale")
     if backend_name == "ray" and (own_profile or engine_name == "auto"):
         raise EdgesplitError("--profile and --engine auto measure this process; with --backend ray the replicas "
                              "run the tails: name the engine, and profile a replica's node with edgesplit profile")
@@ -546,7 +551,7 @@ def serve(model: str, weights: str | None, input_size: int | None, input_shape: 
     tails = None
     if backend_name == "ray":
         engine, tails = _ray_tails(model, weights, analysis, loaded.normalization, engine_name, device_name,
-                                   replicas, autoscale, replica_cpus, owns_ray, max_batch_size,
+                                   replicas, autoscale, autoscale_delays, replica_cpus, owns_ray, max_batch_size,
                                    batch_wait_timeout_s, max_queue, warm_up, loaded.postprocess)
     else:
         engine, timings = _as_served(lambda: open_tail_engine(engine_name, analysis, loaded.normalization,
@@ -604,6 +609,19 @@ def _replica_range(value: str | None) -> tuple[int, int] | None:
     return int(low), int(high)
 
 
+def _autoscale_delays(value: str | None) -> tuple[float, float] | None:
+    """``--autoscale-delays UP,DOWN`` as two finite numbers of seconds, 0 or above."""
+    if value is None:
+        return None
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        delays = ()
+    if len(delays) != 2 or not all(math.isfinite(d) and d >= 0 for d in delays):
+        raise click.BadParameter(f"{value!r}: expected UP,DOWN in seconds, each 0 or above, e.g. 5,30")
+    return delays[0], delays[1]
+
+
 def _join_ray(ray_address: str | None) -> bool:
     """serve --backend ray: join the cluster at ``ray_address`` or start Ray here; True when started here."""
     try:
@@ -615,7 +633,8 @@ def _join_ray(ray_address: str | None) -> bool:
 
 
 def _ray_tails(model: str, weights: str | None, analysis: Any, normalization: Any, engine_name: str,
-               device_name: str, replicas: int | None, autoscale: tuple[int, int] | None, replica_cpus: float,
+               device_name: str, replicas: int | None, autoscale: tuple[int, int] | None,
+               autoscale_delays: tuple[float, float] | None, replica_cpus: float,
                owns_ray: bool, max_batch_size: int, batch_wait_timeout_s: float, max_queue: int,
                warm_up: bool, postprocess: Any) -> tuple[Any, Any]:
     """serve --backend ray: the front end's engine (it validates frames and post-processes a detector's
@@ -627,13 +646,15 @@ def _ray_tails(model: str, weights: str | None, analysis: Any, normalization: An
     recipe = EngineRecipe(model=model, weights=weights, input_shape=tuple(analysis.input_shape), engine=engine_name,
                           device=device_name)
     started = time.perf_counter()
+    up_s, down_s = autoscale_delays or (Scaling.upscale_delay_s, Scaling.downscale_delay_s)
     scaling = Scaling(replicas=replicas or 1, autoscale=autoscale, replica_cpus=replica_cpus,
-                      replica_gpus=0.0 if device_name == "cpu" else 1.0)
+                      replica_gpus=0.0 if device_name == "cpu" else 1.0, upscale_delay_s=up_s, downscale_delay_s=down_s)
     tails = start_ray_backend(recipe, engine, scaling=scaling,
                               max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s,
                               max_queue=max_queue, warm_up=warm_up, owns_ray=owns_ray)
     settings = "the running application's replicas" if tails.scaling is None else (
-        f"autoscaled {autoscale[0]}–{autoscale[1]} replicas" if autoscale else f"{replicas or 1} replica(s)")
+        f"autoscaled {autoscale[0]}–{autoscale[1]} replicas (up after {up_s:g} s above target, down after "
+        f"{down_s:g} s below)" if autoscale else f"{replicas or 1} replica(s)")
     console.print(f"Ray Serve application {tails.application} ready in {time.perf_counter() - started:.1f} s: "
                   f"{settings}")
     return engine, tails

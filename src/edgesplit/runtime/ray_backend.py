@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import math
 import socket
 import statistics
 import threading
@@ -87,12 +88,16 @@ class EngineRecipe:
 
 @dataclass(frozen=True, kw_only=True)
 class Scaling:
-    """How many replicas: a fixed number, or autoscaled between ``autoscale[0]`` and ``autoscale[1]``."""
+    """How many replicas: a fixed number, or autoscaled between ``autoscale[0]`` and ``autoscale[1]``, a
+    replica added once the load has stayed above target for ``upscale_delay_s`` and removed once it has stayed
+    below for ``downscale_delay_s``."""
 
     replicas: int = 1
     autoscale: tuple[int, int] | None = None
     replica_cpus: float = 1.0  # Ray CPUs per replica; torch runs that many threads there
     replica_gpus: float = 0.0  # Ray GPUs per replica: 1 for an engine on cuda (Ray hides GPUs from an actor without)
+    upscale_delay_s: float = 30.0  # Ray Serve's default
+    downscale_delay_s: float = 600.0  # Ray Serve's default
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -104,11 +109,16 @@ class Scaling:
             raise EdgesplitError(f"replica_cpus={self.replica_cpus:g}: must be above 0")
         if self.replica_gpus < 0:
             raise EdgesplitError(f"replica_gpus={self.replica_gpus:g}: must be 0 or above")
+        for name, delay in (("upscale_delay_s", self.upscale_delay_s), ("downscale_delay_s", self.downscale_delay_s)):
+            if not (math.isfinite(delay) and delay >= 0):  # NaN and infinity too
+                raise EdgesplitError(f"{name}={delay:g}: must be a finite number of seconds, 0 or above")
 
     def to_dict(self) -> dict[str, Any]:
+        delays = None if self.autoscale is None else {"upscale_delay_s": self.upscale_delay_s,
+                                                      "downscale_delay_s": self.downscale_delay_s}
         return {"replicas": None if self.autoscale else self.replicas,
                 "autoscale": None if self.autoscale is None else list(self.autoscale),
-                "replica_cpus": self.replica_cpus, "replica_gpus": self.replica_gpus}
+                "autoscale_delays": delays, "replica_cpus": self.replica_cpus, "replica_gpus": self.replica_gpus}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,12 +268,15 @@ class RayBackend:
     async def describe(self) -> dict[str, Any]:
         status = await asyncio.to_thread(serve.status)
         application = status.applications.get(self.application)
-        running = None if application is None else sum(
-            d.replica_states.get("RUNNING", 0) for d in application.deployments.values())
+        states: dict[str, int] = {}  # RUNNING, STARTING (building its engine), STOPPING, ...
+        for deployment in [] if application is None else application.deployments.values():
+            for state, count in deployment.replica_states.items():
+                states[state] = states.get(state, 0) + count
+        running = None if application is None else states.get("RUNNING", 0)
         now = time.monotonic()
         return {"backend": self.name, "application": self.application, "deployment": DEPLOYMENT,
                 "scaling": None if self.scaling is None else self.scaling.to_dict(), "replicas_running": running,
-                "replicas": [{"replica": h.state.replica, "actor": h.state.actor, "node": h.state.node,
+                "replica_states": states, "replicas": [{"replica": h.state.replica, "actor": h.state.actor, "node": h.state.node,
                               "heard_s_ago": round(now - h.at, 3), "load": asdict(h.state.report),
                               "compute_s": {str(k): v for k, v in sorted(h.state.compute_s.items())},
                               "batch_plan": h.state.batch_plan} for h in self._fresh()]}
@@ -374,7 +387,9 @@ def _deploy(name: str, recipe: Callable[[], TailEngine], model_id: bytes, scalin
     else:  # a replica is busy enough with a full batch waiting
         low, high = scaling.autoscale
         options["autoscaling_config"] = {"min_replicas": low, "initial_replicas": max(low, 1), "max_replicas": high,
-                                         "target_ongoing_requests": max_batch_size}
+                                         "target_ongoing_requests": max_batch_size,
+                                         "upscale_delay_s": scaling.upscale_delay_s,
+                                         "downscale_delay_s": scaling.downscale_delay_s}
     deployment = serve.deployment(TailReplica).options(**options)
     try:
         return serve.run(deployment.bind(recipe, settings), name=name, route_prefix=None)
