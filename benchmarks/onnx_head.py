@@ -2,9 +2,13 @@
 
 EfficientNet-B0 and the pretrained EfficientNet-Lite0 at 224×224; the heads at their record-low cuts and
 the whole model; batch 1. A device runs one engine, not both, so each engine runs in a worker process of
-its own (neither one's idle threads can spin on the other's cores; torch one per thread count, loading the
-modules the parent saved rather than running the analysis itself, as a device would) and the
-parent only sends commands.
+its own (neither one's idle threads can spin on the other's cores; torch one per candidate setting,
+loading the modules the parent saved rather than running the analysis itself, as a device would), and the
+parent only sends commands. The settings are chosen in one set of workers; every timed block then runs
+in a worker started for it alone, as the plain loop does: long-lived torch workers ran the whole Lite0
+25-31 ms a block where fresh processes, interleaved with them, ran it in 18-19 ms (a worker that had
+taken part in the choice, 23.5-24.8 against 17.8-19.7 ms for a fresh one beside it; cause not found: no
+idle worker used any CPU, and a lone long-lived worker kept its speed).
 
 Settings, chosen by measurement per head (the table says which won):
   torch: eval mode, ``torch.inference_mode``, ``torch.set_num_threads`` 1 or 2, channels_last or not;
@@ -13,7 +17,8 @@ Settings, chosen by measurement per head (the table says which won):
 All candidates of both engines run in turn, ``--select`` blocks of ``--select-block`` runs each; after the
 first round a candidate over 1.5x the engine's fastest is dropped; the lowest median wins.
 
-Timing: blocks of ``--block`` timed runs alternate between the two engines until each has ``--repeats``.
+Timing: blocks of ``--block`` timed runs (``--whole-block`` for the whole model) alternate between the two
+engines until each has ``--repeats``.
 Every block starts with 3 untimed runs (as the plain loop does: the first runs after an idle are slower)
 and is followed by a 0.15 s pause (measured here: libgomp's threads spin ~5 ms after a run, ONNX
 Runtime's with spinning on ~100 ms; either would slow the other engine's next block). Medians.
@@ -22,13 +27,17 @@ Cross-check: for the whole model, each engine at its chosen settings also runs i
 nothing but ``for _ in range(n): t0 = perf_counter(); run(); times.append(perf_counter() - t0)`` (after 3
 warm-up runs), ``--plain-rounds`` times spread over the whole-model blocks (before the first, between
 them, after the last; the whole model gets ``--whole-repeats`` runs, as on this busy VM consecutive
-plain loops differ by up to 30 %), so both see the same machine. The benchmark's median must be within 10 % of the
+plain loops differ by up to 30 %), so both see the same machine. A torch process here runs at one of two
+speeds for its whole life (Lite0 whole: about 19 or about 25 ms, in 8 fresh processes in a row 5 and 3,
+with address-space randomisation on or off): so the whole model is timed in many short processes on
+both sides (16 blocks of 10 runs, 16 plain loops of 10), which both sample that mixture alike. The benchmark's median must be within 10 % of the
 plain loops' median (all their runs pooled); otherwise a FAIL line is printed and the exit status is 1.
 The 1-minute load average and CPU pressure before and after are recorded: on a busy VM both engines
 are measured under contention (torch at 2 threads then collapses; 1 thread wins).
 
-    python benchmarks/onnx_head.py [--repeats 60] [--whole-repeats 160] [--block 20] [--select 3]
-                                   [--select-block 5] [--plain-rounds 9] [--plain-runs 20] [--models ...]
+    python benchmarks/onnx_head.py [--repeats 60] [--whole-repeats 160] [--block 20] [--whole-block 10]
+                                   [--select 3] [--select-block 5] [--plain-rounds 16] [--plain-runs 10]
+                                   [--models ...]
                                    [--out benchmarks/results/onnx_head.json]
 """
 
@@ -101,16 +110,28 @@ def _onnx_session(path: str, threads: int, spinning: bool):
     return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def _worker_name(engine: str, settings: dict) -> str:
+    """The worker process that runs ``engine`` at ``settings``: ONNX Runtime one for all its sessions, torch
+    one per candidate (thread count and memory format). Switching the thread count in one process (2
+    threads for a candidate, then 1) left 1-thread runs up to 20 % slower than a plain loop here, and a
+    process that had also run the channels_last copy of a model ran the other one slower too."""
+    if engine == "onnx":
+        return "onnx"
+    return f"torch{settings['threads']}{'cl' if settings['channels_last'] else ''}"
+
+
+WORKERS = ["onnx"] + [_worker_name("torch", s) for s in TORCH_CANDIDATES]
+
+
 def _worker(engine: str) -> None:
     """Answer JSON commands {model, label, path, input, settings, count} with the seconds of ``count`` runs
     (after ``WARMUP`` untimed ones, as in the plain loop) of that head at those settings, as a JSON list.
-    ``torch1``/``torch2`` set torch's thread count once, before any torch work: switching it in one process
-    (2 threads for a candidate, then 1) left 1-thread runs up to 20 % slower than in a plain loop here."""
+    A torch worker sets its thread count once, before any torch work (see :func:`_worker_name`)."""
     import numpy as np
     heads, runners = {}, {}
     if engine.startswith("torch"):
         import torch
-        torch.set_num_threads(int(engine[len("torch"):]))
+        torch.set_num_threads(int(engine[len("torch")]))
     for line in sys.stdin:
         c = json.loads(line)
         key = (c["model"], c["label"], json.dumps(c["settings"], sort_keys=True))
@@ -178,15 +199,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=60, help="timed runs per engine and head")
     parser.add_argument("--block", type=int, default=20, help="timed runs per block")
+    parser.add_argument("--whole-block", type=int, default=10, help="timed runs per block of the whole model")
     parser.add_argument("--select", type=int, default=3, help="blocks per candidate setting when choosing")
     parser.add_argument("--select-block", type=int, default=5, help="timed runs per block when choosing")
     parser.add_argument("--whole-repeats", type=int, default=160,
                         help="timed runs per engine for the whole model (the cross-checked one)")
-    parser.add_argument("--plain-rounds", type=int, default=9, help="fresh plain-loop processes per engine")
-    parser.add_argument("--plain-runs", type=int, default=20, help="timed runs per plain-loop process")
+    parser.add_argument("--plain-rounds", type=int, default=16, help="fresh plain-loop processes per engine")
+    parser.add_argument("--plain-runs", type=int, default=10, help="timed runs per plain-loop process")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "onnx_head.json")
-    parser.add_argument("--worker", choices=("torch1", "torch2", "onnx"), help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
     parser.add_argument("--plain", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -206,11 +228,22 @@ def main() -> int:
     from edgesplit.export import export_cuts
     console = Console(width=170)
 
-    workers = {e: subprocess.Popen([sys.executable, __file__, "--worker", e], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True) for e in ("torch1", "torch2", "onnx")}
+    workers: dict[str, subprocess.Popen] = {}
+
+    def start_workers(names: list[str]) -> None:
+        """Fresh workers (the others stopped): all candidates' to choose, one for each timed block."""
+        stop_workers()
+        workers.update({e: subprocess.Popen([sys.executable, __file__, "--worker", e], stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, text=True) for e in names})
+
+    def stop_workers() -> None:
+        for w in workers.values():
+            w.stdin.close()
+            w.wait(30)
+        workers.clear()
 
     def block(engine: str, common: dict, settings: dict, count: int) -> list[float]:
-        w = workers[f"torch{settings['threads']}" if engine == "torch" else engine]
+        w = workers[_worker_name(engine, settings)]
         w.stdin.write(json.dumps({**common, "settings": settings, "count": count}) + "\n")
         w.stdin.flush()
         times = json.loads(w.stdout.readline())
@@ -237,6 +270,7 @@ def main() -> int:
                 np.save(f"{folder}/input.npy", x.numpy())
                 files = [f"{folder}/{manifest['model_file']}"] + [f"{folder}/{e['head']}" for e in manifest["cuts"]]
                 for (label, _), path in zip(pairs, files):
+                    start_workers(WORKERS)
                     whole = label == "(whole model)"
                     common = {"model": name, "label": label, "path": path, "input": f"{folder}/input.npy",
                               "torch_path": f"{folder}/torch_{len(rows)}.pt"}
@@ -260,7 +294,8 @@ def main() -> int:
                     times = {"torch": [], "onnx": []}
                     plains = {"torch": [], "onnx": []}
                     blocks = {"torch": [], "onnx": []}
-                    n_blocks = -(-(args.whole_repeats if whole else args.repeats) // args.block)
+                    size = args.whole_block if whole else args.block
+                    n_blocks = -(-(args.whole_repeats if whole else args.repeats) // size)
                     plain_at = ({round(k * n_blocks / (args.plain_rounds - 1)) for k in range(args.plain_rounds)}
                                 if whole and args.plain_rounds > 1 else {0} if whole else set())
                     for b in range(n_blocks + 1):
@@ -269,7 +304,8 @@ def main() -> int:
                                 plains[e].append(plain(e, common, best[e]))
                         if b < n_blocks:
                             for e in ("torch", "onnx"):
-                                blocks[e].append(block(e, common, best[e], args.block))
+                                start_workers([_worker_name(e, best[e])])
+                                blocks[e].append(block(e, common, best[e], size))
                                 times[e] += blocks[e][-1]
                     t, o = ms(times["torch"]), ms(times["onnx"])
                     rows.append({"model": name, "head": label, "torch_ms": t, "onnx_ms": o, "speedup": t / o,
@@ -287,13 +323,12 @@ def main() -> int:
                                            "benchmark_ms_each_block": [ms(b) for b in blocks[e]],
                                            "ok": abs(ratio - 1) <= TOLERANCE})
     finally:
-        for w in workers.values():
-            w.stdin.close()
-            w.wait(30)
+        stop_workers()
     load["after"] = _load()
 
     table = Table(title=f"Head time at batch 1, each engine at its best settings, medians of {args.repeats} runs "
-                        f"({args.whole_repeats} for the whole model) each in alternating blocks of {args.block}")
+                        f"({args.whole_repeats} for the whole model) each in alternating blocks of {args.block} "
+                        f"({args.whole_block})")
     for column in ("model", "head up to", "torch settings", "torch ms", "ORT settings", "ONNX Runtime ms", "speed-up"):
         table.add_column(column, justify="right" if column.endswith(("ms", "up")) else "left")
     for r in rows:
@@ -317,6 +352,7 @@ def main() -> int:
     args.out.write_text(json.dumps({
         "rows": rows, "cross_check": checks, "tolerance": TOLERANCE, "load": load, "cores": os.cpu_count(),
         "settings": {"repeats": args.repeats, "whole_repeats": args.whole_repeats, "block": args.block,
+                     "whole_block": args.whole_block,
                      "select": args.select,
                      "select_block": args.select_block, "prune": PRUNE, "warmup": WARMUP,
                      "plain_rounds": args.plain_rounds, "plain_runs": args.plain_runs, "pause_s": PAUSE_S},
