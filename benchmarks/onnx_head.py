@@ -128,7 +128,7 @@ def _worker(engine: str) -> None:
     (after ``WARMUP`` untimed ones, as in the plain loop) of that head at those settings, as a JSON list.
     A torch worker sets its thread count once, before any torch work (see :func:`_worker_name`)."""
     import numpy as np
-    heads, runners = {}, {}
+    runners = {}
     if engine.startswith("torch"):
         import torch
         torch.set_num_threads(int(engine[len("torch")]))
@@ -137,11 +137,12 @@ def _worker(engine: str) -> None:
         key = (c["model"], c["label"], json.dumps(c["settings"], sort_keys=True))
         if key not in runners:
             if engine.startswith("torch"):  # the module as the parent saved it: a process that ran the
-                # analysis itself ran EfficientNet-B0 6-10 % slower afterwards than one that only loaded it
-                if c["torch_path"] not in heads:
-                    heads[c["torch_path"]] = torch.load(c["torch_path"], weights_only=False)
+                # analysis itself ran EfficientNet-B0 6-10 % slower afterwards than one that only loaded it;
+                # loaded, copied and the loaded one dropped, as the plain loop does (where a process keeps
+                # its weights may be what sets its speed: see the module docstring)
                 x = torch.from_numpy(np.load(c["input"]))
-                runners[key] = _torch_runner(heads[c["torch_path"]], x, c["settings"]["channels_last"])
+                runners[key] = _torch_runner(torch.load(c["torch_path"], weights_only=False), x,
+                                             c["settings"]["channels_last"])
             else:
                 session = _onnx_session(c["path"], c["settings"]["threads"], c["settings"]["spinning"])
                 feed = {"input": np.load(c["input"])}
