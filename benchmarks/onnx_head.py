@@ -3,8 +3,7 @@
 EfficientNet-B0 and the pretrained EfficientNet-Lite0 at 224×224; the heads at their record-low cuts and
 the whole model; batch 1. A device runs one engine, not both, so each engine runs in a worker process of
 its own (neither one's idle threads can spin on the other's cores; torch one per candidate setting,
-loading the modules the parent saved rather than running the analysis itself, as a device would), and the
-parent only sends commands. The settings are chosen in one set of workers; every timed block then runs
+building its module from the model's name, so nothing is unpickled), and the parent only sends commands. The settings are chosen in one set of workers; every timed block then runs
 in a worker started for it alone, as the plain loop does: long-lived torch workers ran the whole Lite0
 25-31 ms a block where fresh processes, interleaved with them, ran it in 18-19 ms (a worker that had
 taken part in the choice, 23.5-24.8 against 17.8-19.7 ms for a fresh one beside it; cause not found: no
@@ -71,6 +70,21 @@ def describe(engine: str, s: dict) -> str:
 
 # ---- torch side (worker and plain loop) -----------------------------------------------------------------
 
+WHOLE = "(whole model)"
+
+
+def _torch_module(model: str, label: str):
+    """The module to time, built in this process from the model's name, so nothing is unpickled: the whole
+    model as loaded (as a device loads it), or its head up to cut ``label`` (analysed here: a process that
+    ran the analysis ran EfficientNet-B0 6-10 % slower afterwards, once measured; the heads are not
+    cross-checked, the whole model is)."""
+    from edgesplit import analyze, load_model, split
+    loaded = load_model(model)
+    if label == WHOLE:
+        return loaded.module
+    analysis = analyze(loaded.module, loaded.native_input_shape, model)
+    return split(analysis, next(c for c in analysis.cuts if c.name == label))[0]
+
 def _heads(name: str):
     """The input, (label, head module) for the whole model and every record-low cut but the last, the
     analysis and the cuts."""
@@ -81,7 +95,7 @@ def _heads(name: str):
     analysis = analyze(loaded.module, loaded.native_input_shape, name)
     cuts = [c for c in analysis.cuts if c.record_low][:-1]
     x = torch.randn(1, *analysis.input_shape, generator=torch.Generator().manual_seed(0))
-    return x, [("(whole model)", loaded.module)] + [(c.name, split(analysis, c)[0]) for c in cuts], analysis, cuts
+    return x, [(WHOLE, loaded.module)] + [(c.name, split(analysis, c)[0]) for c in cuts], analysis, cuts
 
 
 def _torch_runner(module, x, channels_last: bool):
@@ -136,12 +150,10 @@ def _worker(engine: str) -> None:
         c = json.loads(line)
         key = (c["model"], c["label"], json.dumps(c["settings"], sort_keys=True))
         if key not in runners:
-            if engine.startswith("torch"):  # the module as the parent saved it: a process that ran the
-                # analysis itself ran EfficientNet-B0 6-10 % slower afterwards than one that only loaded it;
-                # loaded, copied and the loaded one dropped, as the plain loop does (where a process keeps
-                # its weights may be what sets its speed: see the module docstring)
+            if engine.startswith("torch"):  # built, copied and the built one dropped, as the plain loop
+                # does (where a process keeps its weights may be what sets its speed: see the docstring)
                 x = torch.from_numpy(np.load(c["input"]))
-                runners[key] = _torch_runner(torch.load(c["torch_path"], weights_only=False), x,
+                runners[key] = _torch_runner(_torch_module(c["model"], c["label"]), x,
                                              c["settings"]["channels_last"])
             else:
                 session = _onnx_session(c["path"], c["settings"]["threads"], c["settings"]["spinning"])
@@ -165,7 +177,7 @@ def _plain(engine: str, model: str, path: str, input_path: str, settings: dict, 
 
         torch.set_num_threads(settings["threads"])
         x = torch.from_numpy(__import__("numpy").load(input_path))
-        run = _torch_runner(torch.load(path, weights_only=False), x, settings["channels_last"])
+        run = _torch_runner(_torch_module(model, WHOLE), x, settings["channels_last"])
     else:
         import numpy as np
         session = _onnx_session(path, settings["threads"], settings["spinning"])
@@ -253,7 +265,7 @@ def main() -> int:
 
     def plain(engine: str, common: dict, settings: dict) -> list[float]:
         spec = {"engine": engine, "model": common["model"], "input_path": common["input"],
-                "path": common["torch_path" if engine == "torch" else "path"],
+                "path": common["path"],
                 "settings": settings, "n": args.plain_runs}
         out = subprocess.run([sys.executable, __file__, "--plain", json.dumps(spec)], capture_output=True, text=True,
                              check=True).stdout
@@ -272,10 +284,8 @@ def main() -> int:
                 files = [f"{folder}/{manifest['model_file']}"] + [f"{folder}/{e['head']}" for e in manifest["cuts"]]
                 for (label, _), path in zip(pairs, files):
                     start_workers(WORKERS)
-                    whole = label == "(whole model)"
-                    common = {"model": name, "label": label, "path": path, "input": f"{folder}/input.npy",
-                              "torch_path": f"{folder}/torch_{len(rows)}.pt"}
-                    torch.save(dict(pairs)[label], common["torch_path"])
+                    whole = label == WHOLE
+                    common = {"model": name, "label": label, "path": path, "input": f"{folder}/input.npy"}
                     candidates = {"torch": TORCH_CANDIDATES, "onnx": ONNX_CANDIDATES}
                     trials = {e: [[] for _ in c] for e, c in candidates.items()}
                     alive = {e: list(range(len(c))) for e, c in candidates.items()}
