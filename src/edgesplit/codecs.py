@@ -53,6 +53,7 @@ CLIP_DEVIATIONS = (2.0, 3.0, 4.0)  # ... and as standard deviations about its me
 ENTROPY_OFFSET_BITS = 2.05  # ecqN: log2(sqrt(2 pi e)), a unit Gaussian's differential entropy in bits
 ECQ_MAX_CODE = 127  # ecqN: codes are int8 within ±127 ...
 ECQ_MAX_OFFSET = 32767  # ... about int16 offsets
+ECQ_MAX_STEPS = ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1  # bounds |offset + code|: steps * this must stay finite
 _STEP = struct.Struct("<f")
 
 
@@ -237,6 +238,15 @@ def _per_channel(x: np.ndarray) -> np.ndarray:
     return np.moveaxis(x, 1, 0).reshape(channels, -1) if channels > 1 else x.reshape(1, -1)
 
 
+def _finite_float32(array: np.ndarray, codec: str) -> np.ndarray:
+    """``array`` as float32; a NaN or infinity is refused, naming ``codec``."""
+    x = array.astype(np.float32, copy=False)
+    if not np.isfinite(x).all():
+        raise FrameError(f"{codec} frames carry finite values only: this tensor has "
+                         f"{np.count_nonzero(~np.isfinite(x))} NaN or infinite")
+    return x
+
+
 def _broadcast(values: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return values.reshape((1, -1) + (1,) * (len(shape) - 2)) if _channels(shape) > 1 else values.reshape(())
 
@@ -258,10 +268,7 @@ class PerChannel(WireCodec):
         return channels.min(axis=1), channels.max(axis=1)
 
     def encode(self, array: np.ndarray) -> tuple[np.dtype, bytes, bytes]:
-        x = array.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise FrameError(f"{self.name} frames carry finite values only: this tensor has "
-                             f"{np.count_nonzero(~np.isfinite(x))} NaN or infinite")
+        x = _finite_float32(array, self.name)
         low, high = (v.astype(np.float64) for v in self.range(_per_channel(x)))
         step = (high - low) / self.levels
         if not np.isfinite(step).all() or (np.abs(low) + self.levels * step > FLOAT32_MAX).any():
@@ -368,10 +375,7 @@ class EntropyCoded(WireCodec):
         return 2 * _channels(shape) + math.prod(shape)
 
     def encode(self, array: np.ndarray) -> tuple[np.dtype, bytes, bytes]:
-        x = array.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            raise FrameError(f"{self.name} frames carry finite values only: this tensor has "
-                             f"{np.count_nonzero(~np.isfinite(x))} NaN or infinite")
+        x = _finite_float32(array, self.name)
         channels = _per_channel(x).astype(np.float64)
         centre = channels.mean(axis=1)
         spread = math.sqrt(float((channels.std(axis=1) ** 2).mean()))
@@ -379,7 +383,7 @@ class EntropyCoded(WireCodec):
         step = max(2.0 ** (ENTROPY_OFFSET_BITS - self.bits) * spread, reach / (ECQ_MAX_CODE - 0.5),
                    float(np.abs(centre).max(initial=0.0)) / (ECQ_MAX_OFFSET - 1), FLOAT32_TINY)
         step = float(np.float32(step))
-        if step * (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1) > FLOAT32_MAX:
+        if step * ECQ_MAX_STEPS > FLOAT32_MAX:
             raise FrameError(f"a tensor reaching {float(np.abs(x).max()):.4g} exceeds what {self.name} frames "
                              "carry: use fp32")
         offset = np.rint(centre / step)
@@ -388,9 +392,9 @@ class EntropyCoded(WireCodec):
 
     def check_params(self, params: bytes) -> None:
         (step,) = _STEP.unpack(params)
-        if not (FLOAT32_TINY <= step and step * (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1) <= FLOAT32_MAX):
+        if not (FLOAT32_TINY <= step and step * ECQ_MAX_STEPS <= FLOAT32_MAX):
             raise FrameError(f"{self.name} step {step:.4g} does not decode to finite float32 (it must be at least "
-                             f"{FLOAT32_TINY:.4g} and at most {FLOAT32_MAX / (ECQ_MAX_OFFSET + ECQ_MAX_CODE + 1):.4g})")
+                             f"{FLOAT32_TINY:.4g} and at most {FLOAT32_MAX / ECQ_MAX_STEPS:.4g})")
 
     def decode(self, payload: bytearray, shape: tuple[int, ...], dtype: np.dtype, params: bytes) -> np.ndarray:
         (step,) = _STEP.unpack(params)
