@@ -14,8 +14,8 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.estimators import LastSample, make_estimator
 from edgesplit.latency import LinkState, Option, ServerState, latency
 from edgesplit.policies import Decision, Policy, State, make_policy
-from edgesplit.device import (MET_MAX_AGE_S, DeviceConfig, DeviceCore, LoadUpdate, Outcome, RateBound, RateSample,
-                              RequestRecord, summarize)
+from edgesplit.device import (MET_MAX_AGE_S, ROUND_TRIPS, DeviceConfig, DeviceCore, LoadUpdate, Outcome, RateBound,
+                              RateSample, RequestRecord, RoundTrip, summarize)
 from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.load import LoadReport
 from edgesplit.sim.server import BatchingServer, Served, _Job
@@ -580,6 +580,38 @@ def test_the_device_learns_how_much_slower_than_its_profile_the_server_computes(
     core.record(4.0, decision, state, Outcome("offload", compute_s=10.0, batch_size=1), 0.3)  # 1000×: taken as 4×
     assert core.reported(4.5).compute_scale == pytest.approx(math.exp(0.7 * math.log(scale) + 0.3 * math.log(4)))
     assert core.reported(4.3 + MET_MAX_AGE_S + 0.1).compute_scale == 1.0
+
+
+def test_the_device_measures_its_round_trip_from_what_its_answers_took():
+    """An answer's exchange less its upload (at the rate it measured, else the estimate), the server's queue
+    and compute, and what the profiles price (decode, the answer's download): the round trip the device
+    prices remote options with, the median of the recent ones, the configured one until the first."""
+    core = DeviceCore(make_policy("offload", OPTIONS, LinkState(MBPS)), make_estimator("last"), OPTIONS,
+                      DeviceConfig(rtt_s=0.04, downlink_bps=32 * MBPS, prior_bps=2 * MBPS))
+    assert core.rtt_s == 0.04 and core.state(0.0).estimated.rtt_s == 0.04
+    timed = Outcome("offload", None, 40_000, 8 * MBPS, None, 0.005, 0.01, 1)
+    # 0.2 s from sending to the answer: 0.04 s upload, 0.005 queue, 0.01 compute, 0.002 decode, 0.001 download
+    assert core.round_trip(1.0, RAW, timed, 0.2) == RoundTrip(1.0, pytest.approx(0.142))
+    untimed = Outcome("offload", None, 40_000, None, None, 0.005, 0.01, 1)  # at the prior 2 Mbit/s: 0.16 s upload
+    assert core.round_trip(1.0, RAW, untimed, 0.2).seconds == pytest.approx(0.022)
+    assert core.round_trip(1.0, RAW, untimed, 0.1).seconds == 0.0  # faster than priced: no negative round trip
+    assert core.round_trip(1.0, RAW, Outcome("local", "deadline", 40_000), 0.5) is None  # no answer
+    assert core.round_trip(1.0, RAW, Outcome("offload", None, 40_000), 0.2) is None  # no Server-Timing
+    core.learn([RoundTrip(1.0, 0.10), RoundTrip(2.0, 0.30), RoundTrip(3.0, 0.06)])
+    assert core.rtt_s == pytest.approx(0.10) and core.state(3.0).estimated.rtt_s == pytest.approx(0.10)
+    offload = latency(RAW, core.state(3.0).estimated, ServerState())
+    assert offload == pytest.approx(0.16 + 0.10 + 0.01 + 0.002 + 0.001)  # priced with the measured round trip
+    core.learn([RoundTrip(4.0 + k, 0.05) for k in range(ROUND_TRIPS)])  # only the recent ones count
+    assert core.rtt_s == pytest.approx(0.05)
+
+
+def test_a_simulated_device_measures_the_simulated_round_trip():
+    """In the simulator the rule finds the trace's round trip itself: every answered request teaches 40 ms,
+    so what the device prices with never drifts from the truth."""
+    cfg = config(sequential=True)
+    records = run("offload", RateTrace.constant(8 * MBPS), fps=2.0, duration_s=3.0, config=cfg)
+    assert all(r.executed == "offload" for r in records)
+    assert {round(r.predicted_s, 9) for r in records[1:]} == {round(records[1].latency_s, 9)}
 
 
 def test_the_deadline_counts_from_when_the_device_takes_the_request_up():

@@ -12,6 +12,12 @@ What a device can learn (:data:`Feedback`), and the rule each side applies to it
   the time waited.
 - :class:`LoadUpdate` — the server's load report (:mod:`edgesplit.load`), with every answer and probe; the
   policy sees it aged to the moment it decides, so that it can predict the wait at its request's arrival.
+- :class:`RoundTrip` — what an answered request took beyond what the device can account for
+  (:meth:`DeviceCore.round_trip`): from sending its frame to its answer, less the upload (its bytes at the
+  rate it measured, else at the estimate), the server's queue and compute (its Server-Timing) and what the
+  profiles price (decode, post-processing, the answer's download). That is the path's round trip plus the
+  server's handling of a request; the policy prices every remote option with the median of the recent
+  ones (``DeviceConfig.rtt_s`` until the first; live, the connection's first exchange is one).
 
 Each answer's record also teaches two things about the server (:meth:`DeviceCore.record`): the queue wait
 its request met, and its compute against the profile's tail time for that cut and batch (the server's
@@ -69,6 +75,7 @@ VOLATILITY_ALPHA = 0.2  # weight of a new pair of samples in the volatility's mo
 MET_ALPHA = 0.3  # weight of a new queue wait in the average of those the device's requests met
 MET_MAX_AGE_S = 5.0  # that average is forgotten once the device has not heard of a wait for this long
 MAX_COMPUTE_SCALE = 4.0  # a server's compute is taken to be at most this far from its profile either way
+ROUND_TRIPS = 8  # the device prices the round trip with the median of this many recent ones
 
 
 def timed_sample(bytes_after_first: int, recv_s: float) -> float | None:
@@ -98,7 +105,13 @@ class LoadUpdate:
     report: LoadReport
 
 
-Feedback = RateSample | RateBound | LoadUpdate
+@dataclass(frozen=True)
+class RoundTrip:
+    at_s: float
+    seconds: float  # an exchange's time beyond its upload, the server's queue and compute, and the profiles'
+
+
+Feedback = RateSample | RateBound | LoadUpdate | RoundTrip
 
 
 @dataclass(frozen=True)
@@ -219,7 +232,7 @@ class DeviceCore:
             raise EdgesplitError("the options must include local: a device can always run the whole model")
         self.policy, self.estimator, self.options, self.config = policy, estimator, options, config
         self.local_s = local[0].head_s
-        self.rtt_s = config.rtt_s
+        self._round_trips: deque[float] = deque(maxlen=ROUND_TRIPS)
         self._report: LoadUpdate | None = None  # the newest load report, and when it was learnt
         self._met = _Recent()  # the waits this device's requests met at the server
         self._slower = _Recent()  # log of the server's compute over its profile's, for them
@@ -234,6 +247,22 @@ class DeviceCore:
         self.energy = config.energy
         self.radio = RadioMeter(self.energy.radio)
         self._radio_j = 0.0  # the bursts reported since the last record
+
+    @property
+    def rtt_s(self) -> float:
+        """The round trip the device prices remote options with: the median of the recent ones it measured
+        (:class:`RoundTrip`), or the configured one until it has."""
+        return statistics.median(self._round_trips) if self._round_trips else self.config.rtt_s
+
+    def round_trip(self, at_s: float, option: Option, outcome: Outcome, exchange_s: float) -> RoundTrip | None:
+        """What an answered request (``option``, answered after ``exchange_s`` from sending its frame, at
+        ``at_s``) teaches of the round trip; None for one the server did not answer with its timings."""
+        if outcome.executed == "local" or outcome.queue_s is None or outcome.compute_s is None:
+            return None
+        rate = outcome.measured_bps or self.estimator.predict() or self.config.prior_bps
+        rest = (exchange_s - outcome.bytes_sent * 8 / rate - outcome.queue_s - outcome.compute_s - option.decode_s
+                - option.answer_s - option.result_bytes * 8 / self.config.downlink_bps)
+        return RoundTrip(at_s, max(0.0, rest))
 
     @property
     def deadline_s(self) -> float:
@@ -313,6 +342,9 @@ class DeviceCore:
         for item in sorted(feedback, key=lambda f: f.at_s):
             if isinstance(item, LoadUpdate):
                 self._report = item
+                continue
+            if isinstance(item, RoundTrip):
+                self._round_trips.append(item.seconds)
                 continue
             self.estimator.update(item.bps)
             self._ceilings.append(isinstance(item, RateBound))

@@ -35,7 +35,7 @@ from edgesplit.outputs import Batch, Output, answer_digest, check_finite, top1
 from edgesplit.wire import (FLOATS, FRAME_TYPE, INTEGER_DTYPE, OUTPUT_CUT, Expectation, decode_frame, flatten_tree,
                             unflatten_tree)
 from edgesplit.device import (DEADLINE_PASSED, HEDGE_WON, DeviceConfig, DeviceCore, LoadUpdate, Outcome,
-                              RateSample, RequestRecord, summarize, timed_sample)
+                              RateSample, RequestRecord, RoundTrip, summarize, timed_sample)
 from edgesplit.errors import FrameError, ProfileError
 from edgesplit.estimators import Estimator
 from edgesplit.latency import LinkState, Option
@@ -141,7 +141,8 @@ class DeviceClient:
         except TransportError as exc:
             self._mark_down()
             return _printable(f"server {self.url} unreachable ({exc}); running locally, retrying with backoff")
-        self.core.rtt_s = rtt_s
+        with self._lock:
+            self.core.learn([RoundTrip(time.perf_counter(), rtt_s)])
         if served != self.model_id.hex():
             self.refusal = _printable(f"the server's model id {served[:40]} differs from ours {self.model_id.hex()}: "
                                       "start both with the same model and weights; running locally")
@@ -309,6 +310,7 @@ class DeviceClient:
         sending = time.perf_counter()
         try:
             response = self.http.request("POST", "/v1/infer", payload, {"content-type": FRAME_TYPE}, timeout, abort)
+            exchange_s = time.perf_counter() - sending
         except TransportStopped as exc:
             now = time.perf_counter()
             self._bursts(sending, sent, 0)
@@ -339,7 +341,11 @@ class DeviceClient:
         timings, sample = self._learn(response)
         queue, compute = (timings[k][0] if k in timings else None for k in ("queue", "compute"))
         batch = timings.get("batch", (0.0, None))[1]
-        return output, Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+        outcome = Outcome(option.kind, None, sent, sample, None, queue, compute, int(batch or 1))
+        with self._lock:
+            round_trip = self.core.round_trip(time.perf_counter(), option, outcome, exchange_s)
+            self.core.learn([round_trip] if round_trip else [])
+        return output, outcome
 
     def _output(self, body: bytes) -> Output:
         """The model's output an answer carries: an output frame of this model, with the tensors of its

@@ -530,6 +530,7 @@ def _device(fleet: _Fleet, spec: FleetDevice, core: DeviceCore) -> _Process:
                 served = started.job.served()
                 outcome = Outcome(option.kind, None, option.bytes, sample, took, served.queue_s,
                                   served.tail_s - option.decode_s, served.batch_size)  # the tail, as a server reports
+                pending.extend(filter(None, [core.round_trip(finish, option, outcome, finish - ready)]))
             if stale and outcome.measured_bps is None:  # this upload taught nothing
                 probe_after = finish
         answered = finish

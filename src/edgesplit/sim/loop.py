@@ -163,6 +163,7 @@ def simulate(policy: Policy, estimator: Estimator, options: list[Option], trace:
                 pending.append(LoadUpdate(finish, server.report(served.done_s)))
                 outcome = Outcome(option.kind, None, option.bytes, sample, took, served.queue_s,
                                   served.tail_s - option.decode_s, served.batch_size)  # the tail, as a server reports
+                pending.extend(filter(None, [core.round_trip(finish, option, outcome, finish - ready)]))
             if not config.sequential:  # the next request may be taken up while this frame still uploads
                 core.upload_started(start, option.bytes, learnt_at=learnt)
             if stale and outcome.measured_bps is None:  # this upload taught nothing
