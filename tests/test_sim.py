@@ -563,6 +563,17 @@ def test_the_device_ages_the_load_report_and_remembers_the_waits_its_requests_me
     assert core.reported(3.3 + MET_MAX_AGE_S + 0.1).met_s == 0.0  # forgotten: not heard of for too long
 
 
+def test_what_an_answer_says_of_the_server_counts_from_when_it_is_learnt():
+    """A simulator that pipelines records request k before request k+1 is decided, with k's answer still
+    to come: the wait it met and the server's speed must not reach k+1's decision early."""
+    core = DeviceCore(make_policy("offload", OPTIONS, LinkState(MBPS)), make_estimator("last"), OPTIONS)
+    decision, state = core.decide(0.0)
+    core.record(1.0, decision, state, Outcome("offload", queue_s=0.1, compute_s=0.02, batch_size=1), 0.5)
+    assert (core.reported(1.2).met_s, core.reported(1.2).compute_scale) == (0.0, 1.0)  # answered at 1.5 s
+    assert core.reported(1.6).met_s == pytest.approx(0.1)
+    assert core.reported(1.6).compute_scale == pytest.approx(2.0)
+
+
 def test_the_device_learns_how_much_slower_than_its_profile_the_server_computes():
     """Server-Timing's compute over the profile's tail time (a geometric moving average): a server that
     other tenants slow down makes remote options dearer, within 4× either way, and is forgotten after

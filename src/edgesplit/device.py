@@ -44,6 +44,7 @@ next probes (``State.energy``, ``radio_idle_s``, ``probe_due_s``).
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections import deque
@@ -401,17 +402,22 @@ class DeviceCore:
 
 class _Recent:
     """A moving average (weight ``MET_ALPHA`` for each new value) that is forgotten once nothing new has
-    come for ``MET_MAX_AGE_S``."""
+    come for ``MET_MAX_AGE_S``. A value counts from when it is learnt: a simulator that records a request
+    before its answer's time does not tell the device early."""
 
     def __init__(self) -> None:
         self._last: tuple[float, float] | None = None  # when the newest value came, and the average then
+        self._coming: list[tuple[float, float]] = []  # (learnt at, value), not yet reached by the clock
 
     def add(self, at_s: float, value: float) -> None:
-        average = value if self._last is None else (1 - MET_ALPHA) * self._last[1] + MET_ALPHA * value
-        self._last = (at_s, average)
+        bisect.insort(self._coming, (at_s, value))
 
     def at(self, now: float, default: float) -> float:
         """The average at ``now``, or ``default`` when there is none or it is forgotten."""
+        while self._coming and self._coming[0][0] <= now:
+            at_s, value = self._coming.pop(0)
+            average = value if self._last is None else (1 - MET_ALPHA) * self._last[1] + MET_ALPHA * value
+            self._last = (at_s, average)
         return self._last[1] if self._last is not None and now - self._last[0] <= MET_MAX_AGE_S else default
 
 
