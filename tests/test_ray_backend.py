@@ -115,6 +115,37 @@ def test_a_replica_report_drains_with_its_age_and_is_forgotten_after_the_ttl(mon
     assert front.report() == LoadReport(queue_wait_s=0.0, queue_length=0, max_batch_size=8)
 
 
+def test_small_requests_go_to_their_replica_by_value_and_large_ones_by_reference():
+    """A request goes over the replica's gRPC server (the handle with _by_reference=False, made once) when its
+    tensors and its cut's last answer are at most BY_VALUE_MAX_BYTES; otherwise (the first request for a
+    cut, whose answer's size is not known yet, included) as an actor call through Ray's object store."""
+    sent = []
+
+    class Handle:  # stands for a DeploymentHandle: records which way each request went
+        def __init__(self, by_reference=True):
+            self.by_reference, self.infer = by_reference, self
+
+        def options(self, _by_reference=True):
+            sent.append("options")
+            return Handle(_by_reference)
+
+        def remote(self, cut, array):
+            sent.append((self.by_reference, cut, array.nbytes))
+
+            async def answer():  # cut 9's answer is as large as its request, cut 7's one row of 10 values
+                output = array if cut == 9 else np.zeros((1, 10), np.float32)
+                state = ReplicaState("r1", "actor", "node", None, LoadReport(0.0, 0, 8), {})
+                return ray_module.ReplicaAnswer(ray_module.Result(output, 0.0, 0.001, 1), state)
+            return answer()
+
+    front = ray_module.RayBackend(Handle(), "app", max_batch_size=8, owns_ray=False, scaling=None)
+    limit = ray_module.BY_VALUE_MAX_BYTES
+    for cut, n_bytes in ((7, 4_000), (7, limit), (7, limit + 4), (7, 4_000), (9, limit + 4), (9, 4_000)):
+        asyncio.run(front.submit(cut, np.zeros(n_bytes // 4, np.float32)))
+    assert sent == [(True, 7, 4_000), "options", (False, 7, limit), (True, 7, limit + 4), (False, 7, 4_000),
+                    (True, 9, limit + 4), (True, 9, 4_000)]  # cut 9's last answer was too large
+
+
 def test_ray_answers_are_the_in_process_answers(model, servers, frames):
     on_ray, in_process = servers
     for name, frame in frames:
