@@ -231,6 +231,23 @@ def test_the_oracle_runs_live_over_an_emulated_link(setup, live):
         blind.infer(setup[3][0])
 
 
+def test_the_device_measures_the_round_trip_of_its_link(setup, live):
+    """Every answer teaches the round trip (its exchange less its upload, the server's queue and compute and
+    what the profiles price): over a link that adds 200 ms, a device that assumed 10 ms prices remote
+    options with about 200 ms after its first answers, and its connection's GET /v1/model teaches it too."""
+    images = setup[3]
+    link = PacedLink(RateTrace.constant(50e6, duration_s=100), rtt_s=0.2)
+    client = _client(setup, live.url, "offload", connect=lambda: ShapedTransport(live.url, link), rtt_s=0.01)
+    assert client.core.rtt_s == 0.01  # assumed until measured
+    records = [client.infer(image) for image in images[:3]]
+    assert [r.executed for r in records] == ["offload"] * 3
+    assert 0.195 <= client.core.rtt_s <= 0.26  # the 200 ms and this server's handling of a request
+    assert client.core.state(time.perf_counter()).estimated.rtt_s == client.core.rtt_s  # what the policy sees
+    connected = _client(setup, live.url, "offload", connect=lambda: ShapedTransport(live.url, link), rtt_s=0.01)
+    connected.connect()
+    assert 0.195 <= connected.core.rtt_s <= 0.26
+
+
 def test_hedged_requests_take_the_first_answer_and_stop_the_other(setup, live):
     loaded, analysis, options, images, profile = setup
     image = images[0]
