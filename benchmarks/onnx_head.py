@@ -27,8 +27,8 @@ nothing but ``for _ in range(n): t0 = perf_counter(); run(); times.append(perf_c
 warm-up runs), ``--plain-rounds`` times spread over the whole-model blocks (before the first, between
 them, after the last; the whole model gets ``--whole-repeats`` runs, as on this busy VM consecutive
 plain loops differ by up to 30 %), so both see the same machine; like a block's worker, a plain loop starts
-once the previous worker has exited (a torch process started beside an idle worker ran fast more often:
-7 of 16 slow against 13 of 16 for the blocks, once). A torch process here runs at one of two
+once the previous worker has exited (Lite0's plain loops, started beside an idle worker, had run fast more
+often: 7 of 16 slow against 13 of 16 blocks, once). A torch process here runs at one of two
 speeds for its whole life (Lite0 whole: about 19 or about 25 ms, in 8 fresh processes in a row 5 and 3,
 with address-space randomisation on or off): so the whole model is timed in many short processes on
 both sides (16 blocks of 10 runs, 16 plain loops of 10), which both sample that mixture alike. The benchmark's median must be within 10 % of the
