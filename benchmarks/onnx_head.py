@@ -3,8 +3,9 @@
 EfficientNet-B0 and the pretrained EfficientNet-Lite0 at 224×224; the heads at their record-low cuts and
 the whole model; batch 1. A device runs one engine, not both, so each engine runs in a worker process of
 its own (neither one's idle threads can spin on the other's cores; torch one per candidate setting,
-building its module from the model's name, so nothing is unpickled), and the parent only sends commands. The settings are chosen in one set of workers; every timed block then runs
-in a worker started for it alone, as the plain loop does: long-lived torch workers ran the whole Lite0
+building its module from the model's name, so nothing is unpickled), and the parent only sends commands.
+The settings are chosen in one set of workers; every timed block then runs in a worker started for it
+alone, as the plain loop does: long-lived torch workers ran the whole Lite0
 25-31 ms a block where fresh processes, interleaved with them, ran it in 18-19 ms (a worker that had
 taken part in the choice, 23.5-24.8 against 17.8-19.7 ms for a fresh one beside it; cause not found: no
 idle worker used any CPU, and a lone long-lived worker kept its speed).
@@ -31,8 +32,9 @@ once the previous worker has exited (Lite0's plain loops, started beside an idle
 often: 7 of 16 slow against 13 of 16 blocks, once). A torch process here runs at one of two
 speeds for its whole life (Lite0 whole: about 19 or about 25 ms, in 8 fresh processes in a row 5 and 3,
 with address-space randomisation on or off): so the whole model is timed in many short processes on
-both sides (16 blocks of 10 runs, 16 plain loops of 10), which both sample that mixture alike. The benchmark's median must be within 10 % of the
-plain loops' median (all their runs pooled); otherwise a FAIL line is printed and the exit status is 1.
+both sides (16 blocks of 10 runs, 16 plain loops of 10), which both sample that mixture alike. The
+benchmark's median must be within 10 % of the plain loops' median (all their runs pooled); otherwise a
+FAIL line is printed and the exit status is 1.
 The 1-minute load average and CPU pressure before and after are recorded: on a busy VM both engines
 are measured under contention (torch at 2 threads then collapses; 1 thread wins).
 
@@ -87,17 +89,19 @@ def _torch_module(model: str, label: str):
     analysis = analyze(loaded.module, loaded.native_input_shape, model)
     return split(analysis, next(c for c in analysis.cuts if c.name == label))[0]
 
-def _heads(name: str):
-    """The input, (label, head module) for the whole model and every record-low cut but the last, the
-    analysis and the cuts."""
+
+def _targets(name: str):
+    """The input, the labels to time (the whole model, then every record-low cut but the last), and what
+    exporting them takes: the analysis, those cuts and the model's normalisation. The modules themselves
+    are built by the processes that time them (:func:`_torch_module`)."""
     import torch
 
-    from edgesplit import analyze, load_model, split
+    from edgesplit import analyze, load_model
     loaded = load_model(name)
     analysis = analyze(loaded.module, loaded.native_input_shape, name)
     cuts = [c for c in analysis.cuts if c.record_low][:-1]
     x = torch.randn(1, *analysis.input_shape, generator=torch.Generator().manual_seed(0))
-    return x, [(WHOLE, loaded.module)] + [(c.name, split(analysis, c)[0]) for c in cuts], analysis, cuts
+    return x, [WHOLE] + [c.name for c in cuts], analysis, cuts, loaded.normalization
 
 
 def _torch_runner(module, x, channels_last: bool):
@@ -239,7 +243,6 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from edgesplit import load_model
     from edgesplit.export import export_cuts
     console = Console(width=170)
 
@@ -279,12 +282,12 @@ def main() -> int:
     ms = lambda v: statistics.median(v) * 1e3  # noqa: E731
     try:
         for name in args.models:
-            x, pairs, analysis, cuts = _heads(name)
+            x, labels, analysis, cuts, normalization = _targets(name)
             with tempfile.TemporaryDirectory() as folder:
-                manifest = export_cuts(analysis, cuts, folder, load_model(name).normalization)
+                manifest = export_cuts(analysis, cuts, folder, normalization)
                 np.save(f"{folder}/input.npy", x.numpy())
                 files = [f"{folder}/{manifest['model_file']}"] + [f"{folder}/{e['head']}" for e in manifest["cuts"]]
-                for (label, _), path in zip(pairs, files):
+                for label, path in zip(labels, files):
                     start_workers(WORKERS)
                     whole = label == WHOLE
                     common = {"model": name, "label": label, "path": path, "input": f"{folder}/input.npy"}
@@ -313,7 +316,7 @@ def main() -> int:
                                 if whole and args.plain_rounds > 1 else {0} if whole else set())
                     for b in range(n_blocks + 1):
                         if b in plain_at:
-                            stop_workers()  # a plain loop, like a block's worker, starts once the last worker has exited
+                            stop_workers()  # a plain loop starts once the last worker has exited, as a block's does
                             for e in ("torch", "onnx"):
                                 plains[e].append(plain(e, common, best[e]))
                         if b < n_blocks:
