@@ -61,9 +61,9 @@ READY_TIMEOUT_S = 600.0  # for the replicas to build their engines (and warm up)
 # (Ray's default: 100 KiB); a 147 KiB uint8 image took 6.8 ms through an echo replica by the store, 4.9 inline
 INLINE_TENSOR_BYTES = 8 * 1024 * 1024
 # a request goes to its replica by value, over the replica's gRPC server, instead of as a Ray actor call with
-# its arguments and result in Ray's object store (an echo replica answered in 2.0 ms instead of 3.4, p50 on
-# this 2-core VM), when its tensors and its cut's last answer are at most this size: gRPC refuses messages
-# over 4 MiB by default (a segmenter's raw scores at 520×520 are 22.7 MB)
+# its arguments and result in Ray's object store (an echo replica answered in 2.7-3.3 ms instead of 4.2-4.6,
+# p50 on this 2-core VM: benchmarks/ray_echo.py), when its tensors and its cut's last answer are at most this
+# size: gRPC refuses messages over 4 MiB by default (a segmenter's raw scores at 520×520 are 22.7 MB)
 BY_VALUE_MAX_BYTES = 1024 * 1024
 REPORT_TTL_S = 10.0  # a replica not heard from for this long drops out of the load report
 DEAD_REPLICA_RETRIES = 1  # a request whose replica died under it is sent again this many times, then 503
