@@ -77,6 +77,22 @@ def test_options_carry_their_agreement_and_the_budget_keeps_those_that_meet_it(t
     assert load_profile(tmp_path / "device.json").agreement == device.agreement
 
 
+def test_jpeg_offload_can_be_kept_out_of_the_dynamic_policies_reach(tmp_path):
+    """The demo and the fleet let JPEG offload compete only under a budget: without one, their dynamic policies
+    may pick lossy splits but not JPEG (far less faithful), and a policy may still name it."""
+    path = tmp_path / "fidelity.json"
+    path.write_text(json.dumps(FIDELITY))
+    options = build_options(with_agreement(device_profile(), read_agreement(path)), server_profile(),
+                            codecs=("fp32", "int8"))
+    assert names(allowed_options(options, private=False, lossy=True, jpeg=False)) == [
+        "local", "offload:raw", "split:c1:fp32", "split:c1:int8", "split:c2:fp32", "split:c2:int8"]
+    assert "offload:jpeg:90" in names(allowed_options(options, private=False, lossy=True))
+    assert names(allowed_options(options, private=False, lossy=True, min_agreement=0.8)) == [
+        "local", "offload:raw", "offload:jpeg:90", "split:c1:fp32", "split:c1:int8", "split:c2:fp32",
+        "split:c2:int8"]  # under a budget JPEG competes: 0.81 >= 0.8
+    assert "offload:jpeg:90" not in names(allowed_options(options, private=False, lossy=True, min_agreement=0.9))
+
+
 def test_a_budget_without_any_measured_agreement_says_where_to_get_one():
     options = build_options(device_profile(), server_profile(), codecs=("fp32", "int8"))
     with pytest.raises(EdgesplitError, match=r"--min-agreement needs measured agreements, and none of the 3 lossy "

@@ -402,3 +402,27 @@ def test_a_nonsense_profile_is_a_bad_answer(fake, raw, message):
     fake.reset()
     with HttpTransport(fake.url, timeout_s=1) as http:
         assert fetch_server_profile(http, fake.url) is None  # 404: the server has none
+
+
+def test_an_emulated_device_takes_its_profiles_encode_time_and_replays_each_frame():
+    """The frame is the device's work too: a JPEG or a quantised head output takes the profile's encode time
+    (this machine encodes faster than the device it emulates), and a replaying device makes each frame once."""
+    import dataclasses
+
+    jpeg = dataclasses.replace(next(o for o in TOY.options if o.name == "offload:jpeg:90"), encode_s=0.05)
+    device = EmulatedDevice(TOY.engine(), TOY.profile, replay=True)
+    made: list[int] = []
+
+    def make(image: np.ndarray) -> bytes:
+        made.append(1)
+        return encode_frame(image[None], model_id=TOY.engine().model_id, cut=0, codec="jpeg", jpeg_quality=90)
+
+    frames, seconds = [], []
+    for image in (TOY.images[0], TOY.images[0], TOY.images[1]):
+        started = time.perf_counter()
+        frames.append(device.encode(jpeg, image, lambda image=image: make(image)))
+        seconds.append(time.perf_counter() - started)
+    assert frames[0] == frames[1] != frames[2] and decode_frame(frames[0]).codec == "jpeg"
+    assert len(made) == 2  # the second request for the same image replayed its frame
+    assert min(seconds) >= 0.05
+    assert TOY.engine().encode(jpeg, TOY.images[0], lambda: b"frame") == b"frame"  # a real engine takes its own time

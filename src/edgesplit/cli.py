@@ -349,7 +349,7 @@ def simulate(device_profile: str, server_profile: str, trace_path: str, policies
 @click.option("--plot", "plot_prefix", help="write PREFIX-latency.png and PREFIX-options.png")
 @click.option("--codecs", default="fp32", show_default=True, help=CODECS_HELP)
 @click.option("--lossy", is_flag=True, help="let dsc/oracle/best-static pick lossy options (JPEG, lossy codecs)")
-@click.option("--jpeg/--no-jpeg", default=True, show_default=True, help="offer JPEG offload (edgesplit fleet does not)")
+@click.option("--jpeg/--no-jpeg", default=True, show_default=True, help="offer JPEG offload (edgesplit fleet offers it only under --min-agreement)")
 @accuracy_options
 @energy_options
 def simulate_fleet(device_profile: str, server_profile: str, trace_path: str, device_counts: str, policies: str,

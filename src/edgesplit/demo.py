@@ -253,8 +253,9 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
             raise EdgesplitError(f"the edge server at {url} serves no profile")
         if config.fidelity:
             device = with_agreement(device, read_agreement(config.fidelity))
-        options = build_options(device, server, codecs=config.codecs, jpeg=False, private=config.private)
-        allowed = allowed_options(options, config.private, config.lossy, config.min_agreement)
+        options = build_options(device, server, codecs=config.codecs, private=config.private)
+        allowed = allowed_options(options, config.private, config.lossy, config.min_agreement,
+                                  jpeg=config.min_agreement is not None)  # JPEG competes under a budget only
         engine, photos = replaying_device(analysis, loaded.normalization, device, allowed, loaded.postprocess)
         reference = [answer_digest(engine.engine.local(engine.normalize(p))) for p in photos]
         setup_s = time.perf_counter() - started

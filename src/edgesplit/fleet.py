@@ -238,8 +238,9 @@ def _device(config: FleetConfig, url: str, console: Console
     (server or measured).save(config.out_dir / "server-profile.json")
     if config.fidelity:
         device = with_agreement(device, read_agreement(config.fidelity))
-    options = build_options(device, server or measured, codecs=CODECS, jpeg=False)
-    allowed = allowed_options(options, private=False, lossy=True, min_agreement=config.min_agreement)
+    options = build_options(device, server or measured, codecs=CODECS)
+    allowed = allowed_options(options, private=False, lossy=True, min_agreement=config.min_agreement,
+                              jpeg=config.min_agreement is not None)  # JPEG competes under a budget only
     engine, photos = replaying_device(analysis, loaded.normalization, device, allowed, loaded.postprocess)
     return engine, photos, options, allowed
 

@@ -362,10 +362,12 @@ def make_policy(spec: str, options: list[Option], mean_link: LinkState) -> Polic
 
 
 def allowed_options(options: list[Option], private: bool, lossy: bool,
-                    min_agreement: float | None = None) -> list[Option]:
+                    min_agreement: float | None = None, jpeg: bool = True) -> list[Option]:
     """The options dynamic policies may pick: exact ones unless ``lossy``, never offload when ``private``;
     with ``min_agreement``, lossy ones too but only those measured to agree with the exact answer at least
-    that often (``edgesplit fidelity``)."""
+    that often (``edgesplit fidelity``). Without ``jpeg``, no JPEG offload (lossy input)."""
+    if not jpeg:
+        options = [o for o in options if o.exact or o.kind != "offload"]
     if min_agreement is not None:
         lossy_options = [o for o in options if not o.exact and not (private and o.kind == "offload")]
         if lossy_options and all(o.agreement is None for o in lossy_options):

@@ -270,9 +270,12 @@ class DeviceClient:
         return self.engine.local(x) if mid is None else self.engine.tail(option.cut, mid)
 
     def _frame(self, option: Option, image: np.ndarray, mid: Batch | None) -> bytes:
+        """The frame to send, encoded by the device engine (an emulated device takes its profile's time)."""
         if option.kind == "offload":
-            return input_codec(option.codec).frame(image, model_id=self.model_id)
-        return split_codec(option.codec).frame(mid, model_id=self.model_id, cut=self.engine.cut_ids[option.cut])
+            image_codec = input_codec(option.codec)
+            return self.engine.encode(option, image, lambda: image_codec.frame(image, model_id=self.model_id))
+        codec, cut = split_codec(option.codec), self.engine.cut_ids[option.cut]
+        return self.engine.encode(option, mid, lambda: codec.frame(mid, model_id=self.model_id, cut=cut))
 
     def _race(self, option: Option, x: np.ndarray, mid: Batch | None, payload: bytes, begun: float
               ) -> tuple[Output, Outcome]:

@@ -23,6 +23,7 @@ from edgesplit.answers import from_manifest
 from edgesplit.codecs import split_codec_costs
 from edgesplit.errors import EdgesplitError
 from edgesplit.images import normalizer
+from edgesplit.latency import Option
 from edgesplit.outputs import Batch, Output, Postprocess, as_tensors, map_arrays
 from edgesplit.profile import CutProfile, Profile, Timing
 from edgesplit.wire import OUTPUT_CUT, encode_tensors, flatten_tree, unflatten_tree
@@ -45,6 +46,7 @@ class DeviceEngine(Protocol):
     def local(self, x: np.ndarray) -> Output: ...
     def head(self, cut: str, x: np.ndarray) -> Batch: ...
     def tail(self, cut: str, mid: Batch) -> Output: ...
+    def encode(self, option: Option, source: Batch, make: Callable[[], bytes]) -> bytes: ...
 
 
 class TorchEngine:
@@ -84,6 +86,10 @@ class TorchEngine:
         with self._torch.inference_mode():
             tensors = [self._torch.from_numpy(m) for m in as_tensors(mid)]
             return self._finish(map_arrays(lambda t: t.numpy(), self._pair(cut)[1](*tensors)))
+
+    def encode(self, option: Option, source: Batch, make: Callable[[], bytes]) -> bytes:
+        """The frame of ``option`` that ``make`` builds from ``source`` (the image, or the head's output)."""
+        return make()
 
     def _finish(self, output: Output) -> Output:
         """The model's output, or a detector's detections of it."""
@@ -151,6 +157,10 @@ class OnnxEngine:
 
     def tail(self, cut: str, mid: Batch) -> Output:
         return self._answer(self._tails[cut].run(None, dict(zip(self._crossing[cut], as_tensors(mid), strict=True))))
+
+    def encode(self, option: Option, source: Batch, make: Callable[[], bytes]) -> bytes:
+        """The frame of ``option`` that ``make`` builds from ``source`` (the image, or the head's output)."""
+        return make()
 
     def _answer(self, results: list[np.ndarray]) -> Output:
         """The model's output from a session's results (the logits, or its structure rebuilt from the outputs'
@@ -232,6 +242,10 @@ class EmulatedDevice:
 
     def tail(self, cut: str, mid: Batch) -> Output:
         return self._stretched(self.profile.tail_s(cut, 1), "tail", cut, mid, lambda: self.engine.tail(cut, mid))
+
+    def encode(self, option: Option, source: Batch, make: Callable[[], bytes]) -> bytes:
+        """The frame, in the device's encode time for ``option`` (a JPEG, a quantised head output)."""
+        return self._stretched(option.encode_s, "encode", option.name, source, make)
 
     def _stretched(self, seconds: float, kind: str, cut: str | None, x: Batch, run: Callable[[], Any]) -> Any:
         started = time.perf_counter()
