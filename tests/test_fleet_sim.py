@@ -162,10 +162,12 @@ def test_offload_collapses_as_the_fleet_grows_while_dsc_moves_to_local():
             for policy in ("dsc", "offload") for count in (1, 8, 16, 32, 64)}
     summary = {key: result.summary(0.6) for key, result in runs.items()}
     server = {key: result.server_summary() for key, result in runs.items()}
-    # alone: 40 ms up, 40 ms RTT, 2 + 40 ms on the server, 1 ms back; dsc offloads too
-    for policy in ("dsc", "offload"):
-        assert summary[policy, 1]["p95_ms"] == pytest.approx(123.0)
-        assert summary[policy, 1]["cuts"] == {"offload:raw": 40} and summary[policy, 1]["answered"] == 40
+    # alone: 40 ms up, 40 ms RTT, 2 + 40 ms on the server, 1 ms back; dsc offloads too, once it has more than
+    # the one sample of its probe on connecting (its first two requests run locally, the second beside a probe)
+    assert summary["offload", 1]["p95_ms"] == pytest.approx(123.0)
+    assert summary["dsc", 1]["p50_ms"] == pytest.approx(123.0)
+    assert summary["offload", 1]["cuts"] == {"offload:raw": 40} and summary["offload", 1]["answered"] == 40
+    assert summary["dsc", 1]["cuts"] == {"local": 2, "offload:raw": 38} and summary["dsc", 1]["answered"] == 38
     # offload: the queue and the batches grow with the fleet until the server is full, then latency collapses
     assert [server["offload", n]["mean_batch"] for n in (1, 8, 16, 32, 64)] == sorted(
         server["offload", n]["mean_batch"] for n in (1, 8, 16, 32, 64))
@@ -174,9 +176,10 @@ def test_offload_collapses_as_the_fleet_grows_while_dsc_moves_to_local():
     assert server["offload", 1]["mean_batch"] == 1.0 and server["offload", 64]["mean_batch"] > 7.5
     assert server["offload", 64]["utilisation"] > 0.99
     assert summary["offload", 64]["p95_ms"] > 50 * summary["offload", 1]["p95_ms"]
-    # dsc hears the load in its answers and keeps more and more requests on the device
+    # dsc hears the load in its answers and keeps more and more requests on the device: up to 16 devices only
+    # the start-up requests (at most two per device, while it knows one or two samples), then more and more
     shares = [summary["dsc", n]["cuts"].get("local", 0) / summary["dsc", n]["count"] for n in (1, 8, 16, 32, 64)]
-    assert shares == sorted(shares) and shares[0] == 0.0 and shares[-1] > 0.5
+    assert max(shares[:3]) <= 2 / 40 and shares[2] < shares[3] < shares[4] and shares[4] > 0.5
     assert summary["dsc", 64]["mean_ms"] < summary["offload", 64]["mean_ms"] / 10
 
 

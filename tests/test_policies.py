@@ -16,10 +16,12 @@ import math
 import pytest
 
 from edgesplit.errors import EdgesplitError
+from edgesplit.estimators import RECENT_SAMPLES
 from edgesplit.latency import LinkState, Option, ServerState
 from edgesplit.policies import (
     MAX_AGE_S,
     POLICIES,
+    STANDARD_ERRORS,
     BestStatic,
     Decision,
     DynamicSplit,
@@ -148,27 +150,28 @@ def risky(mbps: float, recent_mbps: tuple[float, ...], deadline: float = math.in
 
 
 def test_dsc_avoids_an_option_ruinous_if_the_link_dips_before_the_deadline():
-    # samples 1, 4, 4, 4 Mbit/s (harmonic mean 16/7); deadline 0.375 s: at 1 Mbit/s both are late, big costing
-    # 0.375 + 0.5 (all on the device) = 0.875, late 0.375 + (0.5 - 0.28125) = 0.59375; at 4 Mbit/s both are in
-    # time. big: mean (0.875 + 3 × 0.1625) / 4 = 0.340625, sd 0.308515, bound + sd/√4 = 0.494883;
-    # late: mean (0.59375 + 3 × 0.35625) / 4 = 0.415625, sd 0.102840, bound 0.467045: late is chosen
-    assert argmin(RISKY, LinkState(16 / 7 * MBPS), ServerState()).option is BIG
-    assert DynamicSplit().choose(risky(16 / 7, (1, 4, 4, 4), 0.375), RISKY) == Decision(LATE, pytest.approx(0.415625))
-    # without a deadline the dip costs what it takes: big's mean (0.4625 + 3 × 0.1625) / 4 = 0.2375 (bound
-    # 0.302452) beats late's 0.365625 (bound 0.373745)
-    assert DynamicSplit().choose(risky(16 / 7, (1, 4, 4, 4)), RISKY) == Decision(BIG, pytest.approx(0.2375))
+    # samples 1, 4, 4, 4, 4 Mbit/s (harmonic mean 2.5); deadline 0.375 s: at 1 Mbit/s both are late, big
+    # costing 0.375 + 0.5 (all on the device) = 0.875, late 0.375 + (0.5 - 0.28125) = 0.59375; at 4 Mbit/s
+    # both are in time. big: mean (0.875 + 4 × 0.1625) / 5 = 0.305, sd 0.285, bound + 2 sd/√5 = 0.559909;
+    # late: mean (0.59375 + 4 × 0.35625) / 5 = 0.40375, sd 0.095, bound 0.488719 (local: 0.5): late is chosen
+    assert STANDARD_ERRORS == 2
+    assert argmin(RISKY, LinkState(2.5 * MBPS), ServerState()).option is BIG
+    assert DynamicSplit().choose(risky(2.5, (1, 4, 4, 4, 4), 0.375), RISKY) == Decision(LATE, pytest.approx(0.40375))
+    # without a deadline the dip costs what it takes: big's mean (0.4625 + 4 × 0.1625) / 5 = 0.2225 (bound
+    # 0.329833) beats late's 0.36375 (bound 0.377166)
+    assert DynamicSplit().choose(risky(2.5, (1, 4, 4, 4, 4)), RISKY) == Decision(BIG, pytest.approx(0.2225))
     # a steady link at the same estimate, or only the high samples: big is never late, and certain
     assert DynamicSplit().choose(risky(1.6, (1.6, 1.6), 0.375), RISKY) == Decision(BIG, pytest.approx(0.3125))
     assert DynamicSplit().choose(risky(4, (4, 4), 0.375), RISKY) == Decision(BIG, pytest.approx(0.1625))
 
 
-def test_dsc_leaves_local_only_for_a_gain_clear_of_the_standard_error():
+def test_dsc_leaves_local_only_for_a_gain_clear_of_its_standard_errors():
     # samples 1 and 4 Mbit/s, deadline 0.375 s: late's expected 0.475 s beats local's 0.5 s, but its two
-    # scenarios (0.59375, 0.35625) have sd 0.11875, so its bound 0.475 + 0.11875 / √2 = 0.558969 does not
+    # scenarios (0.59375, 0.35625) have sd 0.11875, so its bound 0.475 + 2 × 0.11875 / √2 = 0.642938 does not
     assert DynamicSplit().choose(risky(1.6, (1, 4), 0.375), RISKY) == Decision(LOCAL, 0.5)
-    # the same spread seen in twice as many samples halves the variance of the mean: 0.475 + 0.11875 / 2 = 0.534
+    # the same spread seen in twice as many samples halves the variance of the mean: 0.475 + 2 × 0.11875 / 2
     assert DynamicSplit().choose(risky(1.6, (1, 4, 1, 4), 0.375), RISKY) == Decision(LOCAL, 0.5)
-    # eight samples: 0.475 + 0.11875 / √8 = 0.516985, still not clear; a narrower spread is
+    # eight samples: 0.475 + 2 × 0.11875 / √8 = 0.558969, still not clear; a narrower spread is
     assert DynamicSplit().choose(risky(1.6, (1, 4) * 4, 0.375), RISKY) == Decision(LOCAL, 0.5)
     narrow = risky(1.6, (1.5, 1.6, 1.7), 0.375)
     assert DynamicSplit().choose(narrow, RISKY).option is BIG
@@ -206,36 +209,66 @@ def test_samples_are_scaled_to_the_estimate_as_their_harmonic_mean():
     assert scenarios(3.2, (1, 4)) == pytest.approx((2 * MBPS, 8 * MBPS))
 
 
+FULL = (1, 4, 4, 4, 4)  # a full window of samples (RECENT_SAMPLES), harmonic mean 2.5 Mbit/s
+
+
 def test_an_aged_estimate_spreads_each_sample_both_ways():
     # volatility 0.5 after 4 s: exp(0.5 * sqrt(4)) = e
     e = math.e
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=4) == pytest.approx(
-        (MBPS / e, MBPS * e, 4 * MBPS / e, 4 * MBPS * e))
-    assert scenarios(2, volatility=0.5, age=4) == pytest.approx((2 * MBPS / e, 2 * MBPS * e))
+    assert len(FULL) == RECENT_SAMPLES
+    assert scenarios(2.5, FULL, volatility=0.5, age=4) == pytest.approx(
+        (MBPS / e, MBPS * e) + (4 * MBPS / e, 4 * MBPS * e) * 4)
     # no spread when the factor is 1: a fresh sample, or a steady link
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=0) == pytest.approx((1 * MBPS, 4 * MBPS))
+    assert scenarios(2.5, FULL, volatility=0.5, age=0) == pytest.approx(tuple(r * MBPS for r in FULL))
     assert scenarios(1.6, (1, 4), volatility=0.0, age=4) == pytest.approx((1 * MBPS, 4 * MBPS))
+
+
+def test_an_estimate_from_few_samples_counts_as_older():
+    # each sample missing from the window adds MAX_AGE_S / RECENT_SAMPLES = 2 s: one fresh sample is 8 s old,
+    # two samples 1 s old are 7 s old, a full window is as old as its newest sample
+    assert RECENT_SAMPLES == 5
+    one = math.exp(0.5 * math.sqrt(8))
+    assert scenarios(3, (3,), volatility=0.5, age=0) == pytest.approx((3 * MBPS / one, 3 * MBPS * one))
+    two = math.exp(0.5 * math.sqrt(7))
+    assert scenarios(1.6, (1, 4), volatility=0.5, age=1) == pytest.approx(
+        (MBPS / two, MBPS * two, 4 * MBPS / two, 4 * MBPS * two))
+    assert scenarios(2.5, FULL, volatility=0.5, age=1) == pytest.approx(
+        (MBPS / math.exp(0.5), MBPS * math.exp(0.5)) + (4 * MBPS / math.exp(0.5), 4 * MBPS * math.exp(0.5)) * 4)
+    # no sample at all: the estimate (the prior) is as uncertain as it gets
+    capped = math.exp(0.5 * math.sqrt(MAX_AGE_S))
+    assert scenarios(2, volatility=0.5, age=0) == pytest.approx((2 * MBPS / capped, 2 * MBPS * capped))
+
+
+def test_dsc_stays_local_on_one_sample_that_an_outage_may_follow():
+    # the probe on connecting says 7.3 Mbit/s and nothing else is known (volatility at its prior 0.5): at
+    # the estimate raw offload (0.0625 + 0.274 s) beats local's 0.5 s, but with the spread of a single
+    # sample a dip past the deadline (0.5 s) costs 1 s; with a full window of such samples it is sent
+    one = State(LinkState(7.3 * MBPS), ServerState(), recent_bps=(7.3 * MBPS,), volatility=0.5, deadline_s=0.5)
+    assert argmin([LOCAL, RAW], one.estimated, one.reported).option is RAW
+    assert DynamicSplit().choose(one, [LOCAL, RAW]).option is LOCAL
+    full = State(LinkState(7.3 * MBPS), ServerState(), recent_bps=(7.3 * MBPS,) * 5, volatility=0.5, deadline_s=0.5)
+    assert DynamicSplit().choose(full, [LOCAL, RAW]).option is RAW
 
 
 def test_a_bound_spreads_only_downwards():
     # the device gave up on an upload at 1 Mbit/s: the link gave at most that, however old the samples
     e = math.e
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(True, False)) == pytest.approx(
-        (MBPS / e, MBPS, 4 * MBPS / e, 4 * MBPS * e))
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(False, True)) == pytest.approx(
-        (MBPS / e, MBPS * e, 4 * MBPS / e, 4 * MBPS))
+    assert scenarios(2.5, FULL, volatility=0.5, age=4, ceilings=(True,) + (False,) * 4) == pytest.approx(
+        (MBPS / e, MBPS) + (4 * MBPS / e, 4 * MBPS * e) * 4)
+    assert scenarios(2.5, FULL, volatility=0.5, age=4, ceilings=(False,) * 4 + (True,)) == pytest.approx(
+        (MBPS / e, MBPS * e) + (4 * MBPS / e, 4 * MBPS * e) * 3 + (4 * MBPS / e, 4 * MBPS))
     # flags that do not match the samples (a caller's mistake) are ignored rather than misapplied
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=4, ceilings=(True,)) == scenarios(1.6, (1, 4), 0.5, 4)
+    assert scenarios(2.5, FULL, volatility=0.5, age=4, ceilings=(True,)) == scenarios(2.5, FULL, 0.5, 4)
 
 
 def test_the_spread_stops_growing_at_max_age():
     assert MAX_AGE_S == 10.0
     spread = math.exp(0.5 * math.sqrt(10))  # 4.85
-    capped = scenarios(1.6, (1, 4), volatility=0.5, age=10)
-    assert capped == pytest.approx((MBPS / spread, MBPS * spread, 4 * MBPS / spread, 4 * MBPS * spread))
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=40) == capped
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=math.inf) == capped  # no sample yet
-    assert scenarios(1.6, (1, 4), volatility=0.5, age=9) != capped
+    capped = scenarios(2.5, FULL, volatility=0.5, age=10)
+    assert capped == pytest.approx((MBPS / spread, MBPS * spread) + (4 * MBPS / spread, 4 * MBPS * spread) * 4)
+    assert scenarios(2.5, FULL, volatility=0.5, age=40) == capped
+    assert scenarios(2.5, FULL, volatility=0.5, age=math.inf) == capped  # no sample yet
+    assert scenarios(2.5, FULL, volatility=0.5, age=9) != capped
 
 
 # --- oracle -----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ simulator and the live client run the very same objects. ``options`` are the one
     offload        the raw input to the server (offload:jpeg:90 sends a JPEG instead)
     static:CUT     always the same option (a cut name, or a full option name such as split:add_1:fp16)
     best-static    the single option best at the trace's mean rate, as Neurosurgeon picks (fixed per run)
-    dsc            the least expected latency (plus its standard error) over how the link may turn out
+    dsc            the least expected latency (plus two standard errors) over how the link may turn out
                    (recent samples, spread by the estimate's age) at the server's reported load, an outage
                    costing at most the deadline plus the rest on the device; hedged, the least expected
                    first answer
@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edgesplit.energy import DeviceEnergy
+from edgesplit.estimators import RECENT_SAMPLES
 from edgesplit.errors import EdgesplitError
 from edgesplit.latency import (LinkState, Option, ServerState, find_option, hedged_latency, latencies_at, latency,
                                rest_on_device, scenario_latencies)
@@ -63,18 +64,23 @@ class State:
 
 MAX_AGE_S = 10.0  # an estimate this old (or none at all) is as uncertain as it gets
 MAX_LOG_SPREAD = 3.0  # and no scenario is more than e³ (20×) off its sample
+STANDARD_ERRORS = 2.0  # dsc prices an option at its expectation plus this many standard errors of it
 
 
 def rate_scenarios(state: State) -> tuple[float, ...]:
     """Equally likely uplink rates for the next upload: the recent samples, scaled so that their harmonic
     mean is the estimate, each spread by a factor exp(±volatility·√age) once the newest sample has aged
     (the log-rate as a random walk; the age capped at ``MAX_AGE_S``, the exponent at ``MAX_LOG_SPREAD``).
-    A bound is a ceiling: it spreads only downwards (the link gave at most that when the device gave up)."""
+    An estimate from fewer samples than the estimator keeps (``RECENT_SAMPLES``) counts as older by
+    ``MAX_AGE_S / RECENT_SAMPLES`` for each one missing: one sample on connecting says little about the next
+    second. A bound is a ceiling: it spreads only downwards (the link gave at most that when the device
+    gave up)."""
     estimate = state.estimated.uplink_bps
     recent = state.recent_bps
     inverse_sum = sum(1.0 / r for r in recent)
     rates = tuple(r * estimate * inverse_sum / len(recent) for r in recent) or (estimate,)
-    spread = math.exp(min(state.volatility * math.sqrt(min(state.sample_age_s, MAX_AGE_S)), MAX_LOG_SPREAD))
+    age = min(state.sample_age_s + MAX_AGE_S * max(0, RECENT_SAMPLES - len(recent)) / RECENT_SAMPLES, MAX_AGE_S)
+    spread = math.exp(min(state.volatility * math.sqrt(age), MAX_LOG_SPREAD))
     if spread <= 1.0:
         return rates
     ceilings = state.ceilings if recent and len(state.ceilings) == len(recent) else (False,) * len(rates)
@@ -218,14 +224,16 @@ class DynamicSplit(Policy):
     answer after the deadline costs the deadline plus the rest of the model on the device (the device
     gives up then): an option that is fast at the estimate but ruinous if the link dips loses to one that
     is safe either way. The expectation is itself estimated from a handful of samples, so dsc picks the
-    option whose expected latency plus one standard error (the scenarios' spread over √samples) is least:
-    it leaves a safe option only for a gain that is clear, and reports the expected latency. Hedged, a request sent to the server is never later than the device's own run, so
-    what counts is the expected first answer over the estimator's recent samples: an option that may win
-    is worth sending even when it loses at the estimate. Sending must be expected to save at least
+    option whose expected latency plus ``STANDARD_ERRORS`` standard errors (the scenarios' spread over
+    √samples) is least: it leaves a safe option only for a gain that is clear, and reports the expected
+    latency. Hedged, a request sent to the server is never later than the device's own run, so what counts
+    is the expected first answer over the estimator's recent samples: an option that may win is worth
+    sending even when it loses at the estimate. Sending must be expected to save at least
     ``HEDGE_MIN_GAIN_S`` over running locally.
 
     With another ``objective`` than latency (``dsc:energy``, ``dsc:A*latency+B*energy``), dsc minimises
-    that objective's expected cost plus one standard error over the same scenarios (:func:`least_cost`)."""
+    that objective's expected cost plus ``STANDARD_ERRORS`` standard errors over the same scenarios
+    (:func:`least_cost`)."""
 
     def __init__(self, objective: Objective = LATENCY) -> None:
         self.objective = objective
@@ -248,11 +256,10 @@ class DynamicSplit(Policy):
                 best = Decision(option, expected)
         return best
 
-
     @staticmethod
     def bounds(state: State, options: list[Option], local: Option) -> list[tuple[float, float, Option]]:
-        """Unhedged, for each option: its expected latency plus one standard error (what dsc minimises; the
-        first least is chosen), its expected latency, and the option."""
+        """Unhedged, for each option: its expected latency plus ``STANDARD_ERRORS`` standard errors (what
+        dsc minimises; the first least is chosen), its expected latency, and the option."""
         rates, deadline = rate_scenarios(state), state.deadline_s
         samples = max(1, len(state.recent_bps))
         priced = []
@@ -262,14 +269,14 @@ class DynamicSplit(Policy):
                                        lambda t, rest=rest: t if t <= deadline else deadline + rest)
             expected = math.fsum(costs) / len(costs)
             spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
-            priced.append((expected + spread / math.sqrt(samples), expected, option))
+            priced.append((expected + STANDARD_ERRORS * spread / math.sqrt(samples), expected, option))
         return priced
 
 
 def least_cost(objective: Objective, state: State, options: list[Option], link: LinkState, server: ServerState,
                rates_bps: tuple[float, ...], samples: int) -> Decision:
-    """The option of least expected ``objective`` plus one standard error (the scenarios' spread over
-    √``samples``), the uplink at each of ``rates_bps``: each scenario costs its latency (settled as dsc
+    """The option of least expected ``objective`` plus ``STANDARD_ERRORS`` standard errors (the scenarios'
+    spread over √``samples``), the uplink at each of ``rates_bps``: each scenario costs its latency (settled as dsc
     settles it: past the deadline, the deadline plus the rest on the device; hedged, the first answer) and
     its joules (:func:`scenario_energies`). Reports the chosen option's expected latency."""
     local = next((o for o in options if o.kind == "local"), None)
@@ -285,7 +292,7 @@ def least_cost(objective: Objective, state: State, options: list[Option], link: 
         costs = [objective.cost(t, j) for t, j in zip(times, joules)]
         expected = math.fsum(costs) / len(costs)
         spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
-        priced.append((expected + spread / math.sqrt(samples), math.fsum(times) / len(times), option))
+        priced.append((expected + STANDARD_ERRORS * spread / math.sqrt(samples), math.fsum(times) / len(times), option))
     _, expected_s, option = min(priced, key=lambda p: p[0])
     return Decision(option, expected_s)
 
