@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from edgesplit.energy import DeviceEnergy
@@ -65,6 +65,14 @@ class State:
 MAX_AGE_S = 10.0  # an estimate this old (or none at all) is as uncertain as it gets
 MAX_LOG_SPREAD = 3.0  # and no scenario is more than e³ (20×) off its sample
 STANDARD_ERRORS = 2.0  # dsc prices an option at its expectation plus this many standard errors of it
+
+
+def with_margin(costs: Sequence[float], samples: int) -> tuple[float, float]:
+    """The equally likely ``costs``' mean plus ``STANDARD_ERRORS`` standard errors (their spread over
+    √``samples``: the mean is itself estimated from that many samples), and the mean."""
+    expected = math.fsum(costs) / len(costs)
+    spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
+    return expected + STANDARD_ERRORS * spread / math.sqrt(samples), expected
 
 
 def rate_scenarios(state: State) -> tuple[float, ...]:
@@ -267,9 +275,7 @@ class DynamicSplit(Policy):
             rest = rest_on_device(option, local.head_s)
             costs = scenario_latencies(option, state.estimated, state.reported, rates,
                                        lambda t, rest=rest: t if t <= deadline else deadline + rest)
-            expected = math.fsum(costs) / len(costs)
-            spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
-            priced.append((expected + STANDARD_ERRORS * spread / math.sqrt(samples), expected, option))
+            priced.append((*with_margin(costs, samples), option))
         return priced
 
 
@@ -290,9 +296,7 @@ def least_cost(objective: Objective, state: State, options: list[Option], link: 
         times = scenario_latencies(option, link, server, rates_bps, settle)
         joules = scenario_energies(option, state, link, server, rates_bps, rest, give_up)
         costs = [objective.cost(t, j) for t, j in zip(times, joules)]
-        expected = math.fsum(costs) / len(costs)
-        spread = math.sqrt(math.fsum((c - expected) ** 2 for c in costs) / len(costs))
-        priced.append((expected + STANDARD_ERRORS * spread / math.sqrt(samples), math.fsum(times) / len(times), option))
+        priced.append((with_margin(costs, samples)[0], math.fsum(times) / len(times), option))
     _, expected_s, option = min(priced, key=lambda p: p[0])
     return Decision(option, expected_s)
 
