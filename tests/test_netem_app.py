@@ -2,11 +2,12 @@
 
 import socket
 import threading
+import sys
 import time
 
 import pytest
 
-from edgesplit.netem.app import PacedLink, ShapedTransport
+from edgesplit.netem.app import SWITCH_INTERVAL_S, PacedLink, ShapedTransport
 from edgesplit.runtime.transport import TransportTimeout
 from edgesplit.traces import SEGMENT_BYTES, RateTrace
 
@@ -111,3 +112,15 @@ def test_an_outage_is_waited_out():
     due = link.schedule(SEGMENT_BYTES)
     assert due[0] - link.clock.to_wall(0.0) == pytest.approx(1.0 + SEGMENT_BYTES * 8 / 8e6, abs=0.01)
     assert link.truth().uplink_bps == 1.0  # an oracle sees the outage as (almost) no rate
+
+
+def test_a_link_hands_segments_on_within_a_short_gil_switch():
+    sys.setswitchinterval(0.005)  # Python's default
+    try:
+        PacedLink(RateTrace.constant(8e6, duration_s=10))
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        sys.setswitchinterval(1e-5)
+        PacedLink(RateTrace.constant(8e6, duration_s=10))  # never raises a shorter one
+        assert sys.getswitchinterval() == pytest.approx(1e-5)
+    finally:
+        sys.setswitchinterval(SWITCH_INTERVAL_S)

@@ -8,11 +8,17 @@ would behind a real bottleneck, and a rate change hits the upload at the same mo
 request without a body waits half the RTT before it is sent; every answer waits half the RTT after it
 arrives (the downlink is not shaped). The uplink is one FIFO shared by every transport made from one
 link, so a probe and an inference cannot overtake each other.
+
+The pacing runs in the device's process, beside its other Python threads: a link lowers the interpreter's
+GIL switch interval to ``SWITCH_INTERVAL_S`` (from Python's 5 ms) so that a segment is handed on within
+about that of its time. At 5 ms, with the device's model running in another thread, a 16 KB probe at
+8 Mbit/s read as low as 0.82 of the link's rate (40 probes: median 1.005, min 0.819); at 0.2 ms, 0.99.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +26,8 @@ from collections.abc import Iterator
 from edgesplit.latency import LinkState
 from edgesplit.runtime.transport import HttpTransport, Response, TransportAborted, TransportTimeout
 from edgesplit.traces import SEGMENT_BYTES, RateTrace
+
+SWITCH_INTERVAL_S = 2e-4
 
 
 class TraceClock:
@@ -48,6 +56,7 @@ class PacedLink:
     """An uplink that follows ``trace`` with a base round trip ``rtt_s``, emulated in user space."""
 
     def __init__(self, trace: RateTrace, rtt_s: float = 0.04) -> None:
+        sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self.clock = TraceClock(trace)
         self.rtt_s = rtt_s
         self._lock = threading.Lock()
