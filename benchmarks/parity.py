@@ -48,9 +48,10 @@ def predict(result: LiveResult, config: DemoConfig) -> list[dict[str, list[float
         per_policy = {}
         for spec in segment.runs:
             policy = make_policy(spec, result.options, LinkState(segment.trace.mean_bps(), config.rtt_s))
-            records = simulate(policy, make_estimator(config.estimator), result.allowed, segment.trace,
-                               Workload(fps=config.fps, duration_s=config.duration_s), sim_config)
-            per_policy[spec] = [r.latency_s * 1e3 for r in records]
+            records = simulate(policy, make_estimator(config.estimator), result.allowed, segment.played,
+                               Workload(fps=config.fps, duration_s=config.lead_s + config.duration_s), sim_config)
+            lead = round(config.lead_s * config.fps)  # the lead-in's requests are not counted, as live
+            per_policy[spec] = [r.latency_s * 1e3 for r in records[lead:]]
         predicted.append(per_policy)
     return predicted
 
@@ -64,6 +65,8 @@ def main() -> None:
                         help="run the policies at the same time on replicas, as the demo does (default: they take "
                              "turns, each with this machine to itself, as the simulator assumes)")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds per segment")
+    parser.add_argument("--warm-up", type=float, default=DemoConfig.warm_up_s,
+                        help="seconds before each segment run (live and simulated) but not counted")
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
     parser.add_argument("--links", default="app,netns", help="app, netns or both (netns needs root)")
     parser.add_argument("--hedge", action="store_true", help="the device runs the rest itself while it waits")
@@ -80,7 +83,8 @@ def main() -> None:
                 continue
         config = DemoConfig(duration_s=args.duration, segments=args.segments, start_s=args.start,
                             side_by_side=args.side_by_side, policies=tuple(args.policies.split(",")),
-                            netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge)
+                            netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge,
+                            warm_up_s=args.warm_up)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
         for segment, predicted in zip(result.segments, predict(result, config)):

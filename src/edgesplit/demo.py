@@ -19,6 +19,12 @@ another. The emulated devices replay each result they computed once (:class:`Emu
 OpenMP waiting passively, so that two computing at once do not slow each other down (each measures its
 profile that way too). Kernel shaping has one link, so there
 the policies take turns within each segment, in an order that rotates from segment to segment.
+
+Each segment is led in by the ``warm_up_s`` of the trace before it (whole request periods), which every
+device runs as usual but which is not counted: the devices enter the segment as they would mid-run,
+knowing their link, instead of connecting at its first request. How a device that has just connected
+fares is the simulator's and the tests' business; ten cold starts in 500 requests were most of what dsc
+lost to best-static segment by segment (docs/netem.md).
 """
 
 from __future__ import annotations
@@ -88,6 +94,17 @@ class DemoConfig:
     fidelity: Path | None = None  # the measured agreements (fidelity.json of edgesplit fidelity)
     radio: str = "lte"  # the devices' radio and processor power, for their energy (docs/energy.md)
     compute_w: float = PHONE_COMPUTE_W
+    warm_up_s: float = 2.0  # of the trace before each segment, run but not counted
+
+    @property
+    def lead_s(self) -> float:
+        """The warm-up, rounded up to whole request periods: each segment's counted requests arrive from its
+        start on, as without one."""
+        return math.ceil(self.warm_up_s * self.fps - 1e-9) / self.fps
+
+    def played(self, full: RateTrace, start_s: float) -> RateTrace:
+        """What the link replays for the segment that starts at ``start_s``: its lead-in, then the segment."""
+        return full.segment((start_s - self.lead_s) % full.duration_s, self.lead_s + self.duration_s)
 
     @property
     def device(self) -> DeviceConfig:
@@ -183,10 +200,12 @@ class KernelLinkAdapter:
 
 @dataclass(frozen=True)
 class Segment:
-    """One segment of the trace and every policy's requests over it (arrival times from the trace's start)."""
+    """One segment of the trace and every policy's requests over it (arrival times from the trace's start);
+    ``played`` is what the link replayed: the lead-in, then the segment."""
 
     start_s: float
     trace: RateTrace
+    played: RateTrace
     runs: dict[str, list[RequestRecord]]
 
 
@@ -233,6 +252,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                                  "drop it from --policies")
     if config.segments < 1:
         raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
+    if not (math.isfinite(config.warm_up_s) and config.warm_up_s >= 0):
+        raise EdgesplitError(f"--warm-up must be a number of seconds >= 0, got {config.warm_up_s!r}")
     full = read_trace(config.trace)  # segments past its end wrap around to its start
     starts = [config.start_s + k * config.duration_s for k in range(config.segments)]
     segments = [full.segment(start, config.duration_s) for start in starts]
@@ -266,7 +287,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         for k, (start_s, trace) in enumerate(zip(starts, segments)):
             console.rule(f"segment {k + 1}/{config.segments}: {start_s:g}–{start_s + config.duration_s:g} s of "
                          f"{full.name}, mean {trace.mean_bps() / 1e6:.2f} Mbit/s")
-            done.append(Segment(start_s, trace, runner.segment(k, start_s, trace, link)))
+            played = config.played(full, start_s)
+            done.append(Segment(start_s, trace, played, runner.segment(k, start_s, trace, played, link)))
     return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
 
 
@@ -429,38 +451,43 @@ class _Runner:
         self.options, self.allowed, self.console = options, allowed, console
         self._print = threading.Lock()
 
-    def segment(self, k: int, start_s: float, trace: RateTrace, link: EmulatedLink) -> dict[str, list[RequestRecord]]:
+    def segment(self, k: int, start_s: float, trace: RateTrace, played: RateTrace,
+                link: EmulatedLink) -> dict[str, list[RequestRecord]]:
+        """Every policy's counted requests over the segment ``trace`` (best-static's mean), the link replaying
+        ``played`` (its lead-in, then ``trace``)."""
         specs = list(self.config.policies)
         if not (link.replicable and self.config.side_by_side):  # taking turns, first in turn rotating
             order = specs[k % len(specs):] + specs[:k % len(specs)]
-            runs = {spec: self.policy(spec, self.urls[0], start_s, trace, link) for spec in order}
+            runs = {spec: self.policy(spec, self.urls[0], start_s, trace, played, link) for spec in order}
             return {spec: runs[spec] for spec in specs}
         links = [link] + [link.replica() for _ in specs[1:]]
         began: list[float] = []  # one instant for every replica, set once all have connected
         start = threading.Barrier(len(specs), action=lambda: began.append(time.perf_counter() + 0.05), timeout=120)
-        jobs = [lambda spec=spec, url=url, replica=replica: self.policy(spec, url, start_s, trace, replica, start,
-                                                                         began)
+        jobs = [lambda spec=spec, url=url, replica=replica: self.policy(spec, url, start_s, trace, played, replica,
+                                                                         start, began)
                 for spec, url, replica in zip(specs, self.urls, links)]
         return dict(zip(specs, run_together(jobs, start, [f"demo-{spec}" for spec in specs])))
 
-    def policy(self, spec: str, url: str, start_s: float, trace: RateTrace, link: EmulatedLink,
+    def policy(self, spec: str, url: str, start_s: float, trace: RateTrace, played: RateTrace, link: EmulatedLink,
                start: threading.Barrier | None = None, began: list[float] | None = None) -> list[RequestRecord]:
-        """One policy's device (talking to the server at ``url``) over the segment; with ``start``, it begins
-        together with the others, at the instant the barrier's action puts in ``began``."""
+        """One policy's device (talking to the server at ``url``) over the lead-in and the segment, and its
+        requests in the segment; with ``start``, it begins together with the others, at the instant the
+        barrier's action puts in ``began``."""
         config = self.config
+        lead = round(config.lead_s * config.fps)
         policy = make_policy(spec, self.options, LinkState(trace.mean_bps(), config.rtt_s))
         with link.device_side(), DeviceClient(url, self.engine, self.allowed, policy,
                                               make_estimator(config.estimator), ClientConfig(config.device),
                                               connect=lambda: link.connect(url), truth=link.truth) as client:
-            link.restart(trace)  # the probe on connecting sees the link as it is at the start (as in the simulator)
+            link.restart(played)  # the probe on connecting sees the link as it is at the start (as in the simulator)
             connected = client.connect()
             if start is not None:
                 start.wait()
             t0 = began[0] if began else time.perf_counter()
-            link.restart(trace, at=t0)
-            client.epoch = t0 - start_s
+            link.restart(played, at=t0)
+            client.epoch = t0 - (start_s - config.lead_s)
             self._say(f"{spec:<11} {connected}")
-            for index in range(math.ceil(config.duration_s * config.fps - 1e-9)):
+            for index in range(lead + math.ceil(config.duration_s * config.fps - 1e-9)):
                 arrival = t0 + index / config.fps
                 time.sleep(max(0.0, arrival - time.perf_counter()))
                 r = client.infer(self.photos[index % len(self.photos)], arrived=arrival)
@@ -468,8 +495,9 @@ class _Runner:
                 note = f"  fallback: {r.fallback_reason}" if r.fallback_reason else ""
                 self._say(f"{spec:<11} t={r.arrival_s:6.1f} s  true {r.true_bps / 1e6:6.2f}  est "
                           f"{r.estimated_bps / 1e6:6.2f} Mbit/s  {r.executed:<7} {where:<22} {r.codec:<5} "
-                          f"{r.latency_s * 1e3:7.0f} ms  {_said(r)}{note}")
-        return client.records
+                          f"{r.latency_s * 1e3:7.0f} ms  {_said(r)}{note}"
+                          f"{'  (warm-up)' if index < lead else ''}")
+        return client.records[lead:]
 
     def _say(self, line: str) -> None:
         with self._print:
@@ -551,7 +579,8 @@ def _write(config: DemoConfig, result: LiveResult, overall: dict[str, Any], per_
     plot_cdf(runs, name, out / "cdf.png")
     (out / "device-profile.json").write_text(json.dumps(result.device.to_dict(), indent=1) + "\n")
     (out / "server-profile.json").write_text(json.dumps(result.server.to_dict(), indent=1) + "\n")
-    document = {"trace": Path(config.trace).name, "duration_s": config.duration_s, "fps": config.fps,
+    document = {"trace": Path(config.trace).name, "duration_s": config.duration_s, "warm_up_s": config.lead_s,
+                "fps": config.fps,
                 "rtt_s": config.rtt_s, "device_local_s": config.device_local_s,
                 "link": "netns" if config.netns else "app", "policies": overall,
                 "segments": [{"start_s": segment.start_s, "policies": summaries}
