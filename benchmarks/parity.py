@@ -65,7 +65,7 @@ def main() -> None:
                         help="run the policies at the same time on replicas, as the demo does (default: they take "
                              "turns, each with this machine to itself, as the simulator assumes)")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds per segment")
-    parser.add_argument("--warm-up", type=float, default=DemoConfig.warm_up_s,
+    parser.add_argument("--lead-in", type=float, default=DemoConfig.lead_in_s,
                         help="seconds before each segment run (live and simulated) but not counted")
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
     parser.add_argument("--links", default="app,netns", help="app, netns or both (netns needs root)")
@@ -84,7 +84,7 @@ def main() -> None:
         config = DemoConfig(duration_s=args.duration, segments=args.segments, start_s=args.start,
                             side_by_side=args.side_by_side, policies=tuple(args.policies.split(",")),
                             netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge,
-                            warm_up_s=args.warm_up)
+                            lead_in_s=args.lead_in)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
         for segment, predicted in zip(result.segments, predict(result, config)):

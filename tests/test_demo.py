@@ -23,7 +23,7 @@ def test_the_shipped_trace_and_its_licence_ship_with_the_package():
 
 def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, capsys, tmp_path):
     out = tmp_path / "demo"
-    code, stdout, err = run(monkeypatch, capsys, "demo", "--duration", "3", "--segments", "2", "--warm-up", "0.8",
+    code, stdout, err = run(monkeypatch, capsys, "demo", "--duration", "3", "--segments", "2", "--lead-in", "0.8",
                             "--exact", "--out", str(out))
     assert code == 0, err
     document = json.loads((out / "demo.json").read_text())
@@ -43,9 +43,9 @@ def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, 
     assert [r["segment"] for r in requests] == [0] * 6 + [1] * 6
     assert [r["arrival_s"] for r in requests] == pytest.approx([k / 2 for k in range(12)], abs=0.05)
     # each segment led in by 2 requests (0.8 s rounded up to whole periods), run but not counted
-    assert document["warm_up_s"] == 1.0
+    assert document["lead_in_s"] == 1.0
     assert [r["index"] for r in requests] == [2, 3, 4, 5, 6, 7] * 2
-    assert sum("(warm-up)" in line for line in stdout.splitlines()) == 5 * 2 * 2
+    assert sum("(lead-in)" in line for line in stdout.splitlines()) == 5 * 2 * 2
     assert {"arrival_s", "true_mbps", "index", "cut", "codec", "executed", "latency_ms", "bytes_sent", "top1",
             "fallback_reason", "estimated_mbps", "probe_bytes"} <= set(requests[0])
     assert "one replica of the link and of the server per policy, run side by side" in " ".join(stdout.split())
@@ -69,8 +69,8 @@ def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp
     assert code == 2 and "line 3" in err
     code, _, err = run(monkeypatch, capsys, "demo", "--private", "--policies", "dsc,offload", "--out", str(tmp_path))
     assert code == 2 and "--private keeps the input on the device, so policy 'offload' cannot run" in err
-    code, _, err = run(monkeypatch, capsys, "demo", "--warm-up", "-1", "--out", str(tmp_path))
-    assert code == 2 and "Invalid value for '--warm-up'" in err
+    code, _, err = run(monkeypatch, capsys, "demo", "--lead-in", "-1", "--out", str(tmp_path))
+    assert code == 2 and "Invalid value for '--lead-in'" in err
     assert not (tmp_path / "server.log").exists()
 
 
@@ -81,7 +81,7 @@ def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys,
         pytest.skip(f"kernel shaping is not available here: {reason}")
     out = tmp_path / "demo"
     code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--segments", "2",
-                            "--warm-up", "0.5", "--policies", "dsc,oracle", "--exact", "--out", str(out))
+                            "--lead-in", "0.5", "--policies", "dsc,oracle", "--exact", "--out", str(out))
     assert code == 0, err
     assert "kernel shaping (a tc HTB class" in stdout and "http://10.201.0.2:" in stdout
     assert "the policies take turns" in " ".join(stdout.split())  # however the console wrapped it

@@ -744,7 +744,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
               help="consecutive segments of the trace; within each, every policy meets the same conditions")
 @click.option("--start", "start_s", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="where the first segment starts in the trace (s)")
-@click.option("--warm-up", "warm_up_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
+@click.option("--lead-in", "lead_in_s", type=click.FloatRange(min=0), default=2.0, show_default=True,
               help="seconds of the trace before each segment that every device runs but that are not counted, so "
                    "that devices enter it knowing their link (0: each connects at the segment's first request)")
 @click.option("--take-turns", is_flag=True,
@@ -767,7 +767,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @click.option("--netns", is_flag=True, help="kernel shaping in network namespaces (root) instead of the app shaper")
 @hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
-def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, warm_up_s: float,
+def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, lead_in_s: float,
          take_turns: bool,
          policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None,
          device_ms: float, codecs: str, exact: bool, min_agreement: float | None, fidelity: str | None,
@@ -788,7 +788,7 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, s
                         not take_turns, chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir), hedge, min_agreement, Path(fidelity) if fidelity else None, radio, compute_w,
-                        warm_up_s)
+                        lead_in_s)
     run_demo(config, console)
 
 

@@ -20,7 +20,7 @@ OpenMP waiting passively, so that two computing at once do not slow each other d
 profile that way too). Kernel shaping has one link, so there
 the policies take turns within each segment, in an order that rotates from segment to segment.
 
-Each segment is led in by the ``warm_up_s`` of the trace before it (whole request periods), which every
+Each segment is led in by the ``lead_in_s`` of the trace before it (whole request periods), which every
 device runs as usual but which is not counted: the devices enter the segment as they would mid-run,
 knowing their link, instead of connecting at its first request. How a device that has just connected
 fares is the simulator's and the tests' business; ten cold starts in 500 requests were most of what dsc
@@ -67,6 +67,7 @@ if TYPE_CHECKING:
 
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
 DEFAULT_POLICIES = ("dsc", "best-static", "local", "offload", "oracle")
+DEVICE_REPEATS = 9  # timed runs of the model, back to back, for the emulated device's profile
 T = TypeVar("T")
 
 
@@ -94,13 +95,13 @@ class DemoConfig:
     fidelity: Path | None = None  # the measured agreements (fidelity.json of edgesplit fidelity)
     radio: str = "lte"  # the devices' radio and processor power, for their energy (docs/energy.md)
     compute_w: float = PHONE_COMPUTE_W
-    warm_up_s: float = 2.0  # of the trace before each segment, run but not counted
+    lead_in_s: float = 2.0  # of the trace before each segment, run but not counted
 
     @property
     def lead_s(self) -> float:
-        """The warm-up, rounded up to whole request periods: each segment's counted requests arrive from its
+        """The lead-in, rounded up to whole request periods: each segment's counted requests arrive from its
         start on, as without one."""
-        return math.ceil(self.warm_up_s * self.fps - 1e-9) / self.fps
+        return math.ceil(self.lead_in_s * self.fps - 1e-9) / self.fps
 
     def played(self, full: RateTrace, start_s: float) -> RateTrace:
         """What the link replays for the segment that starts at ``start_s``: its lead-in, then the segment."""
@@ -252,8 +253,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                                  "drop it from --policies")
     if config.segments < 1:
         raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
-    if not (math.isfinite(config.warm_up_s) and config.warm_up_s >= 0):
-        raise EdgesplitError(f"--warm-up must be a number of seconds >= 0, got {config.warm_up_s!r}")
+    if not (math.isfinite(config.lead_in_s) and config.lead_in_s >= 0):
+        raise EdgesplitError(f"--lead-in must be a number of seconds >= 0, got {config.lead_in_s!r}")
     full = read_trace(config.trace)  # segments past its end wrap around to its start
     starts = [config.start_s + k * config.duration_s for k in range(config.segments)]
     segments = [full.segment(start, config.duration_s) for start in starts]
@@ -266,8 +267,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         loaded = load_model(config.model)
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
-        measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console,
-                                             loaded.normalization, loaded.postprocess)
+        measured, device = emulated_profiles(analysis, config.device_local_s, console, loaded.normalization,
+                                             loaded.postprocess)
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
@@ -292,15 +293,21 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
 
 
-def emulated_profiles(analysis: Any, device_local_s: float, idle_s: float, console: Console,
-                      normalization: Any, postprocess: Postprocess | None = None) -> tuple[Profile, Profile]:
-    """This machine's profile at batch 1, each timed run after ``idle_s`` idle (requests come about that far
-    apart, and a CPU that idled is slower for its next inference), and the emulated device's: this machine
-    slowed so that the whole model takes ``device_local_s``; ``postprocess``: the model's, priced in both."""
+def emulated_profiles(analysis: Any, device_local_s: float, console: Console, normalization: Any,
+                      postprocess: Postprocess | None = None) -> tuple[Profile, Profile]:
+    """This machine's profile at batch 1, and the emulated device's: this machine slowed so that the whole
+    model takes ``device_local_s``; ``postprocess``: the model's, priced in both.
+
+    Measured back to back (no idle gaps), the median of ``DEVICE_REPEATS`` runs: the emulated device
+    replays its computations and sleeps to the profile's times, so this CPU's slowness after idling (it
+    lands at the start of every timed run, so in every head) must not shape the device. After 0.5 s idle
+    it did, by a different amount each run: two demo runs measured the head up to ``conv2d_5`` at 26 %
+    and at 58 % of the whole model, so the second emulated a device whose first layers took 200 ms of 350
+    (docs/netem.md)."""
     from edgesplit.measure import measure
 
-    measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,), repeats=5,
-                       idle_s=idle_s, normalization=normalization, postprocess=postprocess)
+    measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,),
+                       repeats=DEVICE_REPEATS, normalization=normalization, postprocess=postprocess)
     slowdown = device_local_s / measured.model_s[1].median_s
     if slowdown < 1:
         raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
@@ -496,7 +503,7 @@ class _Runner:
                 self._say(f"{spec:<11} t={r.arrival_s:6.1f} s  true {r.true_bps / 1e6:6.2f}  est "
                           f"{r.estimated_bps / 1e6:6.2f} Mbit/s  {r.executed:<7} {where:<22} {r.codec:<5} "
                           f"{r.latency_s * 1e3:7.0f} ms  {_said(r)}{note}"
-                          f"{'  (warm-up)' if index < lead else ''}")
+                          f"{'  (lead-in)' if index < lead else ''}")
         return client.records[lead:]
 
     def _say(self, line: str) -> None:
@@ -579,7 +586,7 @@ def _write(config: DemoConfig, result: LiveResult, overall: dict[str, Any], per_
     plot_cdf(runs, name, out / "cdf.png")
     (out / "device-profile.json").write_text(json.dumps(result.device.to_dict(), indent=1) + "\n")
     (out / "server-profile.json").write_text(json.dumps(result.server.to_dict(), indent=1) + "\n")
-    document = {"trace": Path(config.trace).name, "duration_s": config.duration_s, "warm_up_s": config.lead_s,
+    document = {"trace": Path(config.trace).name, "duration_s": config.duration_s, "lead_in_s": config.lead_s,
                 "fps": config.fps,
                 "rtt_s": config.rtt_s, "device_local_s": config.device_local_s,
                 "link": "netns" if config.netns else "app", "policies": overall,

@@ -223,8 +223,8 @@ def _device(config: FleetConfig, url: str, console: Console
     analysis = analyze(loaded.module, shape, name=config.model)
     _check_same_model(url, model_id(analysis.graph.model.eval()), tuple(analysis.input_shape))
     console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
-    measured, device = emulated_profiles(analysis, config.device_local_s, idle_s_at(config.fps), console,
-                                         loaded.normalization, loaded.postprocess)
+    measured, device = emulated_profiles(analysis, config.device_local_s, console, loaded.normalization,
+                                         loaded.postprocess)
     try:
         with HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
