@@ -56,6 +56,8 @@ def test_every_policy_runs_live_and_gives_the_local_models_answers(monkeypatch, 
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "every answer says what the local model's says (its top-1 class, or the class of every pixel) under every policy" in stdout
     assert "segment 1/2" in stdout and "segment 2/2" in stdout
+    device = json.loads((out / "device-profile.json").read_text())
+    assert device["method"] == "flops" and "its time split over the model in proportion to FLOPs" in stdout
     assert any(line.startswith("oracle ") and " t=" in line and "true" in line and "est" in line
                for line in stdout.splitlines())
 
@@ -71,7 +73,28 @@ def test_bad_demo_arguments_fail_before_anything_starts(monkeypatch, capsys, tmp
     assert code == 2 and "--private keeps the input on the device, so policy 'offload' cannot run" in err
     code, _, err = run(monkeypatch, capsys, "demo", "--lead-in", "-1", "--out", str(tmp_path))
     assert code == 2 and "Invalid value for '--lead-in'" in err
+    code, _, err = run(monkeypatch, capsys, "demo", "--device-shape", "fast", "--out", str(tmp_path))
+    assert code == 2 and "Invalid value for '--device-shape'" in err
     assert not (tmp_path / "server.log").exists()
+
+
+def test_a_flops_shaped_device_splits_its_time_as_the_heads_flops_do():
+    from rich.console import Console
+
+    from edgesplit import analyze
+    from edgesplit.demo import emulated_profiles
+    from edgesplit.errors import EdgesplitError
+    from edgesplit.models import load_model
+
+    loaded = load_model("mobilenet_v3_small")
+    analysis = analyze(loaded.module, (3, 64, 64), "mobilenet_v3_small")
+    measured, device = emulated_profiles(analysis, 0.35, Console(quiet=True), loaded.normalization, shape="flops")
+    assert device.model_s[1].median_s == pytest.approx(0.35)
+    total = analysis.natural_bottlenecks()[0].head_flops + analysis.natural_bottlenecks()[0].tail_flops
+    for cut in analysis.natural_bottlenecks():
+        assert device.cut(cut.name).head_s[1].median_s == pytest.approx(0.35 * cut.head_flops / total, rel=1e-9)
+    with pytest.raises(EdgesplitError, match="unknown device shape 'fast'; choose one of flops, measured"):
+        emulated_profiles(analysis, 0.35, Console(quiet=True), loaded.normalization, shape="fast")
 
 
 def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys, tmp_path):
@@ -81,7 +104,8 @@ def test_the_demo_over_kernel_shaping_leaves_nothing_behind(monkeypatch, capsys,
         pytest.skip(f"kernel shaping is not available here: {reason}")
     out = tmp_path / "demo"
     code, stdout, err = run(monkeypatch, capsys, "demo", "--netns", "--duration", "2", "--segments", "2",
-                            "--lead-in", "0.5", "--policies", "dsc,oracle", "--exact", "--out", str(out))
+                            "--lead-in", "0.5", "--device-shape", "measured", "--policies", "dsc,oracle", "--exact",
+                            "--out", str(out))
     assert code == 0, err
     assert "kernel shaping (a tc HTB class" in stdout and "http://10.201.0.2:" in stdout
     assert "the policies take turns" in " ".join(stdout.split())  # however the console wrapped it

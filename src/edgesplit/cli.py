@@ -759,6 +759,9 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
                    "(default: twice the device's whole-model time, at least 500 ms)")
 @click.option("--device-ms", type=click.FloatRange(min=0, min_open=True), default=350.0, show_default=True,
               help="emulate a device that runs the whole model in this time (this machine, slowed to match)")
+@click.option("--device-shape", type=click.Choice(["flops", "measured"]), default="flops", show_default=True,
+              help="how the device's time splits over the model: in proportion to FLOPs (the same every run), or "
+                   "as this machine's per-layer times split it (which move with its load)")
 @click.option("--codecs", default="fp32,fp16,int8", show_default=True, help=CODECS_HELP)
 @click.option("--exact", is_flag=True, help="only bit-exact options (fp32 splits, raw offload)")
 @accuracy_options
@@ -770,8 +773,9 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, lead_in_s: float,
          take_turns: bool,
          policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None,
-         device_ms: float, codecs: str, exact: bool, min_agreement: float | None, fidelity: str | None,
-         radio: str, compute_w: float, private: bool, netns: bool, hedge: bool, out_dir: str) -> None:
+         device_ms: float, device_shape: str, codecs: str, exact: bool, min_agreement: float | None,
+         fidelity: str | None, radio: str, compute_w: float, private: bool, netns: bool, hedge: bool,
+         out_dir: str) -> None:
     """Serve real photos with a real model through an edge server over a link that replays a real uplink
     trace, segment by segment, every policy under the same conditions, and compare them."""
     try:
@@ -788,7 +792,7 @@ def demo(model: str, trace_path: str | None, duration_s: float, segments: int, s
                         not take_turns, chosen, estimator, fps, rtt_ms / 1000,
                         deadline_ms / 1000 if deadline_ms else None, device_ms / 1000, tuple(codecs.split(",")), not exact, private, netns,
                         Path(out_dir), hedge, min_agreement, Path(fidelity) if fidelity else None, radio, compute_w,
-                        lead_in_s)
+                        lead_in_s, device_shape)
     run_demo(config, console)
 
 

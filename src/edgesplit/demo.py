@@ -68,6 +68,7 @@ if TYPE_CHECKING:
 DEFAULT_TRACE = Path(__file__).resolve().parent / "data" / "verizon-lte-driving-704s.up"
 DEFAULT_POLICIES = ("dsc", "best-static", "local", "offload", "oracle")
 DEVICE_REPEATS = 9  # timed runs of the model, back to back, for the emulated device's profile
+DEVICE_SHAPES = ("flops", "measured")  # how the emulated device's time splits over the model
 T = TypeVar("T")
 
 
@@ -96,6 +97,7 @@ class DemoConfig:
     radio: str = "lte"  # the devices' radio and processor power, for their energy (docs/energy.md)
     compute_w: float = PHONE_COMPUTE_W
     lead_in_s: float = 2.0  # of the trace before each segment, run but not counted
+    device_shape: str = "flops"  # how the device's time splits over the model (emulated_profiles)
 
     @property
     def lead_s(self) -> float:
@@ -253,6 +255,8 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                                  "drop it from --policies")
     if config.segments < 1:
         raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
+    if config.device_shape not in DEVICE_SHAPES:
+        raise EdgesplitError(f"unknown device shape {config.device_shape!r}; choose one of {', '.join(DEVICE_SHAPES)}")
     if not (math.isfinite(config.lead_in_s) and config.lead_in_s >= 0):
         raise EdgesplitError(f"--lead-in must be a number of seconds >= 0, got {config.lead_in_s!r}")
     full = read_trace(config.trace)  # segments past its end wrap around to its start
@@ -268,7 +272,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
         analysis = analyze(loaded.module, loaded.native_input_shape, name=config.model)
         console.print(f"device: {config.model} ({loaded.weights}); measuring this machine's profile…")
         measured, device = emulated_profiles(analysis, config.device_local_s, console, loaded.normalization,
-                                             loaded.postprocess)
+                                             loaded.postprocess, config.device_shape)
         with link.device_side(), HttpTransport(url) as http:
             server = fetch_server_profile(http, url)
         if server is None:
@@ -294,26 +298,35 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
 
 
 def emulated_profiles(analysis: Any, device_local_s: float, console: Console, normalization: Any,
-                      postprocess: Postprocess | None = None) -> tuple[Profile, Profile]:
-    """This machine's profile at batch 1, and the emulated device's: this machine slowed so that the whole
+                      postprocess: Postprocess | None = None, shape: str = "measured") -> tuple[Profile, Profile]:
+    """This machine's profile at batch 1, and the emulated device's: that profile slowed so that the whole
     model takes ``device_local_s``; ``postprocess``: the model's, priced in both.
 
-    Measured back to back (no idle gaps), the median of ``DEVICE_REPEATS`` runs: the emulated device
-    replays its computations and sleeps to the profile's times, so this CPU's slowness after idling (it
-    lands at the start of every timed run, so in every head) must not shape the device. After 0.5 s idle
-    it did, by a different amount each run: two demo runs measured the head up to ``conv2d_5`` at 26 %
-    and at 58 % of the whole model, so the second emulated a device whose first layers took 200 ms of 350
-    (docs/netem.md)."""
+    ``shape`` says how the device's time splits over the model: ``measured``, as this machine's per-layer
+    times split it (back to back, the median of ``DEVICE_REPEATS`` runs: the emulated device replays its
+    computations and sleeps to the profile's times, so this CPU's slowness after idling, which lands at the
+    start of every run and so in every head, must not shape it); ``flops``, in proportion to each head's
+    multiply-adds, the same on every run. This machine's split moves with its load: three demo runs of one
+    day measured the head up to ``conv2d_17`` at 48 %, 73 % and 70 % of the whole model (FLOPs: 33 %), and
+    with it which option wins (docs/netem.md)."""
     from edgesplit.measure import measure
 
-    measured = measure(analysis, analysis.natural_bottlenecks(), role="device", batch_sizes=(1,),
-                       repeats=DEVICE_REPEATS, normalization=normalization, postprocess=postprocess)
+    if shape not in DEVICE_SHAPES:
+        raise EdgesplitError(f"unknown device shape {shape!r}; choose one of {', '.join(DEVICE_SHAPES)}")
+    cuts = analysis.natural_bottlenecks()
+    if shape == "flops" and not any(c.head_flops + c.tail_flops for c in cuts):
+        raise EdgesplitError(f"{analysis.model}'s FLOPs could not be counted, so they cannot shape the device: "
+                             "use --device-shape measured")
+    measured = measure(analysis, cuts, role="device", batch_sizes=(1,),
+                       method="per-node" if shape == "measured" else "flops", repeats=DEVICE_REPEATS,
+                       normalization=normalization, postprocess=postprocess)
     slowdown = device_local_s / measured.model_s[1].median_s
     if slowdown < 1:
         raise EdgesplitError(f"this machine takes {measured.model_s[1].median_s * 1e3:.0f} ms for the whole model: "
                              f"an emulated device cannot be faster (--device-ms {device_local_s * 1e3:g})")
     console.print(f"emulated device: this machine slowed {slowdown:.1f}× (whole model "
-                  f"{measured.model_s[1].median_s * 1e3:.0f} → {device_local_s * 1e3:.0f} ms)")
+                  f"{measured.model_s[1].median_s * 1e3:.0f} → {device_local_s * 1e3:.0f} ms), its time split over "
+                  f"the model {'in proportion to FLOPs' if shape == 'flops' else 'as measured here'}")
     return measured, with_slowdown(measured, slowdown)
 
 
