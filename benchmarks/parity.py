@@ -2,7 +2,8 @@
 
 For each link emulation (the application shaper; kernel shaping in network namespaces when root), the
 demo's setup runs every policy live over ``--segments`` consecutive segments from ``--start`` (pretrained
-EfficientNet-Lite0, scikit-image photos, device = this machine slowed to run the whole model in 350 ms).
+EfficientNet-Lite0, scikit-image photos, a device that runs the whole model in 350 ms, its time split over
+the model by FLOPs as in the demo).
 The policies take turns within each segment, so each has this machine to itself, as the simulator
 assumes (``--side-by-side`` runs them at the same time on replicas, as the demo does: then five servers
 and five devices share two cores, and the servers' compute ran 1.5–1.8× their profile). The simulator
