@@ -4,8 +4,9 @@ The servers (``edgesplit serve``, each in its own process) and the devices (thre
 the pretrained EfficientNet-Lite0; each device serves scikit-image photos at ``fps`` over ``segments``
 consecutive segments of the trace. The device is emulated: this machine's profile, measured at the start,
 slowed so that the whole model takes ``device_local_s`` (350 ms: a small ARM board; a fixed time rather
-than a fixed factor, so the demo does not depend on how fast this machine happens to be); each head, tail
-or local call is stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`).
+than a fixed factor, so the demo does not depend on how fast this machine happens to be), its time split
+over the model by FLOPs unless ``device_shape`` is ``measured``; each head, tail or local call is
+stretched to that profile's time (:class:`~edgesplit.runtime.device_engines.EmulatedDevice`).
 The servers run at this machine's real speed. The link is the application shaper by default
 (:mod:`edgesplit.netem.app`) or, with ``netns``, kernel shaping in network namespaces
 (:mod:`edgesplit.netem.kernel`, root only). Every answer's top-1 is compared with the local model's.
