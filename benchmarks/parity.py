@@ -16,6 +16,7 @@ outage, whether dsc picked frames too small to time).
 
     python benchmarks/parity.py [--segments 5] [--start 100] [--duration 25] [--side-by-side]
                                 [--policies dsc,best-static,local,offload,oracle] [--links app,netns] [--hedge]
+                                [--device-shape flops|measured] [--lead-in 2]
                                 [--out benchmarks/results/parity.json]
 """
 
@@ -66,6 +67,8 @@ def main() -> None:
                         help="run the policies at the same time on replicas, as the demo does (default: they take "
                              "turns, each with this machine to itself, as the simulator assumes)")
     parser.add_argument("--duration", type=float, default=25.0, help="seconds per segment")
+    parser.add_argument("--device-shape", choices=("flops", "measured"), default=DemoConfig.device_shape,
+                        help="how the emulated device's time splits over the model (as in the demo)")
     parser.add_argument("--lead-in", type=float, default=DemoConfig.lead_in_s,
                         help="seconds before each segment run (live and simulated) but not counted")
     parser.add_argument("--policies", default="dsc,best-static,local,offload,oracle")
@@ -85,7 +88,7 @@ def main() -> None:
         config = DemoConfig(duration_s=args.duration, segments=args.segments, start_s=args.start,
                             side_by_side=args.side_by_side, policies=tuple(args.policies.split(",")),
                             netns=link == "netns", out_dir=Path("out/parity") / link, hedge=args.hedge,
-                            lead_in_s=args.lead_in)
+                            lead_in_s=args.lead_in, device_shape=args.device_shape)
         console.print(f"live runs over the {link} link…")
         result = run_live(config, quiet)
         for segment, predicted in zip(result.segments, predict(result, config)):
