@@ -23,12 +23,10 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit import policies
-from edgesplit.demo import DemoConfig
-from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState, build_options
-from edgesplit.policies import allowed_options, make_policy
+from edgesplit.demo import DemoConfig, simulate_segment
+from edgesplit.latency import build_options
+from edgesplit.policies import allowed_options
 from edgesplit.profile import load_profile
-from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.traces import read_trace
 
 POLICIES = ("dsc", "best-static", "local", "oracle")
@@ -39,20 +37,13 @@ def segment_means(run: Path, config: DemoConfig) -> list[dict[str, float]]:
     device, server = load_profile(run / "device-profile.json"), load_profile(run / "server-profile.json")
     options = build_options(device, server, codecs=config.codecs, private=False)
     allowed = allowed_options(options, False, config.lossy, None, jpeg=False)
-    sim_config = SimConfig(config.device, sequential=True, max_batch_size=1)
     full = read_trace(config.trace)
-    lead = round(config.lead_s * config.fps)
     means = []
     for k in range(config.segments):
         start_s = config.start_s + k * config.duration_s
         counted, played = full.segment(start_s, config.duration_s), config.played(full, start_s)
-        per_policy = {}
-        for spec in POLICIES:
-            policy = make_policy(spec, options, LinkState(counted.mean_bps(), config.rtt_s))
-            records = simulate(policy, make_estimator(config.estimator), allowed, played,
-                               Workload(fps=config.fps, duration_s=config.lead_s + config.duration_s), sim_config)
-            per_policy[spec] = statistics.fmean(r.latency_s * 1e3 for r in records[lead:])
-        means.append(per_policy)
+        means.append({spec: statistics.fmean(r.latency_s * 1e3 for r in simulate_segment(
+            spec, options, allowed, counted, played, config)) for spec in POLICIES})
     return means
 
 

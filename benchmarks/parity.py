@@ -32,30 +32,18 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgesplit.demo import DemoConfig, LiveResult, run_live
-from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState
-from edgesplit.policies import make_policy
+from edgesplit.demo import DemoConfig, LiveResult, run_live, simulate_segment
 from edgesplit.profile import quantile
-from edgesplit.sim import SimConfig, Workload, simulate
 
 console = Console(width=200)
 
 
 def predict(result: LiveResult, config: DemoConfig) -> list[dict[str, list[float]]]:
     """Per segment, the latencies (ms) the simulator predicts for each policy of a live run."""
-    sim_config = SimConfig(config.device, sequential=True, max_batch_size=1)
-    predicted = []
-    for segment in result.segments:
-        per_policy = {}
-        for spec in segment.runs:
-            policy = make_policy(spec, result.options, LinkState(segment.trace.mean_bps(), config.rtt_s))
-            records = simulate(policy, make_estimator(config.estimator), result.allowed, segment.played,
-                               Workload(fps=config.fps, duration_s=config.lead_s + config.duration_s), sim_config)
-            lead = round(config.lead_s * config.fps)  # the lead-in's requests are not counted, as live
-            per_policy[spec] = [r.latency_s * 1e3 for r in records[lead:]]
-        predicted.append(per_policy)
-    return predicted
+    return [{spec: [r.latency_s * 1e3 for r in simulate_segment(spec, result.options, result.allowed,
+                                                               segment.trace, segment.played, config)]
+             for spec in segment.runs}
+            for segment in result.segments]
 
 
 def main() -> None:

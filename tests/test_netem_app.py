@@ -1,8 +1,8 @@
 """The application shaper: uploads paced to a trace (timed at the receiver), base RTT, deadlines, FIFO."""
 
 import socket
-import threading
 import sys
+import threading
 import time
 
 import pytest

@@ -771,8 +771,7 @@ def export(model: str, weights: str | None, input_size: int | None, input_shape:
 @hedge_option
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="out/demo", show_default=True)
 def demo(model: str, trace_path: str | None, duration_s: float, segments: int, start_s: float, lead_in_s: float,
-         take_turns: bool,
-         policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None,
+         take_turns: bool, policies: str | None, estimator: str, fps: float, rtt_ms: float, deadline_ms: float | None,
          device_ms: float, device_shape: str, codecs: str, exact: bool, min_agreement: float | None,
          fidelity: str | None, radio: str, compute_w: float, private: bool, netns: bool, hedge: bool,
          out_dir: str) -> None:

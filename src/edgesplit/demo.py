@@ -101,10 +101,14 @@ class DemoConfig:
     device_shape: str = "flops"  # how the device's time splits over the model (emulated_profiles)
 
     @property
+    def lead_requests(self) -> int:
+        """The requests of the lead-in: it rounded up to whole request periods, so that each segment's counted
+        requests arrive from its start on, as without one."""
+        return math.ceil(self.lead_in_s * self.fps - 1e-9)
+
+    @property
     def lead_s(self) -> float:
-        """The lead-in, rounded up to whole request periods: each segment's counted requests arrive from its
-        start on, as without one."""
-        return math.ceil(self.lead_in_s * self.fps - 1e-9) / self.fps
+        return self.lead_requests / self.fps
 
     def played(self, full: RateTrace, start_s: float) -> RateTrace:
         """What the link replays for the segment that starts at ``start_s``: its lead-in, then the segment."""
@@ -256,8 +260,7 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
                                  "drop it from --policies")
     if config.segments < 1:
         raise EdgesplitError(f"--segments must be at least 1, got {config.segments}")
-    if config.device_shape not in DEVICE_SHAPES:
-        raise EdgesplitError(f"unknown device shape {config.device_shape!r}; choose one of {', '.join(DEVICE_SHAPES)}")
+    check_device_shape(config.device_shape)
     if not (math.isfinite(config.lead_in_s) and config.lead_in_s >= 0):
         raise EdgesplitError(f"--lead-in must be a number of seconds >= 0, got {config.lead_in_s!r}")
     full = read_trace(config.trace)  # segments past its end wrap around to its start
@@ -298,6 +301,25 @@ def run_live(config: DemoConfig, console: Console) -> LiveResult:
     return LiveResult(done, measured, device, server, options, allowed, reference, setup_s)
 
 
+def check_device_shape(shape: str) -> None:
+    if shape not in DEVICE_SHAPES:
+        raise EdgesplitError(f"unknown device shape {shape!r}; choose one of {', '.join(DEVICE_SHAPES)}")
+
+
+def simulate_segment(spec: str, options: list[Option], allowed: list[Option], counted: RateTrace,
+                     played: RateTrace, config: DemoConfig) -> list[RequestRecord]:
+    """What the simulator predicts for policy ``spec`` over one demo segment (``counted``, best-static's
+    mean): the link replaying ``played`` (the lead-in, then the segment), a device serving one request at a
+    time as the live client does, and the segment's requests only."""
+    from edgesplit.sim import SimConfig, Workload, simulate
+
+    policy = make_policy(spec, options, LinkState(counted.mean_bps(), config.rtt_s))
+    records = simulate(policy, make_estimator(config.estimator), allowed, played,
+                       Workload(fps=config.fps, duration_s=config.lead_s + config.duration_s),
+                       SimConfig(config.device, sequential=True, max_batch_size=1))
+    return records[config.lead_requests:]
+
+
 def emulated_profiles(analysis: Any, device_local_s: float, console: Console, normalization: Any,
                       postprocess: Postprocess | None = None, shape: str = "measured") -> tuple[Profile, Profile]:
     """This machine's profile at batch 1, and the emulated device's: that profile slowed so that the whole
@@ -312,8 +334,7 @@ def emulated_profiles(analysis: Any, device_local_s: float, console: Console, no
     with it which option wins (docs/netem.md)."""
     from edgesplit.measure import measure
 
-    if shape not in DEVICE_SHAPES:
-        raise EdgesplitError(f"unknown device shape {shape!r}; choose one of {', '.join(DEVICE_SHAPES)}")
+    check_device_shape(shape)
     cuts = analysis.natural_bottlenecks()
     if shape == "flops" and not any(c.head_flops + c.tail_flops for c in cuts):
         raise EdgesplitError(f"{analysis.model}'s FLOPs could not be counted, so they cannot shape the device: "
@@ -495,7 +516,7 @@ class _Runner:
         requests in the segment; with ``start``, it begins together with the others, at the instant the
         barrier's action puts in ``began``."""
         config = self.config
-        lead = round(config.lead_s * config.fps)
+        lead = config.lead_requests
         policy = make_policy(spec, self.options, LinkState(trace.mean_bps(), config.rtt_s))
         with link.device_side(), DeviceClient(url, self.engine, self.allowed, policy,
                                               make_estimator(config.estimator), ClientConfig(config.device),
