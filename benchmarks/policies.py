@@ -45,13 +45,40 @@ from edgesplit.latency import LinkState, ServerState, build_options, find_option
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.estimators import make_estimator
 from edgesplit.measure import measure
-from edgesplit.profile import load_profile, read_agreement, with_agreement, with_device_time, with_slowdown
+from edgesplit.profile import (Profile, load_profile, read_agreement, with_agreement, with_device_time,
+                               with_flops_shape, with_slowdown)
 from edgesplit.sim import SimConfig, Workload, simulate
 from edgesplit.traces import read_trace
 
 POLICIES = ["dsc", "dsc+hedge", "oracle", "best-static", "best-static+hedge", "local", "offload",
             "offload:jpeg:90"]  # +hedge: with DeviceConfig.hedge
 console = Console(width=200)
+
+
+def server_profile(model: str, path: Path | None) -> tuple[Profile, dict[str, tuple[int, int]]]:
+    """``model`` profiled per node on this machine, at batch sizes 1, 2, 4, 8 (read from ``path`` when it
+    exists, written there otherwise), and each cut's head and tail FLOPs."""
+    loaded = load_model(model)
+    analysis = analyze(loaded.module, loaded.native_input_shape, model)
+    cuts = analysis.natural_bottlenecks()
+    if path and path.exists():
+        measured = load_profile(path)
+    else:
+        measured = measure(analysis, cuts, role="server", batch_sizes=(1, 2, 4, 8), repeats=10,
+                           normalization=loaded.normalization)
+        if path:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            measured.save(path)
+    if measured.model != model:
+        raise SystemExit(f"{path} profiles {measured.model}, not {model}")
+    return measured, {c.name: (c.head_flops, c.tail_flops) for c in cuts}
+
+
+def device_profile(measured: Profile, flops: dict[str, tuple[int, int]], device_ms: float, shape: str) -> Profile:
+    """The device: the whole model in ``device_ms``, split over the model in proportion to FLOPs (``flops``)
+    or as this machine measured it (``measured``)."""
+    shaped = with_flops_shape(measured, flops) if shape == "flops" else measured
+    return with_device_time(shaped, device_ms / 1000)
 
 
 def traces(root: Path) -> list[Path]:
@@ -186,18 +213,9 @@ def accuracy_budget(args: argparse.Namespace) -> None:
     fidelity = json.loads(args.fidelity.read_text())
     agreements = read_agreement(args.fidelity)
     started = time.perf_counter()
-    if args.profile and args.profile.exists():
-        measured = load_profile(args.profile)
-    else:
-        loaded = load_model(fidelity["model"])
-        analysis = analyze(loaded.module, loaded.native_input_shape, fidelity["model"])
-        measured = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1, 2, 4, 8),
-                           repeats=10, normalization=loaded.normalization)
-        if args.profile:
-            args.profile.parent.mkdir(parents=True, exist_ok=True)
-            measured.save(args.profile)
+    measured, flops = server_profile(fidelity["model"], args.profile)
     device_ms = float(args.device_ms.split(",")[0])
-    device = with_agreement(with_device_time(measured, device_ms / 1000), agreements)
+    device = with_agreement(device_profile(measured, flops, device_ms, args.device_shape), agreements)
     options = build_options(device, measured, codecs=tuple(args.codecs.split(",")))
     exact = allowed_options(options, private=False, lossy=False)
     budget = allowed_options(options, private=False, lossy=True, min_agreement=args.min_agreement)
@@ -210,24 +228,28 @@ def accuracy_budget(args: argparse.Namespace) -> None:
         trace = read_trace(path)
         row = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6,
                "link_bound": link_bound(options, trace.mean_bps(), config.rtt_s)}
-        for name, allowed in (("exact", exact), ("budget", budget)):
-            records = simulate(make_policy("dsc", options, LinkState(trace.mean_bps())), make_estimator(args.estimator),
-                               allowed, trace, Workload(fps=2.0), SimConfig(config, sequential=True))
-            row[name] = summarize(records)
-            row[name]["agreement"] = statistics.fmean(  # a request finished on the device is exact
-                1.0 if r.executed == "local" else find_option(options, r.option).agreement for r in records)
+        for policy in ("dsc", "oracle"):
+            for name, allowed in (("exact", exact), ("budget", budget)):
+                records = simulate(make_policy(policy, options, LinkState(trace.mean_bps())),
+                                   make_estimator(args.estimator), allowed, trace, Workload(fps=2.0),
+                                   SimConfig(config, sequential=True))
+                key = name if policy == "dsc" else f"oracle_{name}"
+                row[key] = summarize(records)
+                row[key]["agreement"] = statistics.fmean(  # a request finished on the device is exact
+                    1.0 if r.executed == "local" else find_option(options, r.option).agreement for r in records)
         row["ratio"] = row["budget"]["mean_ms"] / row["exact"]["mean_ms"]
+        row["oracle_ratio"] = row["oracle_budget"]["mean_ms"] / row["oracle_exact"]["mean_ms"]
         rows.append(row)
     table = Table(title=f"dsc exact-only vs dsc with --min-agreement {args.min_agreement:g} ({fidelity['model']}, "
                         f"device {device_ms:g} ms, server as measured here)")
-    for column in ("trace", "Mbit/s", "link-bound", "exact ms", "budget ms", "budget/exact", "expected agreement",
-                   "budget's top choice"):
+    for column in ("trace", "Mbit/s", "link-bound", "exact ms", "budget ms", "budget/exact", "oracle's",
+                   "expected agreement", "budget's top choice"):
         table.add_column(column, justify="left" if column in ("trace", "budget's top choice") else "right")
     for row in rows:
         top = next(iter(row["budget"]["cuts"]))
         table.add_row(row["trace"], f"{row['mean_mbps']:.2f}", "yes" if row["link_bound"] else "",
                       f"{row['exact']['mean_ms']:.0f}", f"{row['budget']['mean_ms']:.0f}", f"{row['ratio']:.3f}",
-                      f"{row['budget']['agreement']:.4f}", top)
+                      f"{row['oracle_ratio']:.3f}", f"{row['budget']['agreement']:.4f}", top)
     console.print(table)
     bound = [r for r in rows if r["link_bound"]]
     overall = {
@@ -236,6 +258,8 @@ def accuracy_budget(args: argparse.Namespace) -> None:
         "link_bound_pooled_ratio": (sum(r["budget"]["mean_ms"] for r in bound) / sum(r["exact"]["mean_ms"] for r in bound)
                                     if bound else None),
         "link_bound_traces_at_most_0.9": sum(r["ratio"] <= 0.9 for r in bound),
+        "oracle_link_bound_pooled_ratio": (sum(r["oracle_budget"]["mean_ms"] for r in bound)
+                                           / sum(r["oracle_exact"]["mean_ms"] for r in bound) if bound else None),
         "other_traces_worst_ratio": max((r["ratio"] for r in rows if not r["link_bound"]), default=None),
     }
     if bound:
@@ -243,7 +267,8 @@ def accuracy_budget(args: argparse.Namespace) -> None:
         console.print(f"{verdict}: on the {len(bound)} link-bound traces dsc under the budget takes "
                       f"{overall['link_bound_pooled_ratio']:.3f} x its exact-only mean (pooled; per trace mean "
                       f"{overall['link_bound_mean_ratio']:.3f}, {overall['link_bound_traces_at_most_0.9']} of "
-                      f"{len(bound)} at <= 0.9)")
+                      f"{len(bound)} at <= 0.9); the oracle, knowing the link, "
+                      f"{overall['oracle_link_bound_pooled_ratio']:.3f} x its own")
     else:
         console.print("no trace is link-bound with these profiles: the target cannot be checked")
     worst = overall["other_traces_worst_ratio"]
@@ -265,6 +290,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, help="reuse this measured profile (written on first use)")
     parser.add_argument("--device-ms", default="350,100,1000",
                         help="the device's whole-model times to run, comma-separated (default 350,100,1000)")
+    parser.add_argument("--device-shape", choices=("flops", "measured"), default="flops",
+                        help="how the device's time splits over the model: in proportion to FLOPs (the same on "
+                             "every run; default) or as this machine's per-layer times split it")
     parser.add_argument("--min-agreement", type=float, help="price this accuracy budget instead (with --fidelity)")
     parser.add_argument("--fidelity", type=Path, help="fidelity.json of benchmarks/fidelity.py")
     parser.add_argument("--codecs", default=",".join(LOSSY_CODECS), help="split codecs for --min-agreement")
@@ -277,21 +305,12 @@ def main() -> None:
         accuracy_budget(args)
         return
     started = time.perf_counter()
-    if args.profile and args.profile.exists():
-        measured = load_profile(args.profile)
-    else:
-        loaded = load_model("efficientnet_b0")
-        analysis = analyze(loaded.module, loaded.native_input_shape, "efficientnet_b0")
-        measured = measure(analysis, analysis.natural_bottlenecks(), role="server", batch_sizes=(1, 2, 4, 8),
-                           repeats=10)
-        if args.profile:
-            args.profile.parent.mkdir(parents=True, exist_ok=True)
-            measured.save(args.profile)
+    measured, flops = server_profile("efficientnet_b0", args.profile)
     console.print(f"profiled in {time.perf_counter() - started:.0f} s: B0 whole model "
                   f"{measured.model_s[1].median_s * 1e3:.1f} ms here")
     results = []
     for device_ms in (float(v) for v in args.device_ms.split(",")):
-        device = with_device_time(measured, device_ms / 1000)
+        device = device_profile(measured, flops, device_ms, args.device_shape)
         for server_name, server in (("server at measured speed", measured),
                                     ("server 10x faster (--slowdown 0.1)", with_slowdown(measured, 0.1))):
             for private in (False, True):

@@ -12,7 +12,7 @@ from edgesplit.errors import EdgesplitError, ProfileError
 from edgesplit.measure import measure
 from edgesplit.codecs import PROFILED_CODECS
 from edgesplit.outputs import PixelClasses
-from edgesplit.profile import FORMAT, load_profile, with_batch_plan
+from edgesplit.profile import FORMAT, load_profile, with_batch_plan, with_device_time, with_flops_shape
 from toy_models import Toy
 
 SHAPE = (3, 8, 8)
@@ -62,6 +62,28 @@ def test_flops_method_is_marked_estimated_and_splits_by_flops(toy):
     c = toy.cut("conv1")
     assert conv1.head_s[1].median_s == pytest.approx(whole.median_s * c.head_flops / (c.head_flops + c.tail_flops))
     assert conv1.head_s[1].median_s + conv1.tail_s[1].median_s == pytest.approx(whole.median_s)
+
+
+def test_a_measured_profile_reshaped_by_flops_keeps_its_whole_model_and_codecs(toy):
+    measured = measure(toy, [toy.cut("conv1"), toy.cut("pool")], role="server", batch_sizes=(1, 2), repeats=3)
+    flops = {c.name: (c.head_flops, c.tail_flops) for c in toy.cuts}
+    shaped = with_flops_shape(measured, flops)
+    assert shaped.method == "flops" and shaped.model_s == measured.model_s
+    for name in ("conv1", "pool"):
+        head, tail = flops[name]
+        for b in (1, 2):
+            whole = measured.model_s[b].median_s
+            assert shaped.cuts[name].head_s[b].median_s == pytest.approx(whole * head / (head + tail), rel=1e-12)
+            assert shaped.cuts[name].tail_s[b].median_s == pytest.approx(whole * tail / (head + tail), rel=1e-12)
+            assert shaped.cuts[name].head_s[b].source == "estimated"
+        assert shaped.cuts[name].codec_s == measured.cuts[name].codec_s
+    device = with_device_time(shaped, 0.35)  # the benchmarks' device: FLOP-shaped, then given its time
+    assert device.model_s[1].median_s == pytest.approx(0.35)
+    assert device.cuts["conv1"].head_s[1].median_s == pytest.approx(0.35 * flops["conv1"][0] / sum(flops["conv1"]))
+    with pytest.raises(ProfileError, match="no FLOPs for the cuts pool of toy_models:toy"):
+        with_flops_shape(measured, {"conv1": flops["conv1"]})
+    with pytest.raises(ProfileError, match="FLOPs of toy_models:toy at conv1 could not be counted"):
+        with_flops_shape(measured, {**flops, "conv1": (0, 0)})
 
 
 def test_slowdown_scales_times_and_is_recorded(toy):

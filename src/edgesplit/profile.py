@@ -208,6 +208,26 @@ def with_device_time(profile: Profile, whole_model_s: float) -> Profile:
     return with_slowdown(profile, whole_model_s / profile.model_s[1].median_s)
 
 
+def with_flops_shape(profile: Profile, flops: dict[str, tuple[int, int]]) -> Profile:
+    """The profile with each cut's head and tail taking the whole model's time in proportion to their FLOPs
+    (``flops``: each cut's head and tail FLOPs, as :class:`~edgesplit.analysis.Cut` counts them), at every
+    batch size: a device shaped the same on every run, not as this machine's per-layer times split today."""
+    missing = sorted(set(profile.cuts) - set(flops))
+    if missing:
+        raise ProfileError(f"no FLOPs for the cuts {', '.join(missing)} of {profile.model}")
+    uncountable = sorted(n for n in profile.cuts if sum(flops[n]) <= 0)
+    if uncountable:
+        raise ProfileError(f"the FLOPs of {profile.model} at {', '.join(uncountable)} could not be counted, so they "
+                           "cannot shape its profile")
+
+    def share(name: str, side: int) -> dict[int, Timing]:
+        fraction = flops[name][side] / sum(flops[name])
+        return {b: replace(whole.scaled(fraction), source="estimated") for b, whole in profile.model_s.items()}
+
+    cuts = {n: replace(c, head_s=share(n, 0), tail_s=share(n, 1)) for n, c in profile.cuts.items()}
+    return replace(profile, method="flops", cuts=cuts)
+
+
 def with_batch_plan(profile: Profile, batch_from: str) -> Profile:
     """The profile of a server that runs batches one request at a time up to cut ``batch_from`` and as one
     batch from there (``TailEngine.plan_batching``): from an earlier cut, a batch of b takes b × the time
