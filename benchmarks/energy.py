@@ -8,8 +8,8 @@ request at a time, exact options only (no JPEG). The device draws ``--compute-w`
 (default 3 W, a phone SoC) and has an LTE or a Wi-Fi radio (Huang et al., MobiSys 2012; docs/energy.md).
 ``local`` is a device that never uses its radio (it does not probe); every other policy probes by the
 device core's rules. Also run: ``dsc:energy`` on a device that never probes (``no-probe``), the weighted
-objective ``dsc:latency+energy`` (1 per second, 1 per joule), and ``oracle:energy``, which knows the true
-rate: what any policy could save at best.
+objective ``dsc:latency+energy`` (1 per second, 1 per joule). Beside them, the most any policy could save
+against local on the trace (:func:`saving_bound`).
 
 With ``--min-agreement A --fidelity FILE`` (from benchmarks/fidelity.py) the model is the one the
 fidelity was measured on (the pretrained EfficientNet-Lite0; its profile in results/MODEL-server.json
@@ -21,7 +21,7 @@ answer on at least A of the images.
                                 [--min-agreement A --fidelity FILE] [--out benchmarks/results/energy.json]
 
 Prints one table per radio and device: mean latency (ms) and mean device energy per request (mJ) per
-policy, and what dsc:energy and oracle:energy save against local; writes every number as JSON. The
+policy, what dsc:energy saves against local and the most any policy could; writes every number as JSON. The
 target checked: the energy objective saves at least 20 % of local's energy on the fast-uplink traces
 (mean >= 5 Mbit/s).
 """
@@ -42,7 +42,7 @@ from rich.table import Table
 from edgesplit.device import DeviceConfig, summarize
 from edgesplit.energy import PHONE_COMPUTE_W, RADIOS
 from edgesplit.estimators import make_estimator
-from edgesplit.latency import LinkState, build_options
+from edgesplit.latency import LinkState, Option, build_options
 from edgesplit.policies import allowed_options, make_policy
 from edgesplit.profile import read_agreement, with_agreement
 from edgesplit.sim import SimConfig, Workload, simulate
@@ -56,11 +56,33 @@ RUNS = {  # column -> (policy spec, how the device differs from the default one)
     "weighted": ("dsc:latency+energy", {}),
     "local": ("local", {"probe_on_connect": False, "probe_interval_s": math.inf}),
     "offload": ("offload", {}),
-    "oracle:energy": ("oracle:energy", {}),
 }
+FPS = 2.0
 FAST_MBPS = 5.0  # a trace with a mean uplink at least this fast is a fast-uplink trace
 TARGET_SAVING = 0.20
 console = Console(width=260)
+
+
+def saving_bound(allowed: list[Option], device: DeviceConfig, mean_bps: float, period_s: float) -> float:
+    """The most any policy could save against local, per request, on a trace of this mean rate.
+
+    Once it has sent, the radio stays up for its tail (``tail_s``, 11.6 s on LTE): requests ``period_s``
+    apart keep it up all the time: each request's burst costs ``α × Mbit + β × seconds`` and the rest of its
+    period at least ``tail_mw``. The burst lasts the bytes over the rate; at the trace's mean rate that
+    cost is a lower bound of its average over the trace (it is convex in the rate). The promotion, the
+    answer's download and probes only add: so a device that sends pays at least the cheapest remote option
+    priced this way, one that never sends pays local's."""
+    radio = RADIOS.get(device.radio)
+    local = next(o for o in allowed if o.kind == "local")
+    local_j = device.compute_w * local.head_s
+
+    def remote_j(option: Option) -> float:
+        send_s = option.bytes * 8 / mean_bps
+        return (device.compute_w * (option.head_s + option.encode_s) + radio.burst_j(option.bytes, send_s)
+                + radio.tail_mw / 1e3 * max(0.0, period_s - send_s))
+
+    cheapest = min([remote_j(o) for o in allowed if o.kind != "local"], default=math.inf)
+    return max(0.0, 1 - min(local_j, cheapest) / local_j)
 
 
 def run_trace(path: Path, options: list, allowed: list, device: DeviceConfig, estimator: str) -> dict[str, Any]:
@@ -69,12 +91,12 @@ def run_trace(path: Path, options: list, allowed: list, device: DeviceConfig, es
     row: dict[str, Any] = {"trace": path.name, "mean_mbps": trace.mean_bps() / 1e6, "duration_s": trace.duration_s}
     for column, (spec, changes) in RUNS.items():
         records = simulate(make_policy(spec, options, mean_link), make_estimator(estimator), allowed, trace,
-                           Workload(fps=2.0), SimConfig(replace(device, **changes), sequential=True))
+                           Workload(fps=FPS), SimConfig(replace(device, **changes), sequential=True))
         summary = summarize(records)
         row[column] = {"policy": spec, **{k: summary[k] for k in ("mean_ms", "p95_ms", "mean_energy_mj",
                                                                    "mean_radio_mj", "fallbacks", "cuts")}}
     row["saving_vs_local"] = 1 - row["dsc:energy"]["mean_energy_mj"] / row["local"]["mean_energy_mj"]
-    row["oracle_saving_vs_local"] = 1 - row["oracle:energy"]["mean_energy_mj"] / row["local"]["mean_energy_mj"]
+    row["saving_bound"] = saving_bound(allowed, device, trace.mean_bps(), 1 / FPS)
     return row
 
 
@@ -86,23 +108,23 @@ def report(title: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         table.add_column(f"{column} ms", justify="right")
         table.add_column(f"{column} mJ", justify="right")
     table.add_column("saves vs local", justify="right")
-    table.add_column("oracle:energy saves", justify="right")
+    table.add_column("at most", justify="right")
     table.add_column("dsc:energy's main choice", no_wrap=True)
     for row in rows:
         cuts = row["dsc:energy"]["cuts"]
         choice, count = next(iter(cuts.items()))
         table.add_row(row["trace"], f"{row['mean_mbps']:.2f}",
                       *(f"{row[c][k]:.0f}" for c in RUNS for k in ("mean_ms", "mean_energy_mj")),
-                      f"{row['saving_vs_local']:+.0%}", f"{row['oracle_saving_vs_local']:+.0%}", f"{choice} {count / sum(cuts.values()):.0%}")
+                      f"{row['saving_vs_local']:+.0%}", f"{row['saving_bound']:+.0%}", f"{choice} {count / sum(cuts.values()):.0%}")
     console.print(table)
     fast = [r for r in rows if r["mean_mbps"] >= FAST_MBPS]
     met = [r["trace"] for r in fast if r["saving_vs_local"] >= TARGET_SAVING]
-    oracle_met = [r["trace"] for r in fast if r["oracle_saving_vs_local"] >= TARGET_SAVING]
+    possible = [r["trace"] for r in fast if r["saving_bound"] >= TARGET_SAVING]
     over_dsc = sum(r["dsc:energy"]["mean_energy_mj"] for r in rows) / sum(r["dsc"]["mean_energy_mj"] for r in rows)
     console.print(f"fast-uplink traces (>= {FAST_MBPS:g} Mbit/s): dsc:energy saves >= {TARGET_SAVING:.0%} against "
-                  f"local on {len(met)}/{len(fast)} (oracle:energy, knowing the link, on {len(oracle_met)}); dsc:energy / dsc energy {over_dsc:.3f} (summed over traces)\n")
+                  f"local on {len(met)}/{len(fast)} (possible at all on {len(possible)}); dsc:energy / dsc energy {over_dsc:.3f} (summed over traces)\n")
     return {"title": title, "traces": rows,
-            "target": {"fast_traces": [r["trace"] for r in fast], "met_on": met, "oracle_met_on": oracle_met, "min_saving": TARGET_SAVING,
+            "target": {"fast_traces": [r["trace"] for r in fast], "met_on": met, "possible_on": possible, "min_saving": TARGET_SAVING,
                        "met": bool(fast) and len(met) == len(fast)}}
 
 
